@@ -1,0 +1,230 @@
+"""Residual blocks, batch norm and shortcuts: the pieces every ResNet is made of.
+
+Blocks receive their convolution and normalisation constructors through
+`functools.partial` (as in the Flax ImageNet example), so that each block reads
+like its figure in the paper:
+
+* `BasicBlock`: two 3x3 convolutions (He et al. 2015, Fig. 2 left).
+* `Bottleneck`: 1x1 reduce, 3x3 (optionally grouped, ResNeXt), 1x1 expand by 4
+  (Fig. 5 right). `stride_on_3x3=True` is torchvision's "v1.5"; False is the
+  paper's v1 (stride on the first 1x1).
+* `PreActBasicBlock` / `PreActBottleneck`: BN-ReLU before each convolution
+  ("Identity Mappings in Deep Residual Networks", 2016).
+
+Shortcut options (the paper's Section 3.3 / 4.2):
+
+* ``"A"``: parameter-free identity; where the shape changes, stride-2
+  subsampling and zero-padded extra channels.
+* ``"B"``: identity, or a 1x1 projection (+ BN) where the shape changes.
+* ``"C"``: a 1x1 projection (+ BN) in every block.
+* ``None``: no shortcut at all (the paper's "plain" networks).
+
+In pre-activation blocks a projection is a bare 1x1 convolution applied to the
+pre-activated input, as in the authors' code and in Wide ResNets.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ModuleDef = Any
+SHORTCUTS = ("A", "B", "C", None)
+
+# He et al. initialisation: normal with std sqrt(2 / fan_out), as torchvision's
+# kaiming_normal_(mode="fan_out", nonlinearity="relu") (not truncated).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(
+    features: int,
+    kernel: int,
+    strides: int = 1,
+    *,
+    groups: int = 1,
+    dtype: Any = jnp.float32,
+    kernel_init: Callable = conv_init,
+    name: Optional[str] = None,
+) -> nn.Conv:
+    """A bias-free convolution with torchvision's symmetric padding ``kernel // 2``.
+
+    ``padding="SAME"`` would pad stride-2 convolutions asymmetrically (more on the
+    bottom/right), which shifts features by one pixel relative to torchvision.
+    """
+    pad = kernel // 2
+    return nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=(strides, strides),
+        padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups,
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init,
+        name=name,
+    )
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation with torchvision's numerics.
+
+    Statistics are reduced in float32 whatever the compute dtype, parameters and
+    running averages stay float32, and the running variance is updated with the
+    unbiased batch variance as in ``torch.nn.BatchNorm2d``. ``momentum`` is in
+    Flax's convention (``new = momentum * old + (1 - momentum) * batch``), so 0.9
+    here is PyTorch's 0.1. Under `jax.jit` with the batch sharded over a device
+    mesh, the means are over the global batch (synchronised batch norm).
+    """
+
+    use_running_average: bool
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+    scale_init: Callable = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            mean = jnp.mean(xf, axes)
+            var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+            if not self.is_initializing():
+                n = x.size // features
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean
+                ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+        mul = scale * jax.lax.rsqrt(var + self.epsilon)
+        shift = bias - mean * mul
+        return x * mul.astype(self.dtype) + shift.astype(self.dtype)
+
+
+def _zero_pad_shortcut(x: jax.Array, features: int, strides: int) -> jax.Array:
+    """Option A: subsample spatially, zero-pad the extra channels (no parameters)."""
+    if strides > 1:
+        x = x[:, ::strides, ::strides, :]
+    extra = features - x.shape[-1]
+    if extra > 0:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+    return x
+
+
+def _needs_projection(shortcut: Optional[str], x: jax.Array, features: int, strides: int) -> bool:
+    return shortcut == "C" or (shortcut == "B" and (strides != 1 or x.shape[-1] != features))
+
+
+class _Block(nn.Module):
+    """Fields shared by every block; subclasses define `__call__`."""
+
+    filters: int
+    conv: ModuleDef
+    norm: ModuleDef
+    strides: int = 1
+    shortcut: Optional[str] = "B"
+    act: Callable = nn.relu
+    zero_init_residual: bool = False
+
+    def residual(self, x: jax.Array, features: int) -> jax.Array:
+        """Shortcut path of a post-activation block (conv + BN when projecting)."""
+        if self.shortcut == "A":
+            return _zero_pad_shortcut(x, features, self.strides)
+        if _needs_projection(self.shortcut, x, features, self.strides):
+            x = self.conv(features, 1, self.strides, name="shortcut_conv")(x)
+            return self.norm(name="shortcut_bn")(x)
+        return x
+
+    def preact_residual(self, x: jax.Array, y: jax.Array, features: int) -> jax.Array:
+        """Shortcut of a pre-activation block: a projection sees the activated `y`."""
+        if self.shortcut == "A":
+            return _zero_pad_shortcut(x, features, self.strides)
+        if _needs_projection(self.shortcut, x, features, self.strides):
+            return self.conv(features, 1, self.strides, name="shortcut_conv")(y)
+        return x
+
+    def last_norm(self, name: str) -> ModuleDef:
+        if self.zero_init_residual:
+            return self.norm(name=name, scale_init=nn.initializers.zeros)
+        return self.norm(name=name)
+
+    def last_conv_init(self) -> Callable:
+        return nn.initializers.zeros if self.zero_init_residual else conv_init
+
+    def add(self, branch: jax.Array, shortcut: Callable[[], jax.Array]) -> jax.Array:
+        return branch if self.shortcut is None else branch + shortcut()
+
+
+class BasicBlock(_Block):
+    """3x3 -> 3x3, output width `filters` (ResNet-18/34, CIFAR ResNets)."""
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.act(self.norm(name="bn1")(self.conv(self.filters, 3, self.strides, name="conv1")(x)))
+        y = self.last_norm("bn2")(self.conv(self.filters, 3, name="conv2")(y))
+        return self.act(self.add(y, lambda: self.residual(x, self.filters)))
+
+
+class Bottleneck(_Block):
+    """1x1 -> 3x3 (grouped for ResNeXt) -> 1x1, output width ``4 * filters``."""
+
+    expansion = 4
+    groups: int = 1
+    base_width: int = 64
+    stride_on_3x3: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = int(self.filters * self.base_width / 64) * self.groups
+        s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
+        y = self.act(self.norm(name="bn1")(self.conv(width, 1, s1, name="conv1")(x)))
+        y = self.act(self.norm(name="bn2")(self.conv(width, 3, s3, groups=self.groups, name="conv2")(y)))
+        y = self.last_norm("bn3")(self.conv(self.filters * 4, 1, name="conv3")(y))
+        return self.act(self.add(y, lambda: self.residual(x, self.filters * 4)))
+
+
+class PreActBasicBlock(_Block):
+    """BN-ReLU-3x3 -> BN-ReLU-3x3, identity added without a final ReLU."""
+
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.act(self.norm(name="bn1")(x))
+        sc = functools.partial(self.preact_residual, x, y, self.filters)
+        y = self.conv(self.filters, 3, self.strides, name="conv1")(y)
+        y = self.act(self.norm(name="bn2")(y))
+        y = self.conv(self.filters, 3, name="conv2", kernel_init=self.last_conv_init())(y)
+        return self.add(y, sc)
+
+
+class PreActBottleneck(_Block):
+    """BN-ReLU-1x1 -> BN-ReLU-3x3 -> BN-ReLU-1x1, output width ``4 * filters``."""
+
+    expansion = 4
+    groups: int = 1
+    base_width: int = 64
+    stride_on_3x3: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = int(self.filters * self.base_width / 64) * self.groups
+        s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
+        y = self.act(self.norm(name="bn1")(x))
+        sc = functools.partial(self.preact_residual, x, y, self.filters * 4)
+        y = self.act(self.norm(name="bn2")(self.conv(width, 1, s1, name="conv1")(y)))
+        y = self.act(self.norm(name="bn3")(self.conv(width, 3, s3, groups=self.groups, name="conv2")(y)))
+        y = self.conv(self.filters * 4, 1, name="conv3", kernel_init=self.last_conv_init())(y)
+        return self.add(y, sc)

@@ -1,0 +1,159 @@
+"""The ResNet network and the ImageNet family (4 stages, 7x7 stem + max-pool).
+
+One `ResNet` module builds every network of the package: a stem, then one stage
+per entry of `stage_sizes` (the first block of each stage after the first
+halves the resolution), global average pooling and a dense head. The ImageNet
+networks below and the CIFAR networks in `cifar.py` differ only in their
+arguments.
+
+Variable names follow the architecture: ``stem_conv``, ``stem_bn``,
+``stage1/block0/conv1``, ``stage2/block0/shortcut_conv``, ``final_bn`` (pre-act),
+``head``. Stages are numbered from 1, blocks from 0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnet_jax.models.blocks import (
+    SHORTCUTS,
+    BasicBlock,
+    BatchNorm,
+    Bottleneck,
+    ModuleDef,
+    PreActBasicBlock,
+    PreActBottleneck,
+    conv,
+)
+from resnet_jax.models.registry import register
+
+# torch.nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+head_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+class Stage(nn.Module):
+    """`size` blocks of the same width; the first one applies `strides`."""
+
+    block: ModuleDef
+    size: int
+    filters: int
+    strides: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for j in range(self.size):
+            x = self.block(filters=self.filters, strides=self.strides if j == 0 else 1, name=f"block{j}")(x)
+        return x
+
+
+class ResNet(nn.Module):
+    """A residual network (He et al. 2015) and its variants.
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+      block: block class (`BasicBlock`, `Bottleneck`, `PreAct*`).
+      stage_widths: `filters` of each stage (a bottleneck outputs 4x that).
+      num_classes: size of the dense head.
+      stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv).
+      stem_width: stem filters (default: the first stage's width).
+      shortcut: "A", "B", "C" or None (plain network); see `blocks`.
+      groups, base_width: ResNeXt cardinality and width per group.
+      stride_on_3x3: torchvision v1.5 (True) or the paper's v1 (False).
+      zero_init_residual: zero the last BN scale (last conv in pre-act blocks)
+        of every residual branch, so each block starts as the identity.
+      dtype: compute dtype (e.g. jnp.bfloat16); parameters and batch-norm
+        statistics stay float32, and logits are returned as float32.
+      bn_momentum, bn_epsilon: torchvision's numerics by default.
+    """
+
+    stage_sizes: Sequence[int]
+    block: ModuleDef
+    stage_widths: Sequence[int] = (64, 128, 256, 512)
+    num_classes: int = 1000
+    stem: str = "imagenet"
+    stem_width: Optional[int] = None
+    shortcut: Optional[str] = "B"
+    groups: int = 1
+    base_width: int = 64
+    stride_on_3x3: bool = True
+    zero_init_residual: bool = False
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        if self.shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+        if self.stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+        conv_ = functools.partial(conv, dtype=self.dtype)
+        norm = functools.partial(
+            BatchNorm,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            dtype=self.dtype,
+        )
+        preact = self.block in (PreActBasicBlock, PreActBottleneck)
+        block = functools.partial(
+            self.block, conv=conv_, norm=norm, shortcut=self.shortcut, zero_init_residual=self.zero_init_residual
+        )
+        if self.block in (Bottleneck, PreActBottleneck):
+            block = functools.partial(
+                block, groups=self.groups, base_width=self.base_width, stride_on_3x3=self.stride_on_3x3
+            )
+
+        x = x.astype(self.dtype)
+        stem_width = self.stem_width or self.stage_widths[0]
+        if self.stem == "imagenet":
+            x = conv_(stem_width, 7, 2, name="stem_conv")(x)
+        else:
+            x = conv_(stem_width, 3, name="stem_conv")(x)
+        if not preact:  # a pre-activation network's first block normalises its input
+            x = nn.relu(norm(name="stem_bn")(x))
+        if self.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+        for i, (size, filters) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+            x = Stage(block, size, filters, strides=1 if i == 0 else 2, name=f"stage{i + 1}")(x)
+
+        if preact:
+            x = nn.relu(norm(name="final_bn")(x))
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=head_init, name="head"
+        )(x)
+        return x.astype(jnp.float32)
+
+
+def _imagenet(stage_sizes: Sequence[int], block: ModuleDef, **kwargs: Any) -> functools.partial:
+    return functools.partial(ResNet, stage_sizes=tuple(stage_sizes), block=block, stem="imagenet", **kwargs)
+
+
+_DEPTHS = {
+    18: ((2, 2, 2, 2), BasicBlock, PreActBasicBlock),
+    34: ((3, 4, 6, 3), BasicBlock, PreActBasicBlock),
+    50: ((3, 4, 6, 3), Bottleneck, PreActBottleneck),
+    101: ((3, 4, 23, 3), Bottleneck, PreActBottleneck),
+    152: ((3, 8, 36, 3), Bottleneck, PreActBottleneck),
+    200: ((3, 24, 36, 3), Bottleneck, PreActBottleneck),
+}
+
+for _depth, (_sizes, _block, _preact) in _DEPTHS.items():
+    register(f"resnet{_depth}", "imagenet")(_imagenet(_sizes, _block))
+    if _depth <= 152:
+        register(f"preact_resnet{_depth}", "imagenet")(_imagenet(_sizes, _preact, shortcut="B"))
+    if _depth <= 34:
+        register(f"plain{_depth}", "imagenet")(_imagenet(_sizes, _block, shortcut=None))
+
+register("resnext50_32x4d", "imagenet")(_imagenet((3, 4, 6, 3), Bottleneck, groups=32, base_width=4))
+register("resnext101_32x8d", "imagenet")(_imagenet((3, 4, 23, 3), Bottleneck, groups=32, base_width=8))
+register("resnext101_64x4d", "imagenet")(_imagenet((3, 4, 23, 3), Bottleneck, groups=64, base_width=4))
+register("wide_resnet50_2", "imagenet")(_imagenet((3, 4, 6, 3), Bottleneck, base_width=128))
+register("wide_resnet101_2", "imagenet")(_imagenet((3, 4, 23, 3), Bottleneck, base_width=128))
