@@ -26,7 +26,8 @@ pre-activated input, as in the authors' code and in Wide ResNets.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -48,7 +49,7 @@ def conv(
     groups: int = 1,
     dtype: Any = jnp.float32,
     kernel_init: Callable = conv_init,
-    name: Optional[str] = None,
+    name: str | None = None,
 ) -> nn.Conv:
     """A bias-free convolution with torchvision's symmetric padding ``kernel // 2``.
 
@@ -121,7 +122,7 @@ def _zero_pad_shortcut(x: jax.Array, features: int, strides: int) -> jax.Array:
     return x
 
 
-def _needs_projection(shortcut: Optional[str], x: jax.Array, features: int, strides: int) -> bool:
+def _needs_projection(shortcut: str | None, x: jax.Array, features: int, strides: int) -> bool:
     return shortcut == "C" or (shortcut == "B" and (strides != 1 or x.shape[-1] != features))
 
 
@@ -132,7 +133,7 @@ class _Block(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     strides: int = 1
-    shortcut: Optional[str] = "B"
+    shortcut: str | None = "B"
     act: Callable = nn.relu
     zero_init_residual: bool = False
 

@@ -20,7 +20,6 @@ from resnet_jax.models.registry import register
 from resnet_jax.models.resnet import ResNet
 
 
-
 def _cifar(**kwargs) -> functools.partial:
     defaults = dict(stem="cifar", stage_widths=(16, 32, 64), num_classes=10)
     return functools.partial(ResNet, **{**defaults, **kwargs})

@@ -8,7 +8,7 @@ convention of the ResNet paper and torchvision's model table.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -27,7 +27,7 @@ def count_params(variables: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(variables["params"]))
 
 
-def profile(name: str, resolution: int | None = None, **overrides: Any) -> Dict[str, int]:
+def profile(name: str, resolution: int | None = None, **overrides: Any) -> dict[str, int]:
     """Returns ``{"params": ..., "macs": ...}`` of model `name` on one image.
 
     Args:
@@ -49,7 +49,7 @@ def profile(name: str, resolution: int | None = None, **overrides: Any) -> Dict[
             macs += math.prod(out.shape) * math.prod(kernel.shape[:-1])
         return out
 
-    def init_and_count(x: jax.Array) -> Tuple[Any, jax.Array]:
+    def init_and_count(x: jax.Array) -> tuple[Any, jax.Array]:
         with nn.intercept_methods(count):
             return model.init_with_output(jax.random.key(0), x, train=False)
 

@@ -8,12 +8,13 @@ confused with an ImageNet stack.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 
-_MODELS: Dict[str, Callable[..., nn.Module]] = {}
-_FAMILY: Dict[str, str] = {}
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_FAMILY: dict[str, str] = {}
 
 
 def register(name: str, family: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -29,7 +30,7 @@ def register(name: str, family: str) -> Callable[[Callable[..., nn.Module]], Cal
     return wrap
 
 
-def list_models(family: Optional[str] = None) -> List[str]:
+def list_models(family: str | None = None) -> list[str]:
     """Registered model names, optionally only those of `family` ("imagenet" or "cifar")."""
     return sorted(n for n in _MODELS if family is None or _FAMILY[n] == family)
 
@@ -45,7 +46,7 @@ def _check(name: str) -> None:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
 
 
-def create(name: str, num_classes: Optional[int] = None, **overrides: Any) -> nn.Module:
+def create(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
     """Builds the registered model `name`.
 
     Args:

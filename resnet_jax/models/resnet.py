@@ -14,7 +14,8 @@ Variable names follow the architecture: ``stem_conv``, ``stem_bn``,
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -76,8 +77,8 @@ class ResNet(nn.Module):
     stage_widths: Sequence[int] = (64, 128, 256, 512)
     num_classes: int = 1000
     stem: str = "imagenet"
-    stem_width: Optional[int] = None
-    shortcut: Optional[str] = "B"
+    stem_width: int | None = None
+    shortcut: str | None = "B"
     groups: int = 1
     base_width: int = 64
     stride_on_3x3: bool = True

@@ -1,0 +1,73 @@
+"""The default config: every field the trainer reads, with its meaning.
+
+Recipe files in ``configs/`` start from `default_config()` and change what
+their recipe needs; any field can then be overridden on the command line,
+e.g. ``--config.num_epochs=10 --config.data.path=/data/my_images``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = "cifar_resnet20"  # a name from resnet_jax.models.list_models()
+    c.model_kwargs = ml_collections.ConfigDict()  # ResNet fields, e.g. shortcut="C", zero_init_residual=True
+    c.half_precision = False  # compute in bfloat16 (parameters and BN statistics stay float32)
+    c.seed = 0  # initialisation, data order and augmentation
+
+    c.batch_size = 128  # global, over all devices and processes
+    c.eval_batch_size = 500
+    c.num_epochs = 10
+    c.num_train_steps = -1  # > 0: train this many steps instead of num_epochs
+
+    c.learning_rate = 0.1
+    c.lr_linear_scaling = False  # lr *= batch_size / lr_reference_batch
+    c.lr_reference_batch = 256
+    c.lr_schedule = "piecewise"  # piecewise | cosine | onecycle | constant
+    c.lr_boundaries = (32000, 48000)  # piecewise: steps (or epochs, see below)
+    c.lr_boundaries_in_epochs = False
+    c.lr_decay_factor = 0.1
+    c.warmup_epochs = 0.0  # cosine / onecycle: linear warmup length
+    c.warmup_constant_steps = 0  # > 0: hold warmup_constant_lr first (the paper's ResNet-110)
+    c.warmup_constant_lr = 0.01
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 1e-4  # coupled (added to the gradient), as in the paper
+    c.weight_decay_exclude_bn_bias = False
+    c.label_smoothing = 0.0
+    c.ema_decay = 0.0  # > 0: also keep and evaluate an EMA of the weights
+
+    c.eval_flip = False  # average the logits of each eval image and its mirror image
+
+    c.log_every_steps = 50
+    c.eval_every_epochs = 1
+    c.checkpoint_every_steps = 0  # > 0: also checkpoint at epoch ends without eval
+    c.keep_checkpoints = 3  # the latest K, plus the best by eval top-1
+    c.async_checkpoints = True
+
+    c.data = d = ml_collections.ConfigDict()
+    d.pipeline = "tfds"  # tfds (tf.data) | device (whole dataset on the device)
+    d.name = "cifar10"  # a TFDS dataset name (ignored when path is set)
+    d.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
+    d.path = ""  # an image folder root/<split>/<class>/<image>, used instead of name
+    d.train_split = "train"
+    d.eval_split = "test"
+    d.image_size = 32
+    d.augment = "cifar"  # cifar (pad + crop + flip) | inception (random-resized crop + flip) | none
+    d.crop_padding = 4
+    d.crop_fraction = 0.875  # inception eval: resize to image_size / crop_fraction, center crop
+    d.cache = True  # cache decoded images in memory (small datasets)
+    d.shuffle_buffer = 0  # 0 = the whole split
+    d.prefetch = 2
+    d.mean = CIFAR10_MEAN
+    d.std = CIFAR10_STD
+    d.verify_images = True  # image folders: decode every file before training
+    d.skip_bad_images = False  # ... and skip unreadable ones instead of stopping
+    return c

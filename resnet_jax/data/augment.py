@@ -1,0 +1,158 @@
+"""Augmentations: CIFAR pad-and-crop + flip (TensorFlow and JAX versions with the
+same semantics) and Inception-style crops for ImageNet-scale images (TensorFlow).
+
+TensorFlow is imported inside the TF functions only, so this module imports
+where TensorFlow is absent. Every random choice is stateless, keyed by a seed,
+so the same seed gives the same augmentation whatever the parallelism.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# ---------------------------------------------------------------- JAX (on device)
+
+
+def crop_flip(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+    """Zero-pads each image by `pad`, takes a random crop of the original size and
+    flips it horizontally with probability 1/2 (He et al. 2015, Section 4.2).
+
+    Args:
+      key: a PRNG key.
+      images: [B, H, W, C] images of any dtype.
+      pad: padding on every side.
+    """
+    b, h, w, c = images.shape
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    ky, kx, kf = jax.random.split(key, 3)
+    dy = jax.random.randint(ky, (b,), 0, 2 * pad + 1)
+    dx = jax.random.randint(kx, (b,), 0, 2 * pad + 1)
+    crops = jax.vmap(lambda im, y, x: jax.lax.dynamic_slice(im, (y, x, 0), (h, w, c)))(padded, dy, dx)
+    flip = jax.random.bernoulli(kf, 0.5, (b,))
+    return jnp.where(flip[:, None, None, None], crops[:, :, ::-1], crops)
+
+
+def normalize(images: jax.Array, mean: Any, std: Any, dtype: Any = jnp.float32) -> jax.Array:
+    """uint8 [0, 255] images -> ``(x / 255 - mean) / std`` per channel, in `dtype`."""
+    mean = jnp.asarray(mean, jnp.float32) * 255.0
+    std = jnp.asarray(std, jnp.float32) * 255.0
+    return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
+
+
+# ---------------------------------------------------------------- TensorFlow (tf.data)
+
+
+def tf_crop_flip(image: Any, seed: Any, pad: int = 4) -> Any:
+    """`crop_flip` for one image inside tf.data; `seed` is a stateless [2] seed."""
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    h, w, c = image.shape
+    image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    image = tf.image.stateless_random_crop(image, [h, w, c], seed=seeds[0])
+    return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+
+
+def tf_inception_crop(
+    encoded: Any,
+    seed: Any,
+    size: int,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Any:
+    """Random-resized crop (area 8-100%, aspect 3/4-4/3) + flip, resized to `size`.
+
+    Only the crop window of a JPEG is decoded. Falls back to a center crop when
+    no valid window is found in 10 tries.
+    """
+    import tensorflow as tf
+
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    shape = tf.image.extract_jpeg_shape(encoded) if _is_jpeg(encoded) else tf.shape(_decode(encoded))
+    begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
+        seed=seeds[0],
+        min_object_covered=area_range[0],
+        aspect_ratio_range=aspect_range,
+        area_range=area_range,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    window = tf.stack([begin[0], begin[1], box_size[0], box_size[1]])
+    whole = tf.reduce_all(tf.equal(box_size[:2], shape[:2]))
+    image = tf.cond(
+        whole,
+        lambda: _center_crop(_decode(encoded), size, 224 / 256),
+        lambda: _decode_window(encoded, window),
+    )
+    image = tf.image.resize(image, [size, size], method="bicubic", antialias=True)
+    image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def tf_center_crop(encoded: Any, size: int, crop_fraction: float = 224 / 256) -> Any:
+    """Evaluation transform: resize the short side to ``size / crop_fraction``
+    (256 for 224) and take the central ``size`` x ``size`` crop."""
+    import tensorflow as tf
+
+    image = _center_crop(_decode(encoded), size, crop_fraction)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def tf_decode(encoded: Any, size: tuple[int, int]) -> Any:
+    """Decodes any image to RGB uint8 of shape ``size + (3,)``, resizing if needed."""
+    import tensorflow as tf
+
+    image = _decode(encoded)
+    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+    image = tf.cond(
+        same,
+        lambda: image,
+        lambda: tf.cast(tf.round(tf.image.resize(image, size, antialias=True)), tf.uint8),
+    )
+    return tf.ensure_shape(image, (*size, 3))
+
+
+def _is_jpeg(encoded: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.strings.substr(encoded, 0, 3) == b"\xff\xd8\xff"
+
+
+def _decode(encoded: Any) -> Any:
+    import tensorflow as tf
+
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return tf.ensure_shape(image, (None, None, 3))
+
+
+def _decode_window(encoded: Any, window: Any) -> Any:
+    import tensorflow as tf
+
+    return tf.cond(
+        _is_jpeg(encoded),
+        lambda: tf.image.decode_and_crop_jpeg(encoded, window, channels=3),
+        lambda: tf.image.crop_to_bounding_box(_decode(encoded), window[0], window[1], window[2], window[3]),
+    )
+
+
+def _resize_short_side(image: Any, short: int) -> Any:
+    import tensorflow as tf
+
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = short / tf.reduce_min(shape)
+    new = tf.cast(tf.round(shape * scale), tf.int32)
+    return tf.image.resize(image, new, method="bicubic", antialias=True)
+
+
+def _center_crop(image: Any, size: int, crop_fraction: float) -> Any:
+    """Resizes the short side to ``size / crop_fraction``, crops the center ``size``."""
+    import tensorflow as tf
+
+    image = _resize_short_side(image, int(round(size / crop_fraction)))
+    shape = tf.shape(image)
+    return tf.image.crop_to_bounding_box(image, (shape[0] - size) // 2, (shape[1] - size) // 2, size, size)

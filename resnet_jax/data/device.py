@@ -1,0 +1,101 @@
+"""The on-device pipeline for datasets that fit in device memory (CIFAR-10/100).
+
+The decoded uint8 arrays are placed on every device once; each epoch's
+permutation is drawn on the device, and gathering, pad-and-crop and flips run
+inside the jitted train step: no host round trip per batch. The augmentation
+is `augment.crop_flip`, the same semantics as the tf.data path. No TensorFlow
+is needed when the arrays are given (or read from an image folder with Pillow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from resnet_jax import parallel
+from resnet_jax.data import augment
+from resnet_jax.data.pipeline import Batch, DataInfo, array_eval_batches, check_class_names
+
+StepFn = Callable[..., tuple[object, dict]]
+
+
+class DevicePipeline:
+    """Training batches made on the device; evaluation batches from host arrays."""
+
+    def __init__(
+        self,
+        train: tuple[np.ndarray, np.ndarray],
+        eval: tuple[np.ndarray, np.ndarray],
+        class_names: tuple[str, ...],
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        mesh: Mesh,
+        crop_padding: int = 4,
+        augment_images: bool = True,
+    ):
+        """
+        Args:
+          train, eval: (uint8 images [N, H, W, 3], int labels [N]) of the whole split.
+          class_names: names of the labels.
+          batch_size, eval_batch_size: global batch sizes.
+          seed: data seed (permutations and augmentation).
+          mesh: the device mesh.
+          crop_padding: zero padding before the random crop (0: no crop).
+          augment_images: random crop and flip (False: plain shuffled batches).
+        """
+        images, labels = train
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"train images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+        self.info = DataInfo(check_class_names(class_names), len(labels), len(eval[1]), images.shape[1])
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.mesh, self.crop_padding, self.augment_images = mesh, crop_padding, augment_images
+        self._key = jax.random.key(seed)
+        self._data = parallel.replicate({"image": images, "label": labels.astype(np.int32)}, mesh)
+        self._eval = (eval[0], eval[1].astype(np.int32))
+        self._permute = jax.jit(lambda key: jax.random.permutation(key, len(labels)).astype(jnp.int32))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.info.num_train // self.batch_size
+
+    def make_batch(self, data: Batch, perm: jax.Array, key: jax.Array, step: jax.Array) -> Batch:
+        """Batch `step` of an epoch (traced inside jit): gather, crop, flip."""
+        idx = jax.lax.dynamic_slice_in_dim(perm, step * self.batch_size, self.batch_size)
+        images, labels = data["image"][idx], data["label"][idx]
+        if self.augment_images:
+            images = augment.crop_flip(jax.random.fold_in(key, step), images, self.crop_padding)
+        sharding = parallel.batch_sharding(self.mesh)
+        return {
+            "image": jax.lax.with_sharding_constraint(images, sharding),
+            "label": jax.lax.with_sharding_constraint(labels, sharding),
+        }
+
+    def compile_step(self, step_fn: StepFn) -> Callable:
+        """Wraps a pure ``step_fn(state, batch)`` into ``fn(state, item)`` for `train_epoch` items."""
+
+        def step(state, data, perm, key, i):
+            return step_fn(state, self.make_batch(data, perm, key, i))
+
+        jitted = jax.jit(step, donate_argnums=0)
+        return lambda state, item: jitted(state, self._data, *item)
+
+    def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
+        """Items for `compile_step`'s function: (permutation, key, step index)."""
+        key = jax.random.fold_in(self._key, epoch)
+        perm = self._permute(key)
+        for i in range(start_step, self.steps_per_epoch):
+            yield perm, key, jnp.int32(i)
+
+    def eval_batches(self) -> Iterator[Batch]:
+        return array_eval_batches(
+            *self._eval, self.eval_batch_size, (jax.process_index(), jax.process_count())
+        )
+
+    @property
+    def num_eval_batches(self) -> int:
+        return -(-self.info.num_eval // self.eval_batch_size)

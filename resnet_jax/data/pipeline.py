@@ -1,0 +1,65 @@
+"""What every input pipeline provides, and the pieces they share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the trainer needs to know about a dataset."""
+
+    class_names: tuple[str, ...]
+    num_train: int
+    num_eval: int
+    image_size: int
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def pad_batch(batch: Batch, batch_size: int) -> Batch:
+    """Pads a (last, partial) batch to `batch_size` and adds a 0/1 ``mask``.
+
+    Evaluation counts only ``mask == 1`` examples, so every example of a split is
+    counted exactly once whatever the batch size and number of devices.
+    """
+    n = len(batch["label"])
+    if n > batch_size:
+        raise ValueError(f"batch of {n} examples exceeds batch_size {batch_size}")
+    out = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    out["mask"] = np.concatenate([np.ones(n, np.float32), np.zeros(batch_size - n, np.float32)])
+    return out
+
+
+def array_eval_batches(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, shard: tuple[int, int] = (0, 1)
+) -> Iterator[Batch]:
+    """Padded, masked evaluation batches over in-memory arrays.
+
+    `shard` = (process_index, process_count): this process's part of each
+    global batch, so that all processes run the same number of steps.
+    """
+    index, count = shard
+    local = batch_size // count
+    for start in range(0, len(labels), batch_size):
+        sl = slice(start + index * local, min(start + (index + 1) * local, len(labels)))
+        yield pad_batch({"image": images[sl], "label": labels[sl]}, local)
+
+
+def num_batches(num_examples: int, batch_size: int) -> int:
+    """Eval batches needed to see every example once (the last one padded)."""
+    return -(-num_examples // batch_size)
+
+
+def check_class_names(names: Sequence[str]) -> tuple[str, ...]:
+    names = tuple(str(n) for n in names)
+    if len(names) < 2:
+        raise ValueError(f"a classification dataset needs at least 2 classes, found {list(names)}")
+    return names

@@ -1,0 +1,207 @@
+"""tf.data input pipelines over TFDS datasets and image folders.
+
+A source is either a TFDS dataset by name (``cifar10``, ``imagenet2012``, ...,
+prepared under ``data_dir``) or an image folder ``root/<split>/<class>/<file>``
+read through TFDS's folder builder (`tfds.ImageFolder`). Images are read
+encoded and decoded here (any format, converted to RGB), so that JPEGs can be
+decoded only inside their crop window.
+
+Determinism: the order of epoch ``e`` depends only on (seed, e), and each
+example's augmentation on (seed, e, position), so a run restarted at step ``k``
+of an epoch sees exactly the batches the uninterrupted run would have seen.
+
+This module imports TensorFlow; the rest of the package does not.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from jax.sharding import Mesh
+
+from resnet_jax import parallel
+from resnet_jax.data import augment, folder
+from resnet_jax.data.pipeline import Batch, DataInfo, check_class_names, pad_batch
+
+# Keep TensorFlow off accelerators: JAX owns them.
+tf.config.set_visible_devices([], "GPU")
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class DatasetError(ValueError):
+    """The configured dataset cannot be found or read."""
+
+
+def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+    if cfg.path:
+        return tfds.ImageFolder(os.path.expanduser(cfg.path))
+    try:
+        builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise DatasetError(f"unknown TFDS dataset {cfg.name!r}: {str(e).splitlines()[0]}") from None
+    if not builder.is_prepared():
+        raise DatasetError(
+            f"TFDS dataset {cfg.name!r} is not prepared in {builder.data_dir!r}; run "
+            f"`tfds build {cfg.name} --data_dir=...` (or download it) first, or set config.data.path "
+            "to an image folder"
+        )
+    return builder
+
+
+class TFDataPipeline:
+    """Training and evaluation batches (numpy, this process's share) from tf.data."""
+
+    def __init__(
+        self, cfg: ml_collections.ConfigDict, batch_size: int, eval_batch_size: int, seed: int, mesh: Mesh
+    ):
+        """
+        Args:
+          cfg: the ``config.data`` block (see configs/default.py).
+          batch_size, eval_batch_size: global batch sizes (all processes).
+          seed: data seed: shuffling and augmentation.
+          mesh: the device mesh batches are sharded over.
+        """
+        self.cfg, self.mesh = cfg, mesh
+        self.seed = seed
+        self.batch_size = batch_size // jax.process_count()
+        self.eval_batch_size = eval_batch_size // jax.process_count()
+        self.builder = _builder(cfg)
+        names = self.builder.info.features["label"].names
+        splits = self.builder.info.splits
+        for split in (cfg.train_split, cfg.eval_split):
+            if split.split("[")[0] not in splits:
+                raise DatasetError(f"dataset has no split {split!r}; it has {sorted(splits)}")
+        self._bad_files = self._verify_folder() if cfg.path else frozenset()
+        self.info = DataInfo(
+            class_names=check_class_names(names),
+            num_train=splits[cfg.train_split].num_examples,
+            num_eval=splits[cfg.eval_split].num_examples,
+            image_size=cfg.image_size,
+        )
+        self._train = self._encoded(cfg.train_split)
+        if cfg.cache:
+            size = (cfg.image_size, cfg.image_size)
+            self._train = self._train.map(lambda x, y: (augment.tf_decode(x, size), y), AUTOTUNE).cache()
+        self._num_local_train = self._count(self._train)
+
+    def _verify_folder(self) -> frozenset[str]:
+        """Decodes every file of a folder once before training, so that bad files are
+        named now (or skipped, if configured); returns the skipped paths."""
+        bad = set()
+        if self.cfg.verify_images:
+            for split in (self.cfg.train_split, self.cfg.eval_split):
+                listed = folder.list_split(self.cfg.path, split)
+                checked = folder.verify(listed, skip_bad=self.cfg.skip_bad_images)
+                bad |= set(listed.paths) - set(checked.paths)
+        return frozenset(bad)
+
+    def _encoded(self, split: str) -> tf.data.Dataset:
+        """(encoded image, label) of this process's shard of `split`, in a fixed order."""
+        if self.cfg.path:
+            ds = self.builder.as_dataset(
+                split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
+            )
+            if self._bad_files:
+                bad_t = tf.constant(sorted(self._bad_files))
+                ds = ds.filter(lambda ex: ~tf.reduce_any(tf.equal(ex["image/filename"], bad_t)))
+            ds = ds.shard(jax.process_count(), jax.process_index())
+        else:
+            ds = self.builder.as_dataset(
+                split=tfds.split_for_jax_process(split),
+                decoders={"image": tfds.decode.SkipDecoding()},
+                shuffle_files=False,
+                read_config=tfds.ReadConfig(interleave_cycle_length=1),
+            )
+        return ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)), AUTOTUNE)
+
+    @staticmethod
+    def _count(ds: tf.data.Dataset) -> int:
+        n = int(ds.cardinality())
+        if n < 0:
+            n = int(ds.reduce(0, lambda c, _: c + 1))
+        return n
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full training batches per epoch (the last partial batch is dropped)."""
+        return self._num_local_train // self.batch_size
+
+    def compile_step(self, step_fn: Callable) -> Callable:
+        """``fn(state, batch)``: the jitted `step_fn` fed this process's host batches."""
+        return parallel.compile_host_step(step_fn, self.mesh)
+
+    def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """This process's training batches of `epoch`, from batch `start_step` on."""
+        cfg, size = self.cfg, self.cfg.image_size
+        epoch_seed = np.random.SeedSequence([self.seed, epoch]).generate_state(2)
+        ds = self._train.shuffle(
+            cfg.shuffle_buffer or self._num_local_train, seed=int(epoch_seed[0]), reshuffle_each_iteration=False
+        )
+        ds = ds.take(self.steps_per_epoch * self.batch_size).enumerate().skip(start_step * self.batch_size)
+        base_seed = tf.constant([int(epoch_seed[1]) % 2**31, 0], tf.int64)
+
+        def preprocess(i: Any, example: tuple[Any, Any]) -> tuple[Any, Any]:
+            image, label = example
+            seed = base_seed + tf.stack([tf.constant(0, tf.int64), i])
+            if cfg.augment == "cifar":
+                if not cfg.cache:
+                    image = augment.tf_decode(image, (size, size))
+                image = augment.tf_crop_flip(image, seed, pad=cfg.crop_padding)
+            elif cfg.augment == "inception":
+                image = augment.tf_inception_crop(image, seed, size)
+            elif not cfg.cache:
+                image = augment.tf_decode(image, (size, size))
+            return image, label
+
+        ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.batch(self.batch_size, drop_remainder=True).prefetch(cfg.prefetch)
+        for image, label in ds.as_numpy_iterator():
+            yield {"image": image, "label": label}
+
+    def eval_batches(self) -> Iterator[Batch]:
+        """This process's share of every evaluation example once, padded and masked."""
+        cfg, size = self.cfg, self.cfg.image_size
+        if cfg.augment == "inception":
+
+            def decode(x):
+                return augment.tf_center_crop(x, size, cfg.crop_fraction)
+        else:
+
+            def decode(x):
+                return augment.tf_decode(x, (size, size))
+
+        ds = self._encoded(cfg.eval_split).map(lambda x, y: (decode(x), y), AUTOTUNE)
+        ds = ds.batch(self.eval_batch_size).prefetch(cfg.prefetch)
+        yielded = 0
+        for image, label in ds.as_numpy_iterator():
+            yielded += 1
+            yield pad_batch({"image": image, "label": label}, self.eval_batch_size)
+        # Processes may hold shards of different sizes: all must run as many steps.
+        for _ in range(self.num_eval_batches - yielded):
+            empty = {"image": np.zeros((0, size, size, 3), np.uint8), "label": np.zeros((0,), np.int32)}
+            yield pad_batch(empty, self.eval_batch_size)
+
+    @property
+    def num_eval_batches(self) -> int:
+        per_process = -(-self.info.num_eval // jax.process_count())
+        return -(-per_process // self.eval_batch_size)
+
+
+def load_arrays(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Decodes a whole split of a TFDS dataset into uint8 arrays (for the on-device pipeline)."""
+    builder = _builder(cfg)
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False)
+    size = (cfg.image_size, cfg.image_size)
+    ds = ds.map(lambda ex: (augment.tf_decode(ex["image"], size), ex["label"]), AUTOTUNE).batch(4096)
+    images, labels = zip(*ds.as_numpy_iterator())
+    names = check_class_names(builder.info.features["label"].names)
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32), names
+

@@ -1,0 +1,94 @@
+"""Data parallelism: the device mesh, batch sharding and multi-host start-up.
+
+One `jax.jit`-compiled step runs over a 1-D mesh of every device of every
+process, with axis ``data``: batches are sharded along their first dimension,
+the train state is replicated. Because the step sees global arrays, batch-norm
+means are over the global batch (synchronised BN) without any `axis_name`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Starts JAX's multi-controller runtime when there is more than one process.
+
+    With no arguments, `jax.distributed.initialize()` detects TPU pod slices,
+    SLURM and Open MPI clusters itself; on a single machine with no such
+    environment nothing is done. Explicit arguments (or the environment
+    variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID)
+    start a cluster by hand, e.g. two processes on localhost.
+    """
+    coordinator_address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and "JAX_NUM_PROCESSES" in os.environ:
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and "JAX_PROCESS_ID" in os.environ:
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    if coordinator_address:
+        jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "OMPI_COMM_WORLD_SIZE")):
+        jax.distributed.initialize()
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh over all devices of all processes, axis ``data``."""
+    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Shards the leading (batch) dimension over the ``data`` axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The same value on every device."""
+    return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> None:
+    """Raises a clear error unless `batch_size` divides over devices and processes."""
+    devices = mesh.devices.size
+    if batch_size <= 0 or batch_size % devices:
+        raise ValueError(
+            f"{what}={batch_size} does not divide over {devices} devices; use a multiple of {devices} "
+            f"(e.g. {max(devices, batch_size // devices * devices)})"
+        )
+    if batch_size % jax.process_count():
+        raise ValueError(f"{what}={batch_size} does not divide over {jax.process_count()} processes")
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's part of a global batch -> global arrays sharded over ``data``."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a host pytree (the same on every process) on every device."""
+    sharding = replicated(mesh)
+
+    def put(x: Any) -> jax.Array:
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def compile_host_step(step_fn: Callable[[Any, Any], Any], mesh: Mesh) -> Callable[[Any, dict[str, np.ndarray]], Any]:
+    """``jit(step_fn)`` with the state donated, fed this process's host batches."""
+    jitted = jax.jit(step_fn, donate_argnums=0)
+    return lambda state, batch: jitted(state, shard_batch(batch, mesh))

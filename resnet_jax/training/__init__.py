@@ -1,0 +1,1 @@
+"""Training: state, optimiser, pure steps, the loop and checkpoints."""

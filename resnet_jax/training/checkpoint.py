@@ -1,0 +1,130 @@
+"""Orbax checkpoints of the whole train state, with metadata to rebuild the model.
+
+Layout: ``<workdir>/checkpoints/<step>/{state,metadata}``. ``state`` is the
+train state as a plain nested dict (params, batch_stats, opt_state, step, EMA,
+rng); ``metadata`` is JSON: the model name and its keyword arguments, class
+names, image size, normalisation, the resolved config and the eval metrics of
+that step. Orbax writes each step into a temporary folder and renames it only
+once complete, so a save cut off midway is never found by `latest_step`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax.serialization
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as cm
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint belongs to another model, number of classes or shapes."""
+
+
+def _to_tree(state: Any) -> dict[str, Any]:
+    tree = flax.serialization.to_state_dict(state)
+    return {k: v for k, v in tree.items() if v is not None}
+
+
+class Checkpointer:
+    """Saves and restores train states under ``<workdir>/checkpoints``."""
+
+    def __init__(self, workdir: str, keep: int = 3, keep_best: bool = True, async_save: bool = True):
+        """
+        Args:
+          workdir: the run's folder.
+          keep: how many of the latest checkpoints to keep.
+          keep_best: also keep the checkpoint of best eval top-1.
+          async_save: write in a background thread (training goes on meanwhile).
+        """
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        policies: list[Any] = [cm.LatestN(n=keep)]
+        if keep_best:
+            policies.append(
+                cm.BestN(get_metric_fn=lambda m: m["top1"], n=1, keep_checkpoints_without_metrics=False)
+            )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=cm.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        """The kept step with the highest eval top-1 (the latest if none has metrics)."""
+        scored = []
+        for step in self.all_steps():
+            top1 = (self.metadata(step).get("metrics") or {}).get("top1")
+            if top1 is not None:
+                scored.append((top1, step))
+        return max(scored)[1] if scored else self.latest_step()
+
+    def save(self, state: Any, metadata: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
+        """Saves `state` at its step (asynchronously), with `metadata` and eval `metrics`."""
+        step = int(jax.device_get(state.step))
+        metadata = {**metadata, "step": step, "metrics": metrics}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(_to_tree(state)), metadata=ocp.args.JsonSave(metadata)),
+            metrics={"top1": metrics["top1"]} if metrics and "top1" in metrics else None,
+            force=True,
+        )
+
+    def metadata(self, step: int | None = None) -> dict[str, Any]:
+        """The JSON metadata saved with `step` (default: the latest)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+
+    def restore(self, target: Any, step: int | None = None) -> Any:
+        """Restores `step` (default: the latest) into the structure, shapes and
+        shardings of `target` (a train state on the current devices).
+
+        Raises:
+          CheckpointMismatchError: listing every array whose shape differs or
+            that is missing, e.g. a checkpoint of another model.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        target_tree = _to_tree(target)
+        self._check_shapes(step, target_tree)
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target_tree)
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        )["state"]
+        return flax.serialization.from_state_dict(target, {**flax.serialization.to_state_dict(target), **restored})
+
+    def _check_shapes(self, step: int, target_tree: dict[str, Any]) -> None:
+        saved = self.manager.item_metadata(step)["state"]
+        saved_shapes = {
+            jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]
+        }
+        problems = []
+        for path, leaf in jax.tree_util.tree_flatten_with_path(target_tree)[0]:
+            key = jax.tree_util.keystr(path)
+            if key not in saved_shapes:
+                problems.append(f"{key}: missing from the checkpoint")
+            elif saved_shapes[key] != tuple(leaf.shape):
+                problems.append(f"{key}: checkpoint {saved_shapes[key]} vs model {tuple(leaf.shape)}")
+        if problems:
+            listing = "\n  ".join(problems[:20]) + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else "")
+            raise CheckpointMismatchError(
+                f"checkpoint {self.directory}/{step} does not fit this model:\n  {listing}"
+            )
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,255 @@
+"""`train_and_evaluate`: the training job, from a config to a trained model in a workdir."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from resnet_jax import models, parallel
+from resnet_jax.data import make_pipeline
+from resnet_jax.training import optim, steps
+from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax.training.metrics import MetricWriter
+from resnet_jax.training.state import TrainState, create_train_state
+
+
+def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> Any:
+    """The configured model (`config.model`, `config.model_kwargs`, `config.half_precision`)."""
+    dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+    return models.create(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs.to_dict())
+
+
+def run_metadata(config: ml_collections.ConfigDict, class_names: Any) -> dict[str, Any]:
+    """What a checkpoint carries to rebuild its model without the config file."""
+    return {
+        "model": config.model,
+        "model_kwargs": config.model_kwargs.to_dict(),
+        "half_precision": bool(config.half_precision),
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "image_size": config.data.image_size,
+        "mean": list(config.data.mean),
+        "std": list(config.data.std),
+        "config": json.loads(config.to_json_best_effort()),
+    }
+
+
+def make_evaluator(model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any) -> Callable:
+    """``evaluate(variables, batches) -> metrics`` over padded, masked host batches."""
+    eval_fn = jax.jit(
+        functools.partial(
+            steps.eval_step,
+            apply_fn=model.apply,
+            mean=tuple(config.data.mean),
+            std=tuple(config.data.std),
+            dtype=model.dtype,
+            num_classes=num_classes,
+            flip=config.eval_flip,
+        )
+    )
+
+    def evaluate(variables: Any, batches: Any) -> dict[str, Any]:
+        sums = None
+        for batch in batches:
+            out = eval_fn(variables, parallel.shard_batch(batch, mesh))
+            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+        return steps.summarize_eval(sums)
+
+    return evaluate
+
+
+class _Preemption:
+    """Turns SIGTERM (a preemption notice) into a flag the loop checks each step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _Preemption:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_resumable(ckpt: Checkpointer, metadata: dict[str, Any]) -> None:
+    saved = ckpt.metadata()
+    for key in ("model", "num_classes", "model_kwargs"):
+        if saved.get(key) != metadata[key]:
+            raise CheckpointMismatchError(
+                f"{ckpt.directory} holds a checkpoint of {key}={saved.get(key)!r}, but this run has "
+                f"{key}={metadata[key]!r}; use another --workdir or the same model settings"
+            )
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config.model` on `config.data`, evaluating every epoch and
+    checkpointing into `workdir`; resumes from the latest checkpoint there.
+
+    Returns the last evaluation metrics (with ``"ema"`` ones when EMA is on).
+    """
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    models.create(config.model)  # an unknown name fails here, before any data is read
+    pipeline = make_pipeline(config, mesh)
+    info = pipeline.info
+    model = model_from_config(config, info.num_classes)
+
+    steps_per_epoch = pipeline.steps_per_epoch
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} training examples")
+    total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+    schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
+    tx = optim.make_optimizer(config, schedule)
+    state = create_train_state(model, tx, info.image_size, config.seed, mesh, use_ema=config.ema_decay > 0)
+
+    is_main = jax.process_index() == 0
+    metadata = run_metadata(config, info.class_names)
+    ckpt = Checkpointer(workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
+    if ckpt.latest_step() is not None:
+        _check_resumable(ckpt, metadata)
+        state = ckpt.restore(state)
+        if is_main:
+            print(f"Resumed from {ckpt.directory} at step {int(state.step)}.")
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+        print(
+            f"{config.model}: {models.count_params(state.variables()):,} parameters, {info.num_classes} classes, "
+            f"{info.num_train:,} train / {info.num_eval:,} eval examples, {jax.device_count()} "
+            f"{jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
+        )
+
+    train_step = pipeline.compile_step(
+        functools.partial(
+            steps.train_step,
+            mean=tuple(config.data.mean),
+            std=tuple(config.data.std),
+            dtype=model.dtype,
+            label_smoothing=config.label_smoothing,
+            ema_decay=config.ema_decay,
+        )
+    )
+    evaluate = make_evaluator(model, config, info.num_classes, mesh)
+    writer = MetricWriter(workdir)
+    results: dict[str, Any] = {}
+    start_time = time.time()
+    try:
+        with _Preemption() as preemption:
+            step = int(jax.device_get(state.step))
+            while step < total_steps and not preemption.requested:
+                epoch, start = divmod(step, steps_per_epoch)
+                todo = min(steps_per_epoch - start, total_steps - step)
+                state, train_metrics = _train_epoch(
+                    state, train_step, pipeline.train_epoch(epoch, start), todo, epoch, config, preemption
+                )
+                step = int(jax.device_get(state.step))
+                train_metrics["lr"] = float(schedule(step - 1))
+                writer.write(step, "train", train_metrics)
+                epoch_done = step % steps_per_epoch == 0
+                if step >= total_steps or (epoch_done and (epoch + 1) % config.eval_every_epochs == 0):
+                    results = _evaluate_all(state, evaluate, pipeline, config)
+                    for split, metrics in results.items():
+                        writer.write(step, split, metrics)
+                    if is_main:
+                        tqdm.write(_summary_line(epoch, step, train_metrics, results))
+                    ckpt.save(state, metadata, results["eval"])
+                elif preemption.requested or (config.checkpoint_every_steps and epoch_done):
+                    ckpt.save(state, metadata)
+            if preemption.requested and is_main:
+                print(f"SIGTERM: saved a checkpoint at step {step} in {ckpt.directory}; exiting.")
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+    if is_main and results:
+        ev = results["eval"]
+        print(
+            f"Done: step {int(state.step)}, eval top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}, "
+            f"loss {ev['loss']:.4f}, {time.time() - start_time:.0f}s. Workdir: {workdir}"
+        )
+    return results
+
+
+def _train_epoch(
+    state: TrainState,
+    train_step: Callable,
+    items: Any,
+    num_steps: int,
+    epoch: int,
+    config: ml_collections.ConfigDict,
+    preemption: _Preemption,
+) -> tuple:
+    """Runs up to `num_steps` steps with a progress bar; returns the state and
+    the epoch's mean loss, accuracy and images/s. Raises on a non-finite loss."""
+    sums, done, t0 = None, 0, time.time()
+    bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}", leave=False, disable=jax.process_index() != 0)
+    for item in items:
+        state, metrics = train_step(state, item)
+        sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
+        done += 1
+        bar.update(1)
+        if done % config.log_every_steps == 0 or done == num_steps:
+            loss = float(sums["loss"]) / done
+            if not np.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss is {loss} at step {int(jax.device_get(state.step))} (epoch {epoch + 1}); "
+                    "stopping without saving: the last good checkpoint is kept. Lower the learning rate "
+                    "or check the data."
+                )
+            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{float(sums['accuracy']) / done:.4f}")
+        if done == num_steps or preemption.requested:
+            break
+    bar.close()
+    jax.block_until_ready(state)
+    seconds = time.time() - t0
+    return state, {
+        "loss": float(sums["loss"]) / done,
+        "accuracy": float(sums["accuracy"]) / done,
+        "images_per_sec": done * config.batch_size / seconds,
+        "seconds": seconds,
+    }
+
+
+def _evaluate_all(state: TrainState, evaluate: Callable, pipeline: Any, config: ml_collections.ConfigDict) -> dict:
+    t0 = time.time()
+    results = {"eval": evaluate(state.variables(), pipeline.eval_batches())}
+    results["eval"]["images_per_sec"] = results["eval"]["count"] / (time.time() - t0)
+    if config.ema_decay > 0:
+        results["eval_ema"] = evaluate(state.variables(ema=True), pipeline.eval_batches())
+    return results
+
+
+def _summary_line(epoch: int, step: int, train: dict[str, float], results: dict[str, dict]) -> str:
+    ev = results["eval"]
+    line = (
+        f"epoch {epoch + 1:3d} step {step:6d} | train loss {train['loss']:.4f} acc {train['accuracy']:.4f} "
+        f"lr {train['lr']:.4g} {train['images_per_sec']:.0f} img/s | eval loss {ev['loss']:.4f} "
+        f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} ({ev['images_per_sec']:.0f} img/s)"
+    )
+    if "eval_ema" in results:
+        line += f" | ema top1 {results['eval_ema']['top1']:.4f}"
+    return line
+
+

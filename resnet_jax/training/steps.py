@@ -1,0 +1,98 @@
+"""Pure train and eval steps. They hold no constants of their own: everything
+comes from their arguments (bind them with `functools.partial`, then `jax.jit`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from resnet_jax.data.augment import normalize
+from resnet_jax.training.state import TrainState
+
+Metrics = dict[str, jax.Array]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross entropy with optional label smoothing."""
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if label_smoothing:
+        targets = optax.smooth_labels(targets, label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: Any,
+    label_smoothing: float,
+    ema_decay: float,
+) -> tuple[TrainState, Metrics]:
+    """One SGD step on a global batch of uint8 images; returns the new state and
+    ``{"loss", "accuracy"}`` averaged over the batch."""
+    images = normalize(batch["image"], mean, std, dtype)
+
+    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+        )
+        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
+        return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads, batch_stats, ema_decay)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    return state, {"loss": loss, "accuracy": accuracy}
+
+
+def eval_step(
+    variables: dict[str, Any],
+    batch: dict[str, jax.Array],
+    *,
+    apply_fn: Any,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: Any,
+    num_classes: int,
+    flip: bool = False,
+) -> Metrics:
+    """Sums over the real (``mask == 1``) examples of a padded batch: loss, top-1
+    and top-5 hits, and per-class hits and counts. With `flip`, the logits are
+    averaged over each image and its mirror image (test-time augmentation)."""
+    images = normalize(batch["image"], mean, std, dtype)
+    logits = apply_fn(variables, images, train=False)
+    if flip:
+        logits = (logits + apply_fn(variables, images[:, :, ::-1], train=False)) / 2
+    labels, mask = batch["label"], batch["mask"]
+    top5 = jax.lax.top_k(logits, min(5, num_classes))[1]
+    hit1 = (top5[:, 0] == labels) * mask
+    hit5 = jnp.any(top5 == labels[:, None], axis=-1) * mask
+    onehot = jax.nn.one_hot(labels, num_classes) * mask[:, None]
+    return {
+        "loss": jnp.sum(cross_entropy(logits, labels) * mask),
+        "top1": jnp.sum(hit1),
+        "top5": jnp.sum(hit5),
+        "count": jnp.sum(mask),
+        "class_hits": jnp.sum(onehot * hit1[:, None], axis=0),
+        "class_count": jnp.sum(onehot, axis=0),
+    }
+
+
+def summarize_eval(sums: Metrics) -> dict[str, Any]:
+    """Eval sums -> loss, top-1, top-5 (means) and per-class accuracy (a list)."""
+    sums = jax.device_get(sums)
+    n = float(sums["count"])
+    per_class = sums["class_hits"] / jnp.maximum(sums["class_count"], 1)
+    return {
+        "loss": float(sums["loss"]) / n,
+        "top1": float(sums["top1"]) / n,
+        "top5": float(sums["top5"]) / n,
+        "count": int(n),
+        "per_class_accuracy": [round(float(a), 6) for a in per_class],
+    }

@@ -1,0 +1,29 @@
+"""Train and evaluate a ResNet.
+
+    python train.py --config configs/cifar10_resnet20.py --workdir runs/r20
+    python train.py --config configs/cifar10_quick.py --workdir runs/q \
+        --config.data.path=../shared/data/cifar10-jpeg --config.num_epochs=10
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnet_jax import parallel
+from resnet_jax.training.loop import train_and_evaluate
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A config file of configs/.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config are written.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    parallel.initialize_distributed()
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
