@@ -3,17 +3,24 @@
     python train.py --config configs/cifar10_resnet20.py --workdir runs/r20
     python train.py --config configs/cifar10_quick.py --workdir runs/q \
         --config.data.path=../shared/data/cifar10-jpeg --config.num_epochs=10
+    python train.py --config configs/cifar10_quick.py --workdir runs/q --mode=eval --step=best
 """
 
+import json
+
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax import parallel
+from resnet_jax.evaluate import evaluate_checkpoint
 from resnet_jax.training.loop import train_and_evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A config file of configs/.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config are written.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate), or only evaluate a checkpoint.")
+flags.DEFINE_string("step", "latest", 'With --mode=eval: "latest", "best" or a step number.')
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,7 +29,14 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     parallel.initialize_distributed()
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    if FLAGS.mode == "train":
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+        metrics = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
+        if jax.process_index() == 0:
+            per_class = metrics.pop("per_class_accuracy")
+            print(json.dumps(metrics, indent=2))
+            print("per-class top-1:", " ".join(f"{a:.3f}" for a in per_class))
 
 
 if __name__ == "__main__":

@@ -47,13 +47,21 @@ def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
         builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise DatasetError(f"unknown TFDS dataset {cfg.name!r}: {str(e).splitlines()[0]}") from None
-    if not builder.is_prepared():
-        raise DatasetError(
-            f"TFDS dataset {cfg.name!r} is not prepared in {builder.data_dir!r}; run "
-            f"`tfds build {cfg.name} --data_dir=...` (or download it) first, or set config.data.path "
-            "to an image folder"
-        )
     return builder
+
+
+def _as_dataset(builder: tfds.core.DatasetBuilder, split: str, **kwargs: Any) -> tf.data.Dataset:
+    """`builder.as_dataset` reading encoded images, with a clear error when the
+    dataset was never prepared (no internet: TFDS cannot download it here)."""
+    try:
+        return builder.as_dataset(
+            split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False, **kwargs
+        )
+    except (AssertionError, FileNotFoundError) as e:
+        raise DatasetError(
+            f"TFDS dataset {builder.name!r} is not prepared in {builder.data_dir!r} ({e}); run "
+            f"`tfds build {builder.name} --data_dir=...` first, or set config.data.path to an image folder"
+        ) from None
 
 
 class TFDataPipeline:
@@ -74,23 +82,25 @@ class TFDataPipeline:
         self.batch_size = batch_size // jax.process_count()
         self.eval_batch_size = eval_batch_size // jax.process_count()
         self.builder = _builder(cfg)
-        names = self.builder.info.features["label"].names
         splits = self.builder.info.splits
         for split in (cfg.train_split, cfg.eval_split):
-            if split.split("[")[0] not in splits:
+            if splits and split.split("[")[0] not in splits:
                 raise DatasetError(f"dataset has no split {split!r}; it has {sorted(splits)}")
         self._bad_files = self._verify_folder() if cfg.path else frozenset()
+        self._train = self._encoded(cfg.train_split)
+        train_counts = parallel.gather_from_processes(self._count(self._train))
+        self._eval_counts = parallel.gather_from_processes(self._count(self._encoded(cfg.eval_split)))
+        # Every process must run as many steps: the smallest shard sets the epoch length.
+        self._num_local_train = int(train_counts.min())
         self.info = DataInfo(
-            class_names=check_class_names(names),
-            num_train=splits[cfg.train_split].num_examples,
-            num_eval=splits[cfg.eval_split].num_examples,
+            class_names=check_class_names(self.builder.info.features["label"].names),
+            num_train=int(train_counts.sum()),
+            num_eval=int(self._eval_counts.sum()),
             image_size=cfg.image_size,
         )
-        self._train = self._encoded(cfg.train_split)
         if cfg.cache:
             size = (cfg.image_size, cfg.image_size)
             self._train = self._train.map(lambda x, y: (augment.tf_decode(x, size), y), AUTOTUNE).cache()
-        self._num_local_train = self._count(self._train)
 
     def _verify_folder(self) -> frozenset[str]:
         """Decodes every file of a folder once before training, so that bad files are
@@ -106,19 +116,14 @@ class TFDataPipeline:
     def _encoded(self, split: str) -> tf.data.Dataset:
         """(encoded image, label) of this process's shard of `split`, in a fixed order."""
         if self.cfg.path:
-            ds = self.builder.as_dataset(
-                split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False
-            )
+            ds = _as_dataset(self.builder, split)
             if self._bad_files:
                 bad_t = tf.constant(sorted(self._bad_files))
                 ds = ds.filter(lambda ex: ~tf.reduce_any(tf.equal(ex["image/filename"], bad_t)))
             ds = ds.shard(jax.process_count(), jax.process_index())
         else:
-            ds = self.builder.as_dataset(
-                split=tfds.split_for_jax_process(split),
-                decoders={"image": tfds.decode.SkipDecoding()},
-                shuffle_files=False,
-                read_config=tfds.ReadConfig(interleave_cycle_length=1),
+            ds = _as_dataset(
+                self.builder, tfds.split_for_jax_process(split), read_config=tfds.ReadConfig(interleave_cycle_length=1)
             )
         return ds.map(lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)), AUTOTUNE)
 
@@ -191,14 +196,14 @@ class TFDataPipeline:
 
     @property
     def num_eval_batches(self) -> int:
-        per_process = -(-self.info.num_eval // jax.process_count())
-        return -(-per_process // self.eval_batch_size)
+        """Batches per process: the same on every process (the largest shard's)."""
+        return -(-int(self._eval_counts.max()) // self.eval_batch_size)
 
 
 def load_arrays(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """Decodes a whole split of a TFDS dataset into uint8 arrays (for the on-device pipeline)."""
     builder = _builder(cfg)
-    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()}, shuffle_files=False)
+    ds = _as_dataset(builder, split)
     size = (cfg.image_size, cfg.image_size)
     ds = ds.map(lambda ex: (augment.tf_decode(ex["image"], size), ex["label"]), AUTOTUNE).batch(4096)
     images, labels = zip(*ds.as_numpy_iterator())

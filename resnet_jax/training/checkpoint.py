@@ -50,7 +50,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "metadata"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -103,6 +104,20 @@ class Checkpointer:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         )["state"]
         return flax.serialization.from_state_dict(target, {**flax.serialization.to_state_dict(target), **restored})
+
+    def restore_tree(self, step: int | None = None, sharding: Any = None) -> dict[str, Any]:
+        """Restores `step` as the nested dict it was saved as, without a target.
+
+        Every array is placed with `sharding` (default: the first local device),
+        so a checkpoint saved on 8 devices restores on 1 and the reverse.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        saved = self.manager.item_metadata(step)["state"]
+        abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved)
+        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
 
     def _check_shapes(self, step: int, target_tree: dict[str, Any]) -> None:
         saved = self.manager.item_metadata(step)["state"]
