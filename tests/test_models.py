@@ -374,6 +374,13 @@ def test_train_updates_batch_stats_with_unbiased_variance():
     np.testing.assert_allclose(out2, out, rtol=1e-5, atol=1e-5)
 
 
+def test_init_in_train_mode_leaves_running_averages_at_defaults():
+    model = models.create("cifar_resnet20")
+    variables = model.init(jax.random.key(0), images((2, 32, 32, 3)), train=True)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(variables["batch_stats"])[0]:
+        np.testing.assert_array_equal(leaf, 0.0 if path[-1].key == "mean" else 1.0)
+
+
 # ----------------------------------------------------------------------------- dtypes
 
 
@@ -408,9 +415,9 @@ def test_bfloat16_compute_keeps_float32_state_and_logits():
 # ----------------------------------------------------------------------------- convolutions
 
 
-@pytest.mark.parametrize("size", [8, 9])
-def test_stride2_conv_pads_symmetrically_like_torchvision(size):
-    layer = blocks.conv(5, 3, strides=2)
+@pytest.mark.parametrize("size, kernel_size", [(8, 3), (9, 3), (8, 7)])
+def test_stride2_conv_pads_symmetrically_like_torchvision(size, kernel_size):
+    layer = blocks.conv(5, kernel_size, strides=2)
     x = images((2, size, size, 4), seed=6)
     variables = layer.init(jax.random.key(0), x)
     kernel = variables["params"]["kernel"]
@@ -422,10 +429,25 @@ def test_stride2_conv_pads_symmetrically_like_torchvision(size):
             x, kernel, (2, 2), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest"
         )
 
-    np.testing.assert_allclose(y, ref(((1, 1), (1, 1))), rtol=1e-4, atol=1e-4)
+    pad = kernel_size // 2
+    np.testing.assert_allclose(y, ref(((pad, pad), (pad, pad))), rtol=1e-4, atol=1e-4)
     assert y.shape == (2, (size + 1) // 2, (size + 1) // 2, 5)
     if size % 2 == 0:  # "SAME" pads only the bottom/right on even sizes
         assert not np.allclose(y, ref("SAME"), atol=1e-2)
+
+
+def test_imagenet_stem_max_pool_pads_symmetrically():
+    model = models.create("resnet18")
+    x = images((1, 32, 32, 3), seed=8)
+    variables = model.init(jax.random.key(0), x, train=False)
+    _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    stem = jax.nn.relu(state["intermediates"]["stem_bn"]["__call__"][0])
+    assert stem.shape == (1, 16, 16, 64)
+    pooled = jax.lax.reduce_window(
+        stem, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    )
+    first_block_input = block_inputs_outputs(model, variables, x, train=False)[0][1]
+    np.testing.assert_allclose(first_block_input, pooled, rtol=1e-6, atol=1e-6)
 
 
 def test_grouped_conv_and_1x1_padding():
