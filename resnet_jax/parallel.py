@@ -44,9 +44,9 @@ def initialize_distributed(
         jax.distributed.initialize()
 
 
-def make_mesh() -> Mesh:
-    """A 1-D mesh over all devices of all processes, axis ``data``."""
-    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def make_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """A 1-D mesh with axis ``data`` over `devices` (default: all devices of all processes)."""
+    return Mesh(np.asarray(devices if devices is not None else jax.devices()), (DATA_AXIS,))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

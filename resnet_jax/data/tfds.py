@@ -42,7 +42,9 @@ class DatasetError(ValueError):
 
 def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     if cfg.path:
-        return tfds.ImageFolder(os.path.expanduser(cfg.path))
+        path = os.path.expanduser(cfg.path)
+        folder.list_classes(path, cfg.train_split)  # names what is missing, if anything
+        return tfds.ImageFolder(path)
     try:
         builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)
     except tfds.core.registered.DatasetNotFoundError as e:

@@ -1,0 +1,74 @@
+"""Test set-up: 8 fake CPU devices, so that every test exercises the sharded
+path, and small image-folder fixtures made by the tests themselves."""
+
+import os
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from resnet_jax.config import default_config  # noqa: E402
+
+CLASSES = ("circle", "square", "stripes")
+
+
+def class_image(label: int, rng: np.random.Generator, size: int = 16) -> np.ndarray:
+    """A noisy RGB image whose colour and pattern depend on its class."""
+    y, x = np.mgrid[:size, :size] / size
+    base = rng.uniform(0, 60, (size, size, 3))
+    if label == 0:
+        mask = (x - 0.5) ** 2 + (y - 0.5) ** 2 < rng.uniform(0.05, 0.15)
+    elif label == 1:
+        mask = (np.abs(x - 0.5) < 0.3) & (np.abs(y - 0.5) < 0.3)
+    else:
+        mask = (np.floor(x * rng.integers(3, 6)) % 2) == 0
+    base[mask, label] += 180
+    return np.clip(base, 0, 255).astype(np.uint8)
+
+
+def make_image_folder(root, train_per_class: int = 16, test_per_class: int = 5, size: int = 16, seed: int = 0):
+    """Writes root/{train,test}/<class>/<n>.png and returns root as a string."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for label, name in enumerate(CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(class_image(label, rng, size)).save(d / f"{i:04d}.png")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """3 classes, 48 train and 15 test PNGs of 16x16."""
+    return make_image_folder(tmp_path_factory.mktemp("images"))
+
+
+def tiny_config(path: str, **overrides):
+    """A config that trains cifar_resnet20 at 16x16 on `path` in seconds."""
+    c = default_config()
+    c.data.path = path
+    c.data.image_size = 16
+    c.batch_size = 16
+    c.eval_batch_size = 16
+    c.num_epochs = 1
+    c.learning_rate = 0.05
+    c.lr_schedule = "constant"
+    c.log_every_steps = 1
+    c.async_checkpoints = False
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
+
+
+@pytest.fixture
+def tiny(image_folder):
+    """`tiny_config` bound to the session's image folder."""
+    return lambda **kw: tiny_config(image_folder, **kw)
