@@ -1,0 +1,192 @@
+"""Checkpoints: resume, preemption, cut-off saves, mismatches, restore, predict."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import resnet_jax
+from resnet_jax import models, parallel, predict
+from resnet_jax.data.augment import normalize
+from resnet_jax.evaluate import evaluate_checkpoint
+from resnet_jax.training import optim
+from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax.training.loop import train_and_evaluate
+from resnet_jax.training.state import create_train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli_args(folder, workdir, *extra):
+    return [
+        sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/cifar10_quick.py"),
+        "--workdir", str(workdir), f"--config.data.path={folder}", "--config.data.image_size=16",
+        "--config.batch_size=16", "--config.eval_batch_size=16", "--config.eval_flip=False", *extra,
+    ]  # fmt: skip
+
+
+def env_with_devices(n):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained(image_folder, tmp_path_factory):
+    """A workdir trained for one epoch on 8 devices, with an EMA."""
+    from conftest import tiny_config
+
+    workdir = tmp_path_factory.mktemp("trained")
+    results = train_and_evaluate(tiny_config(image_folder, ema_decay=0.5), str(workdir))
+    return str(workdir), results
+
+
+def test_resume_gives_the_same_parameters(tiny, tmp_path):
+    """2N steps in one go == N steps, stopped, then N more (N = 4, mid-epoch)."""
+    cfg = dict(lr_schedule="piecewise", lr_boundaries=(5,), ema_decay=0.9)
+    train_and_evaluate(tiny(num_train_steps=8, **cfg), str(tmp_path / "straight"))
+    train_and_evaluate(tiny(num_train_steps=4, **cfg), str(tmp_path / "resumed"))
+    assert Checkpointer(str(tmp_path / "resumed")).latest_step() == 4
+    train_and_evaluate(tiny(num_train_steps=8, **cfg), str(tmp_path / "resumed"))
+    a = Checkpointer(str(tmp_path / "straight")).restore_tree(8)
+    b = Checkpointer(str(tmp_path / "resumed")).restore_tree(8)
+    assert int(a["step"]) == int(b["step"]) == 8
+    leaves_a = jax.tree_util.tree_leaves_with_path(a)
+    leaves_b = dict(jax.tree_util.tree_leaves_with_path(b))
+    assert len(leaves_a) == len(leaves_b)
+    for path, x in leaves_a:
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(leaves_b[path]), err_msg=jax.tree_util.keystr(path))
+
+
+def test_sigterm_saves_and_exits_cleanly(image_folder, tmp_path):
+    args = cli_args(image_folder, tmp_path, "--config.num_epochs=1000", "--config.eval_every_epochs=1000")
+    proc = subprocess.Popen(args, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # two epochs done
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    assert "SIGTERM: saved a checkpoint" in out
+    step = Checkpointer(str(tmp_path)).latest_step()
+    assert 6 <= step < 3000  # at least two epochs of 3 steps, far from the end
+
+
+def test_a_save_cut_off_midway_is_never_loaded(tmp_path):
+    script = textwrap.dedent(f"""
+        import os, signal
+        import flax, jax.numpy as jnp, numpy as np
+        from resnet_jax.training.checkpoint import Checkpointer
+
+        class S(flax.struct.PyTreeNode):
+            step: jnp.ndarray
+            big: jnp.ndarray
+
+        ckpt = Checkpointer({str(tmp_path)!r})
+        ckpt.save(S(jnp.asarray(1), jnp.ones(10)), {{"model": "x"}})
+        ckpt.wait()
+        ckpt.save(S(jnp.asarray(2), jnp.ones(150_000_000)), {{"model": "x"}})
+        os.kill(os.getpid(), signal.SIGKILL)  # in the middle of the asynchronous write
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], env=env_with_devices(1), capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ckpt = Checkpointer(str(tmp_path))
+    assert ckpt.all_steps() == [1]
+    tree = ckpt.restore_tree()
+    assert int(tree["step"]) == 1 and tree["big"].shape == (10,)
+
+
+def test_another_model_in_the_workdir_is_a_clear_error(trained, image_folder):
+    from conftest import tiny_config
+
+    workdir, _ = trained
+    with pytest.raises(CheckpointMismatchError, match="model='cifar_resnet20'.*model='cifar_resnet32'"):
+        train_and_evaluate(tiny_config(image_folder, model="cifar_resnet32", ema_decay=0.5), workdir)
+    # Restoring into a model of another number of classes names the arrays that differ.
+    c = tiny_config(image_folder)
+    mesh = parallel.make_mesh()
+    model = models.create("cifar_resnet20", num_classes=5)
+    target = create_train_state(model, optim.make_optimizer(c, optim.learning_rate_schedule(c, 3, 3)), 16, 0, mesh)
+    with pytest.raises(CheckpointMismatchError, match=r"\['params'\]\['head'\]\['kernel'\]: checkpoint \(64, 3\)"):
+        Checkpointer(workdir).restore(target)
+
+
+def test_restore_rebuilds_the_model(trained, image_folder):
+    workdir, results = trained
+    model, variables, info = resnet_jax.restore(workdir)
+    assert info["model"] == "cifar_resnet20" and info["class_names"] == ["circle", "square", "stripes"]
+    assert info["step"] == 3 and info["metrics"]["top1"] == results["eval"]["top1"]
+    files = [os.path.join(image_folder, "test", c, "0000.png") for c in info["class_names"]]
+    images = np.stack([np.asarray(Image.open(f)) for f in files])
+
+    logits = model.apply(variables, normalize(images, info["mean"], info["std"]), train=False)
+    assert logits.shape == (3, 3)
+    _, ema_variables, _ = resnet_jax.restore(workdir, "best", ema=True)
+    assert not np.allclose(ema_variables["params"]["head"]["kernel"], variables["params"]["head"]["kernel"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint of step 7"):
+        resnet_jax.restore(workdir, 7)
+
+
+def test_saved_on_8_devices_evaluates_on_1(trained, image_folder):
+    workdir, results = trained
+    proc = subprocess.run(
+        cli_args(image_folder, workdir, "--mode=eval", "--step=latest"), env=env_with_devices(1),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(proc.stdout[proc.stdout.index("{") : proc.stdout.rindex("}") + 1])
+    assert metrics["count"] == 15
+    assert metrics["top1"] == pytest.approx(results["eval"]["top1"], abs=1e-6)
+    assert metrics["loss"] == pytest.approx(results["eval"]["loss"], rel=1e-4)
+
+
+def test_saved_on_1_device_evaluates_on_8(image_folder, tmp_path):
+    proc = subprocess.run(
+        cli_args(image_folder, tmp_path, "--config.num_epochs=1"), env=env_with_devices(1),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from conftest import tiny_config
+
+    saved = Checkpointer(str(tmp_path)).metadata()["metrics"]
+    metrics = evaluate_checkpoint(tiny_config(image_folder), str(tmp_path))
+    assert jax.device_count() == 8 and metrics["count"] == saved["count"] == 15
+    assert metrics["top1"] == pytest.approx(saved["top1"], abs=1e-6)
+    assert metrics["loss"] == pytest.approx(saved["loss"], rel=1e-4)
+
+
+def test_predict_on_images_of_any_mode(trained, tmp_path, capsys):
+    workdir, _ = trained
+    rng = np.random.default_rng(0)
+    files = {
+        "gray.png": Image.fromarray(rng.integers(0, 255, (50, 70), np.uint8), "L"),
+        "rgba.png": Image.fromarray(rng.integers(0, 255, (40, 40, 4), np.uint8), "RGBA"),
+        "palette.gif": Image.fromarray(rng.integers(0, 255, (30, 20, 3), np.uint8)).convert("P"),
+        "cmyk.jpg": Image.fromarray(rng.integers(0, 255, (80, 100, 4), np.uint8), "CMYK"),
+    }
+    paths = []
+    for name, im in files.items():
+        im.save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    assert predict.main(["--workdir", workdir, *paths]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for path in paths:
+        i = out.index(path)
+        lines = out[i + 1 : i + 4]  # 3 classes -> 3 lines
+        probs = [float(line.split("%")[0]) / 100 for line in lines]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=2e-3)
+        assert {line.split()[-1] for line in lines} == {"circle", "square", "stripes"}
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    assert predict.main(["--workdir", workdir, str(bad)]) == 2
+    assert f"{bad}: not a readable image" in capsys.readouterr().err
