@@ -1,0 +1,78 @@
+"""The on-device pipeline: whole dataset on the device, augmentation in the step."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from resnet_jax import parallel
+from resnet_jax.data.device import DevicePipeline
+from resnet_jax.training.loop import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_train_on_device_pipeline(tiny, tmp_path):
+    results = train_and_evaluate(tiny(num_epochs=2, **{"data.pipeline": "device"}), str(tmp_path))
+    assert results["eval"]["count"] == 15
+    assert np.isfinite(results["eval"]["loss"])
+
+
+def test_epochs_are_permutations_and_batches_are_augmented():
+    mesh = parallel.make_mesh()
+    n = 64
+    # Image i holds the value i everywhere, so a batch tells which examples it took.
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None] + 1, (n, 8, 8, 3)).copy()
+    labels = np.arange(n, dtype=np.int32) % 4
+    p = DevicePipeline((images, labels), (images[:8], labels[:8]), ("a", "b", "c", "d"), 16, 16, 0, mesh)
+    assert p.steps_per_epoch == 4
+    seen = []
+    for perm, key, i in p.train_epoch(0):
+        batch = p.make_batch({"image": p._data["image"], "label": p._data["label"]}, perm, key, i)
+        imgs = np.asarray(batch["image"])
+        ids = imgs.max(axis=(1, 2, 3)).astype(int) - 1
+        np.testing.assert_array_equal(np.asarray(batch["label"]), ids % 4)
+        assert (imgs == 0).any()  # zero padding entered some crops
+        seen.extend(ids.tolist())
+    assert sorted(seen) == list(range(n))
+    first = [int(np.asarray(perm)[0]) for perm, _, _ in [next(p.train_epoch(e)) for e in range(3)]]
+    assert len(set(first)) > 1  # each epoch has its own order
+
+
+def test_imports_and_trains_without_tensorflow():
+    """The GPU image has no TensorFlow: the package and the on-device path must work there."""
+    script = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+                    raise ImportError(f"{name} is blocked")
+        sys.meta_path.insert(0, Block())
+        import functools
+        import jax.numpy as jnp, numpy as np
+        import resnet_jax, resnet_jax.models, resnet_jax.predict, resnet_jax.evaluate
+        from resnet_jax import models, parallel
+        from resnet_jax.config import default_config
+        from resnet_jax.data.device import DevicePipeline
+        from resnet_jax.training import optim, steps
+        from resnet_jax.training.state import create_train_state
+        c = default_config()
+        mesh = parallel.make_mesh()
+        rng = np.random.default_rng(0)
+        data = (rng.integers(0, 256, (32, 8, 8, 3), np.uint8), rng.integers(0, 10, 32).astype(np.int32))
+        p = DevicePipeline(data, data, tuple("abcdefghij"), 16, 16, 0, mesh)
+        tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 2, 2))
+        state = create_train_state(models.create("cifar_resnet20"), tx, 8, 0, mesh)
+        step = p.compile_step(functools.partial(
+            steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.0, ema_decay=0.0))
+        for item in p.train_epoch(0):
+            state, m = step(state, item)
+        assert "tensorflow" not in sys.modules
+        print("ok", int(state.step), float(m["loss"]))
+    """)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok 2 ")
