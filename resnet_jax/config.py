@@ -48,7 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.log_every_steps = 50
     c.eval_every_epochs = 1
-    c.checkpoint_every_steps = 0  # > 0: also checkpoint at epoch ends without eval
+    c.checkpoint_every_steps = 0  # > 0: also checkpoint every N steps (epoch ends with eval always save)
     c.keep_checkpoints = 3  # the latest K, plus the best by eval top-1
     c.async_checkpoints = True
 

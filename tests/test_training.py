@@ -31,14 +31,14 @@ def test_mock_tfds_train_steps(tmp_path):
     c = default_config()
     c.batch_size = c.eval_batch_size = 16
     c.num_train_steps = 3
-    c.async_checkpoints = False
+    c.checkpoint_every_steps = 2
     with tfds.testing.mock_data(num_examples=40):
         results = train_and_evaluate(c, str(tmp_path))
     assert results["eval"]["count"] == 40
     assert np.isfinite(results["eval"]["loss"])
     train = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
     assert train[-1]["step"] == 3 and np.isfinite(train[-1]["loss"])
-    assert Checkpointer(str(tmp_path)).latest_step() == 3
+    assert Checkpointer(str(tmp_path)).all_steps() == [2, 3]  # every 2 steps, and the end
     assert json.load(open(tmp_path / "config.json"))["batch_size"] == 16
 
 

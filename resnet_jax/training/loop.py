@@ -162,7 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 epoch, start = divmod(step, steps_per_epoch)
                 todo = min(steps_per_epoch - start, total_steps - step)
                 state, train_metrics = _train_epoch(
-                    state, train_step, pipeline.train_epoch(epoch, start), todo, epoch, config, preemption
+                    state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption,
+                    save=lambda s: ckpt.save(s, metadata),
                 )
                 step = int(jax.device_get(state.step))
                 train_metrics["lr"] = float(schedule(step - 1))
@@ -175,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     if is_main:
                         tqdm.write(_summary_line(epoch, step, train_metrics, results))
                     ckpt.save(state, metadata, results["eval"])
-                elif preemption.requested or (config.checkpoint_every_steps and epoch_done):
+                elif preemption.requested:
                     ckpt.save(state, metadata)
             if preemption.requested and is_main:
                 print(f"SIGTERM: saved a checkpoint at step {step} in {ckpt.directory}; exiting.")
@@ -196,13 +197,17 @@ def _train_epoch(
     state: TrainState,
     train_step: Callable,
     items: Any,
+    first_step: int,
     num_steps: int,
     epoch: int,
     config: ml_collections.ConfigDict,
     preemption: _Preemption,
+    save: Callable[[TrainState], None],
 ) -> tuple:
-    """Runs up to `num_steps` steps with a progress bar; returns the state and
-    the epoch's mean loss, accuracy and images/s. Raises on a non-finite loss."""
+    """Runs up to `num_steps` steps with a progress bar, saving every
+    ``config.checkpoint_every_steps`` (after a finite-loss check); returns the
+    state and the epoch's mean loss, accuracy and images/s. Raises on a
+    non-finite loss."""
     sums, done, t0 = None, 0, time.time()
     bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}", leave=False, disable=jax.process_index() != 0)
     for item in items:
@@ -210,7 +215,9 @@ def _train_epoch(
         sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
         done += 1
         bar.update(1)
-        if done % config.log_every_steps == 0 or done == num_steps:
+        every = config.checkpoint_every_steps
+        save_now = every > 0 and (first_step + done) % every == 0 and done < num_steps
+        if done % config.log_every_steps == 0 or done == num_steps or save_now:
             loss = float(sums["loss"]) / done
             if not np.isfinite(loss):
                 raise FloatingPointError(
@@ -219,6 +226,8 @@ def _train_epoch(
                     "or check the data."
                 )
             bar.set_postfix(loss=f"{loss:.4f}", acc=f"{float(sums['accuracy']) / done:.4f}")
+        if save_now:
+            save(state)
         if done == num_steps or preemption.requested:
             break
     bar.close()

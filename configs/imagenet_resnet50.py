@@ -1,0 +1,50 @@
+"""ResNet-50 on ImageNet (TFDS imagenet2012, or an image folder via data.path).
+
+Global batch 1024, lr 0.1 x batch / 256 (= 0.4), 5 warmup epochs then cosine,
+90 epochs, Nesterov momentum 0.9, label smoothing 0.1, weight decay 1e-4
+excluding batch-norm and bias parameters, bfloat16 compute, zero-init of the
+last BN of each residual branch. Inception-style random-resized crops at 224;
+evaluation resizes to 256 and takes the central 224.
+
+Target (not yet a result of this package): 76.1-76.5% top-1, torchvision's
+ResNet-50 v1.5 (76.13%) and the Flax ImageNet example (76.3-76.5%).
+Other depths: configs/imagenet_resnet{18,34,101,152}.py.
+"""
+
+from resnet_jax.config import IMAGENET_MEAN, IMAGENET_STD, default_config
+
+
+def get_config(model: str = "resnet50"):
+    c = default_config()
+    c.model = model
+    c.model_kwargs.zero_init_residual = True
+    c.half_precision = True
+    c.batch_size = 1024
+    c.eval_batch_size = 1024
+    c.num_epochs = 90
+    c.learning_rate = 0.1
+    c.lr_linear_scaling = True
+    c.lr_reference_batch = 256
+    c.lr_schedule = "cosine"
+    c.warmup_epochs = 5
+    c.nesterov = True
+    c.label_smoothing = 0.1
+    c.weight_decay = 1e-4
+    c.weight_decay_exclude_bn_bias = True
+    c.log_every_steps = 100
+    c.keep_checkpoints = 2
+    c.checkpoint_every_steps = 2500
+
+    d = c.data
+    d.name = "imagenet2012"
+    d.train_split = "train"
+    d.eval_split = "validation"
+    d.image_size = 224
+    d.augment = "inception"
+    d.crop_fraction = 224 / 256
+    d.cache = False
+    d.shuffle_buffer = 16 * 1024
+    d.prefetch = 4
+    d.mean, d.std = IMAGENET_MEAN, IMAGENET_STD
+    d.verify_images = False  # 1.28M files: check a folder once with a separate pass if needed
+    return c
