@@ -101,7 +101,8 @@ class BatchNorm(nn.Module):
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
             mean = jnp.mean(xf, axes)
-            var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+            # Two passes (not E[x^2] - E[x]^2, which cancels catastrophically in float32).
+            var = jnp.mean(jnp.square(xf - mean), axes)
             if not self.is_initializing():
                 n = x.size // features
                 m = self.momentum

@@ -1,0 +1,102 @@
+"""torchvision -> resnet_jax: the same outputs from the same weights."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from resnet_jax import convert, models
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+
+def torchvision_model(name, seed=0):
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        # Non-trivial affine parameters, and running statistics calibrated on data (as
+        # in a trained network), so that activations keep a trained network's scale.
+        for m in bns:
+            m.weight.uniform_(0.5, 1.5)
+            m.bias.uniform_(-0.2, 0.2)
+            m.momentum = 1.0
+        model.train()
+        model(torch.randn(8, 3, 64, 64))
+        for m in bns:
+            m.momentum = 0.1
+    return model
+
+
+def close_to_torchvision(got, tv, x):
+    """``got`` is within 1e-4 of torchvision's float32 output, or, where float32
+    sums over 50 layers put torchvision itself further than that from its own
+    float64 result, within twice that error; and never less exact than it."""
+    with torch.no_grad():
+        expected = tv(torch.from_numpy(x)).numpy()
+        exact = copy.deepcopy(tv).double()(torch.from_numpy(x.astype(np.float64))).numpy()
+    torch_error = np.abs(expected - exact).max()
+    assert np.abs(got - exact).max() <= 1.5 * torch_error + 1e-5
+    np.testing.assert_allclose(got, expected, atol=max(1e-4, 2 * torch_error), rtol=0)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
+def test_same_logits_and_batch_stats_as_torchvision(name):
+    tv = torchvision_model(name)
+    variables = convert.from_torchvision({k: v.numpy() for k, v in tv.state_dict().items()}, name)
+    model = models.create(name)
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    nhwc = x.transpose(0, 2, 3, 1)
+
+    tv.eval()
+    close_to_torchvision(np.asarray(model.apply(variables, nhwc, train=False)), tv, x)
+
+    tv.train()
+    got_train, updates = model.apply(variables, nhwc, train=True, mutable=["batch_stats"])
+    close_to_torchvision(np.asarray(got_train), tv, x)  # updates tv's running statistics once
+    updated = convert.from_torchvision({k: v.numpy() for k, v in tv.state_dict().items()}, name)["batch_stats"]
+    np.testing.assert_allclose(updates["batch_stats"]["stem_bn"]["mean"], updated["stem_bn"]["mean"], atol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["stem_bn"]["var"], updated["stem_bn"]["var"], rtol=1e-4)
+    deep_ours, deep_tv = updates["batch_stats"]["stage4"]["block1"]["bn2"], updated["stage4"]["block1"]["bn2"]
+    np.testing.assert_allclose(deep_ours["var"], deep_tv["var"], rtol=1e-4)  # unbiased, as torch
+
+
+def test_errors_list_keys_by_name():
+    state = {k: v.numpy() for k, v in torchvision_model("resnet18").state_dict().items()}
+    del state["layer2.0.downsample.0.weight"]
+    state["layer1.0.conv1.weight"] = state["layer1.0.conv1.weight"][:, :, :1, :1]
+    state["extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(convert.ConversionError) as e:
+        convert.from_torchvision(state, "resnet18")
+    message = str(e.value)
+    assert "missing stage2/block0/shortcut_conv/kernel" in message
+    assert "'layer1.0.conv1.weight': shape (64, 64, 1, 1)" in message
+    assert "unexpected key 'extra.weight'" in message
+    with pytest.raises(ValueError, match="no torchvision counterpart for 'cifar_resnet20'"):
+        convert.from_torchvision(state, "cifar_resnet20")
+
+
+def test_cli_writes_a_checkpoint_that_restores(tmp_path, capsys):
+    import resnet_jax
+
+    tv = torchvision_model("resnet18")
+    tv.fc = torch.nn.Linear(512, 4)
+    pth = tmp_path / "weights.pth"
+    torch.save(tv.state_dict(), pth)
+    from safetensors.torch import save_file
+
+    st = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in tv.state_dict().items()}, st)
+    for weights, out in ((pth, tmp_path / "from_pth"), (st, tmp_path / "from_st")):
+        assert convert.main(["torchvision", "resnet18", str(weights), str(out)]) == 0
+        model, variables, info = resnet_jax.restore(str(out))
+        assert info["num_classes"] == 4 and info["model"] == "resnet18"
+        x = np.random.default_rng(1).standard_normal((1, 3, 64, 64)).astype(np.float32)
+        tv.eval()
+        with torch.no_grad():
+            expected = tv(torch.from_numpy(x)).numpy()
+        got = model.apply(variables, x.transpose(0, 2, 3, 1), train=False)
+        np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4)
+    assert convert.main(["torchvision", "resnet50", str(pth), str(tmp_path / "bad")]) == 2
+    assert "does not fit resnet50" in capsys.readouterr().err
