@@ -44,6 +44,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
     c.ema_decay = 0.0  # > 0: also keep and evaluate an EMA of the weights
 
+    # Fine-tuning: start from another run's (or a converted) checkpoint.
+    c.init_from = ""  # a workdir holding checkpoints/ (e.g. from python -m resnet_jax.convert)
+    c.freeze_backbone = False  # train the head only
+    c.backbone_lr_multiplier = 1.0  # the backbone's lr relative to the head's
+    c.freeze_bn = False  # use and keep the pretrained batch-norm statistics
+
     c.eval_flip = False  # average the logits of each eval image and its mirror image
 
     c.log_every_steps = 50

@@ -190,3 +190,37 @@ def test_predict_on_images_of_any_mode(trained, tmp_path, capsys):
     bad.write_text("not an image")
     assert predict.main(["--workdir", workdir, str(bad)]) == 2
     assert f"{bad}: not a readable image" in capsys.readouterr().err
+
+
+def test_finetune_from_another_run(trained, tmp_path, image_folder):
+    """Start from another run with the backbone frozen (params and BN statistics): only the head learns."""
+    from conftest import tiny_config
+
+    source, _ = trained
+    c = tiny_config(image_folder, init_from=source, freeze_backbone=True, freeze_bn=True, num_epochs=1)
+    c.model_kwargs.zero_init_residual = False
+    results = train_and_evaluate(c, str(tmp_path))
+    assert results["eval"]["count"] == 15
+    _, before, _ = resnet_jax.restore(source)
+    _, after, _ = resnet_jax.restore(str(tmp_path))
+    np.testing.assert_array_equal(after["params"]["stage2"]["block0"]["conv1"]["kernel"],
+                                  before["params"]["stage2"]["block0"]["conv1"]["kernel"])  # fmt: skip
+    np.testing.assert_array_equal(after["batch_stats"]["stem_bn"]["var"], before["batch_stats"]["stem_bn"]["var"])
+    assert not np.allclose(after["params"]["head"]["kernel"], before["params"]["head"]["kernel"])
+
+
+def test_finetune_backbone_lr_multiplier():
+    """The backbone's update is the multiplier times the head's for the same gradient."""
+    import jax.numpy as jnp
+    import optax
+
+    from resnet_jax.config import default_config
+
+    c = default_config()
+    c.momentum, c.weight_decay, c.backbone_lr_multiplier = 0.0, 0.0, 0.1
+    tx = optim.make_optimizer(c, optax.constant_schedule(1.0))
+    params = {"head": {"kernel": jnp.ones(2)}, "stage1": {"conv": jnp.ones(2)}}
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["head"]["kernel"], -1.0)
+    np.testing.assert_allclose(updates["stage1"]["conv"], -0.1)

@@ -20,6 +20,7 @@ from resnet_jax import models, parallel
 from resnet_jax.data import make_pipeline
 from resnet_jax.training import optim, steps
 from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax.training.finetune import load_pretrained
 from resnet_jax.training.metrics import MetricWriter
 from resnet_jax.training.state import TrainState, create_train_state
 
@@ -131,6 +132,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = ckpt.restore(state)
         if is_main:
             print(f"Resumed from {ckpt.directory} at step {int(state.step)}.")
+    elif config.init_from:
+        state, report = load_pretrained(state, config.init_from, mesh)
+        if is_main:
+            print(report)
     if is_main:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -149,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             dtype=model.dtype,
             label_smoothing=config.label_smoothing,
             ema_decay=config.ema_decay,
+            freeze_bn=config.freeze_bn,
         )
     )
     evaluate = make_evaluator(model, config, info.num_classes, mesh)

@@ -59,8 +59,26 @@ def decay_mask(params: optax.Params, exclude_bn_and_bias: bool) -> optax.Params:
 
 def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
     """SGD with momentum and weight decay coupled as in PyTorch's SGD and the
-    paper: the decay is added to the gradient before momentum."""
-    return optax.chain(
+    paper: the decay is added to the gradient before momentum.
+
+    For fine-tuning, everything but the ``head`` (the backbone) can learn at
+    ``backbone_lr_multiplier`` times the rate, or not at all with
+    ``freeze_backbone``.
+    """
+    sgd = optax.chain(
         optax.add_decayed_weights(cfg.weight_decay, mask=lambda p: decay_mask(p, cfg.weight_decay_exclude_bn_bias)),
         optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
     )
+    if not cfg.freeze_backbone and cfg.backbone_lr_multiplier == 1.0:
+        return sgd
+    backbone = optax.set_to_zero() if cfg.freeze_backbone else optax.chain(sgd, optax.scale(cfg.backbone_lr_multiplier))
+    return optax.multi_transform({"head": sgd, "backbone": backbone}, _head_or_backbone)
+
+
+def _head_or_backbone(params: optax.Params) -> optax.Params:
+    """Labels every parameter "head" or "backbone" (all top-level modules but ``head``)."""
+    labels = {}
+    for name, subtree in params.items():
+        label = "head" if name == "head" else "backbone"
+        labels[name] = jax.tree_util.tree_map(lambda _, label=label: label, subtree)
+    return labels

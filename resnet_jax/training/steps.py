@@ -33,17 +33,22 @@ def train_step(
     dtype: Any,
     label_smoothing: float,
     ema_decay: float,
+    freeze_bn: bool = False,
 ) -> tuple[TrainState, Metrics]:
     """One SGD step on a global batch of uint8 images; returns the new state and
-    ``{"loss", "accuracy"}`` averaged over the batch."""
+    ``{"loss", "accuracy"}`` averaged over the batch. With `freeze_bn`, batch
+    norm uses (and keeps) its running statistics, as when fine-tuning."""
     images = normalize(batch["image"], mean, std, dtype)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
-        )
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        if freeze_bn:
+            logits, batch_stats = state.apply_fn(variables, images, train=False), state.batch_stats
+        else:
+            logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
+            batch_stats = updates["batch_stats"]
         loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-        return loss, (logits, updates["batch_stats"])
+        return loss, (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads, batch_stats, ema_decay)

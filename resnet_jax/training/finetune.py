@@ -1,0 +1,51 @@
+"""Start a run from pretrained variables (another run, or converted torchvision weights)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from resnet_jax import parallel
+from resnet_jax.evaluate import restore
+from resnet_jax.training.state import TrainState
+
+
+def merge_pretrained(fresh: Any, pretrained: Any, prefix: str = "") -> tuple[Any, list[str]]:
+    """Takes each array of `pretrained` whose path and shape match `fresh`; keeps
+    the fresh one elsewhere (e.g. a head for another number of classes).
+    Returns the merged tree and the paths kept fresh."""
+    if not isinstance(fresh, dict):
+        same = pretrained is not None and getattr(pretrained, "shape", None) == fresh.shape
+        return (pretrained if same else fresh), ([] if same else [prefix])
+    merged, kept = {}, []
+    for key, value in fresh.items():
+        sub = pretrained.get(key) if isinstance(pretrained, dict) else None
+        merged[key], k = merge_pretrained(value, sub, f"{prefix}/{key}" if prefix else key)
+        kept += k
+    return merged, kept
+
+
+def load_pretrained(state: TrainState, workdir: str, mesh: Mesh) -> tuple[TrainState, str]:
+    """`state` with params and batch_stats taken from the checkpoint in `workdir`
+    where they fit; the optimiser state is started afresh."""
+    _, variables, info = restore(workdir, "latest")
+    params, fresh_params = merge_pretrained(jax.device_get(state.params), jax.device_get(variables["params"]))
+    stats, fresh_stats = merge_pretrained(jax.device_get(state.batch_stats), jax.device_get(variables["batch_stats"]))
+    if len(fresh_params) > 2:  # more than a head's kernel and bias: not this architecture
+        raise ValueError(
+            f"the checkpoint in {workdir!r} ({info['model']}) fits this model in too few places; "
+            f"{len(fresh_params)} parameters would stay untrained, e.g. {fresh_params[:5]}"
+        )
+    params, stats = parallel.replicate(params, mesh), parallel.replicate(stats, mesh)
+    state = state.replace(
+        params=params,
+        batch_stats=stats,
+        opt_state=state.tx.init(params),
+        ema_params=params if state.ema_params is not None else None,
+        ema_batch_stats=stats if state.ema_batch_stats is not None else None,
+    )
+    fresh = fresh_params + fresh_stats
+    report = f"Initialised from {workdir} ({info['model']}, step {info['step']})"
+    return state, report + (f"; new: {', '.join(fresh)}." if fresh else ".")
