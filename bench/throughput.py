@@ -1,0 +1,132 @@
+"""Training and evaluation throughput of any registered model on synthetic,
+on-device data: images/s, compile time, peak device memory and model FLOPs
+utilisation (MFU); optionally beside PyTorch on the same machine.
+
+    python bench/throughput.py --model cifar_resnet20 --batch 128 --torch
+    python bench/throughput.py --model resnet50 --batch 256 --dtype bfloat16 --resolution 224 --torch
+
+MFU counts 3 x 2 x MACs FLOPs per training image (forward + backward) against
+--peak-tflops (default: 989 for an H100/H200's dense bf16, 67 for their
+float32; on a CPU pass the machine's peak, or read the images/s alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from resnet_jax import models, parallel  # noqa: E402
+from resnet_jax.config import default_config  # noqa: E402
+from resnet_jax.models.profile import default_resolution  # noqa: E402
+from resnet_jax.training import optim, steps  # noqa: E402
+from resnet_jax.training.state import create_train_state  # noqa: E402
+
+PEAK_TFLOPS = {("gpu", "bfloat16"): 989.0, ("gpu", "float32"): 67.0}
+
+
+def _time(fn, n: int) -> float:
+    jax.block_until_ready(fn())
+    t0 = time.perf_counter()
+    for _ in range(n):
+        out = fn()
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / n
+
+
+def measure(model_name: str, batch: int, resolution: int, dtype: str, num_steps: int, num_classes: int) -> dict:
+    """JAX train/eval images/s, compile seconds, peak memory and MFU."""
+    c = default_config()
+    mesh = parallel.make_mesh()
+    parallel.check_batch_size(batch, mesh)
+    compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+    model = models.create(model_name, num_classes=num_classes, dtype=compute)
+    tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
+    state = create_train_state(model, tx, resolution, 0, mesh)
+    rng = np.random.default_rng(0)
+    batch_data = parallel.shard_batch(
+        {
+            "image": rng.integers(0, 256, (batch, resolution, resolution, 3), np.uint8),
+            "label": rng.integers(0, num_classes, batch).astype(np.int32),
+            "mask": np.ones(batch, np.float32),
+        },
+        mesh,
+    )
+    train = jax.jit(
+        functools.partial(
+            steps.train_step, mean=c.data.mean, std=c.data.std, dtype=compute, label_smoothing=0.0, ema_decay=0.0
+        ),
+        donate_argnums=0,
+    )
+    evaluate = jax.jit(
+        functools.partial(
+            steps.eval_step, apply_fn=model.apply, mean=c.data.mean, std=c.data.std, dtype=compute,
+            num_classes=num_classes,
+        )
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    train_compiled = train.lower(state, batch_data).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def train_once():
+        holder["state"], metrics = train_compiled(holder["state"], batch_data)
+        return metrics
+
+    train_s = _time(train_once, num_steps)
+    eval_s = _time(lambda: evaluate(holder["state"].variables(), batch_data), num_steps)
+    macs = models.profile(model_name, resolution, num_classes=num_classes)["macs"]
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    result = {
+        "model": model_name, "batch": batch, "resolution": resolution, "dtype": dtype,
+        "device": f"{jax.device_count()} x {device.device_kind}", "jax": jax.__version__,
+        "train_images_per_s": batch / train_s, "eval_images_per_s": batch / eval_s,
+        "compile_s": compile_s, "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
+        "train_tflops": 6 * macs * batch / train_s / 1e12,
+    }  # fmt: skip
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--resolution", type=int, default=0, help="default: 32 (CIFAR) or 224 (ImageNet)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--num-classes", type=int, default=0)
+    p.add_argument("--peak-tflops", type=float, default=0.0)
+    p.add_argument("--torch", action="store_true", help="also time PyTorch training the same architecture")
+    args = p.parse_args()
+    resolution = args.resolution or default_resolution(args.model)
+    num_classes = args.num_classes or (10 if models.family(args.model) == "cifar" else 1000)
+    r = measure(args.model, args.batch, resolution, args.dtype, args.steps, num_classes)
+    peak = args.peak_tflops or PEAK_TFLOPS.get((jax.devices()[0].platform, args.dtype))
+    if peak:
+        r["mfu"] = r["train_tflops"] / peak
+    if args.torch:
+        import torch
+
+        from bench import torch_peer
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        r["torch"] = torch.__version__
+        r["torch_train_images_per_s"] = torch_peer.train_throughput(
+            args.model, args.batch, resolution, args.steps, args.dtype, num_classes, device
+        )
+        r["ratio_jax_over_torch"] = r["train_images_per_s"] / r["torch_train_images_per_s"]
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
