@@ -86,8 +86,8 @@ def tf_inception_crop(
     whole = tf.reduce_all(tf.equal(box_size[:2], shape[:2]))
     image = tf.cond(
         whole,
-        lambda: _center_crop(_decode(encoded), size, 224 / 256),
-        lambda: _decode_window(encoded, window),
+        lambda: tf.cast(_center_crop(_decode(encoded), size, 224 / 256), tf.float32),
+        lambda: tf.cast(_decode_window(encoded, window), tf.float32),
     )
     image = tf.image.resize(image, [size, size], method="bicubic", antialias=True)
     image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
