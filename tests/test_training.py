@@ -244,3 +244,28 @@ def test_inception_pipeline_on_photos_of_any_size(tmp_path):
     assert batch["image"].std() > 10  # real content, not padding
     (evals,) = list(p.eval_batches())
     assert evals["image"].shape == (8, 24, 24, 3) and evals["mask"].sum() == 8
+
+
+def test_bad_files_are_named_before_training_or_skipped(tmp_path):
+    import shutil
+
+    from conftest import make_image_folder, tiny_config
+
+    from resnet_jax.data.folder import BadImageError
+
+    root = make_image_folder(tmp_path / "imgs", train_per_class=8, test_per_class=2)
+    good = tmp_path / "imgs" / "train" / "circle" / "0000.png"
+    (tmp_path / "imgs" / "train" / "square" / "notes.jpg").write_text("not an image")
+    data = good.read_bytes()
+    (tmp_path / "imgs" / "train" / "stripes" / "cut.png").write_bytes(data[: len(data) // 2])
+    shutil.copy(good, tmp_path / "imgs" / "test" / "circle" / "copy.png")
+    for pipeline in ("tfds", "device"):
+        c = tiny_config(root, batch_size=8, eval_batch_size=8, **{"data.pipeline": pipeline})
+        with pytest.raises(BadImageError, match="2 of 26 files .* are not readable images") as e:
+            train_and_evaluate(c, str(tmp_path / f"run_{pipeline}"))
+        assert "notes.jpg" in str(e.value) and "cut.png" in str(e.value)
+        c.data.skip_bad_images = True
+        results = train_and_evaluate(c, str(tmp_path / f"run_{pipeline}"))
+        assert results["eval"]["count"] == 7
+        train = [r for r in read_metrics(tmp_path / f"run_{pipeline}") if r["split"] == "train"]
+        assert train[-1]["step"] == 3  # 24 good training images / 8
