@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -215,7 +216,13 @@ def _train_epoch(
     state and the epoch's mean loss, accuracy and images/s. Raises on a
     non-finite loss."""
     sums, done, t0 = None, 0, time.time()
-    bar = tqdm(total=num_steps, desc=f"epoch {epoch + 1}", leave=False, disable=jax.process_index() != 0)
+    bar = tqdm(
+        total=num_steps,
+        desc=f"epoch {epoch + 1}",
+        leave=False,
+        disable=jax.process_index() != 0,
+        mininterval=0.5 if sys.stderr.isatty() else 60,  # a log file gets a line a minute, not one a step
+    )
     for item in items:
         state, metrics = train_step(state, item)
         sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
