@@ -179,18 +179,27 @@ class BasicBlock(_Block):
         return self.act(self.add(y, lambda: self.residual(x, self.filters)))
 
 
-class Bottleneck(_Block):
-    """1x1 -> 3x3 (grouped for ResNeXt) -> 1x1, output width ``4 * filters``."""
+class _BottleneckBase(_Block):
+    """Fields of both bottlenecks: ResNeXt cardinality / width, and stride placement."""
 
     expansion = 4
     groups: int = 1
     base_width: int = 64
     stride_on_3x3: bool = True
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def layout(self) -> tuple[int, int, int]:
+        """(width of the 3x3, stride of the first 1x1, stride of the 3x3)."""
         width = int(self.filters * self.base_width / 64) * self.groups
         s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
+        return width, s1, s3
+
+
+class Bottleneck(_BottleneckBase):
+    """1x1 -> 3x3 (grouped for ResNeXt) -> 1x1, output width ``4 * filters``."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width, s1, s3 = self.layout()
         y = self.act(self.norm(name="bn1")(self.conv(width, 1, s1, name="conv1")(x)))
         y = self.act(self.norm(name="bn2")(self.conv(width, 3, s3, groups=self.groups, name="conv2")(y)))
         y = self.last_norm("bn3")(self.conv(self.filters * 4, 1, name="conv3")(y))
@@ -212,18 +221,12 @@ class PreActBasicBlock(_Block):
         return self.add(y, sc)
 
 
-class PreActBottleneck(_Block):
+class PreActBottleneck(_BottleneckBase):
     """BN-ReLU-1x1 -> BN-ReLU-3x3 -> BN-ReLU-1x1, output width ``4 * filters``."""
-
-    expansion = 4
-    groups: int = 1
-    base_width: int = 64
-    stride_on_3x3: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        width = int(self.filters * self.base_width / 64) * self.groups
-        s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
+        width, s1, s3 = self.layout()
         y = self.act(self.norm(name="bn1")(x))
         sc = functools.partial(self.preact_residual, x, y, self.filters * 4)
         y = self.act(self.norm(name="bn2")(self.conv(width, 1, s1, name="conv1")(y)))
