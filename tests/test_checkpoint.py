@@ -224,3 +224,22 @@ def test_finetune_backbone_lr_multiplier():
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(updates["head"]["kernel"], -1.0)
     np.testing.assert_allclose(updates["stage1"]["conv"], -0.1)
+
+
+def test_keeps_the_latest_k_and_the_best(tmp_path):
+    import flax
+    import jax.numpy as jnp
+
+    class S(flax.struct.PyTreeNode):
+        step: jnp.ndarray
+        w: jnp.ndarray
+
+    ckpt = Checkpointer(str(tmp_path), keep=2)
+    for step, top1 in enumerate([0.5, 0.9, 0.3, 0.4, 0.2], start=1):
+        ckpt.save(S(jnp.asarray(step), jnp.full(3, step)), {"model": "m"}, {"top1": top1, "loss": 1.0})
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 4, 5]
+    assert ckpt.best_step() == 2 and ckpt.latest_step() == 5
+    assert ckpt.metadata(2)["metrics"]["top1"] == 0.9
+    np.testing.assert_array_equal(ckpt.restore_tree(2)["w"], [2, 2, 2])
+    ckpt.close()
