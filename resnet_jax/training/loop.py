@@ -103,6 +103,35 @@ def _check_resumable(ckpt: Checkpointer, metadata: dict[str, Any]) -> None:
             )
 
 
+def _resume_or_initialise(
+    state: TrainState, ckpt: Checkpointer, metadata: dict[str, Any], config: ml_collections.ConfigDict, mesh: Any
+) -> TrainState:
+    """The latest checkpoint of the workdir if any (it must be of the same model),
+    else ``config.init_from``'s variables if set, else `state` itself."""
+    if ckpt.latest_step() is not None:
+        _check_resumable(ckpt, metadata)
+        state = ckpt.restore(state)
+        if jax.process_index() == 0:
+            print(f"Resumed from {ckpt.directory} at step {int(state.step)}.")
+    elif config.init_from:
+        state, report = load_pretrained(state, config.init_from, mesh)
+        if jax.process_index() == 0:
+            print(report)
+    return state
+
+
+def _announce(config: ml_collections.ConfigDict, workdir: str, state: TrainState, info: Any, total_steps: int) -> None:
+    """Saves the resolved config into the workdir and prints what will run."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    print(
+        f"{config.model}: {models.count_params(state.variables()):,} parameters, {info.num_classes} classes, "
+        f"{info.num_train:,} train / {info.num_eval:,} eval examples, {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.model` on `config.data`, evaluating every epoch and
     checkpointing into `workdir`; resumes from the latest checkpoint there.
@@ -128,24 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     is_main = jax.process_index() == 0
     metadata = run_metadata(config, info.class_names)
     ckpt = Checkpointer(workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
-    if ckpt.latest_step() is not None:
-        _check_resumable(ckpt, metadata)
-        state = ckpt.restore(state)
-        if is_main:
-            print(f"Resumed from {ckpt.directory} at step {int(state.step)}.")
-    elif config.init_from:
-        state, report = load_pretrained(state, config.init_from, mesh)
-        if is_main:
-            print(report)
+    state = _resume_or_initialise(state, ckpt, metadata, config, mesh)
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        print(
-            f"{config.model}: {models.count_params(state.variables()):,} parameters, {info.num_classes} classes, "
-            f"{info.num_train:,} train / {info.num_eval:,} eval examples, {jax.device_count()} "
-            f"{jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
-        )
+        _announce(config, workdir, state, info, total_steps)
 
     train_step = pipeline.compile_step(
         functools.partial(
