@@ -74,7 +74,7 @@ class TFDataPipeline:
     ):
         """
         Args:
-          cfg: the ``config.data`` block (see configs/default.py).
+          cfg: the ``config.data`` block (see resnet_jax/config.py).
           batch_size, eval_batch_size: global batch sizes (all processes).
           seed: data seed: shuffling and augmentation.
           mesh: the device mesh batches are sharded over.
