@@ -18,7 +18,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "cifar_resnet20"  # a name from resnet_jax.models.list_models()
-    c.model_kwargs = ml_collections.ConfigDict()  # ResNet fields, e.g. shortcut="C", zero_init_residual=True
+    # Any other ResNet field, e.g. shortcut="C" (add keys in a config file or with --config.model_kwargs=...).
+    c.model_kwargs = ml_collections.ConfigDict({"zero_init_residual": False})
     c.half_precision = False  # compute in bfloat16 (parameters and BN statistics stay float32)
     c.seed = 0  # initialisation, data order and augmentation
 
