@@ -32,6 +32,7 @@ def test_mock_tfds_train_steps(tmp_path):
     c.batch_size = c.eval_batch_size = 16
     c.num_train_steps = 3
     c.checkpoint_every_steps = 2
+    c.async_checkpoints = False  # mock_data reroutes file access only inside its context
     with tfds.testing.mock_data(num_examples=40):
         results = train_and_evaluate(c, str(tmp_path))
     assert results["eval"]["count"] == 40
