@@ -41,10 +41,8 @@ def _load_arrays(cfg: ml_collections.ConfigDict) -> Any:
 
         train = folder.list_split(cfg.path, cfg.train_split)
         test = folder.list_split(cfg.path, cfg.eval_split, train.class_names)
-        if cfg.verify_images:
-            train = folder.verify(train, cfg.skip_bad_images)
-            test = folder.verify(test, cfg.skip_bad_images)
-        return folder.load_arrays(train, size), folder.load_arrays(test, size), train.class_names
+        skip = cfg.skip_bad_images
+        return folder.load_arrays(train, size, skip), folder.load_arrays(test, size, skip), train.class_names
     from resnet_jax.data.tfds import load_arrays
 
     *train, names = load_arrays(cfg, cfg.train_split)

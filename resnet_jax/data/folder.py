@@ -95,12 +95,35 @@ def load_rgb(path: str, size: tuple[int, int] | None = None) -> np.ndarray:
         raise BadImageError(f"{path}: not a readable image ({e})") from None
 
 
-def _check_one(path: str) -> str | None:
-    try:
-        load_rgb(path)
-    except BadImageError as e:
-        return str(e)
-    return None
+def _decode_all(split: FolderSplit, size: tuple[int, int] | None, num_threads: int) -> list:
+    """Each file decoded (an array), or the `BadImageError` message (a str)."""
+
+    def one(path: str) -> np.ndarray | str:
+        try:
+            return load_rgb(path, size)
+        except BadImageError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(num_threads) as pool:
+        return list(pool.map(one, split.paths))
+
+
+def _keep_good(split: FolderSplit, decoded: list, skip_bad: bool) -> tuple[FolderSplit, list[np.ndarray]]:
+    """Raises naming every unreadable file, or drops them when `skip_bad`."""
+    bad = [d for d in decoded if isinstance(d, str)]
+    if bad and not skip_bad:
+        listing = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise BadImageError(
+            f"{len(bad)} of {len(split)} files in {os.path.join(split.root, split.split)!r} are not readable "
+            f"images (set config.data.skip_bad_images=True to skip them):\n  {listing}"
+        )
+    if bad:
+        print(f"Skipping {len(bad)} unreadable files of {len(split)} in {split.root}/{split.split}.")
+    keep = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+    kept = FolderSplit(
+        split.root, split.split, tuple(split.paths[i] for i in keep), split.labels[keep], split.class_names
+    )
+    return kept, [decoded[i] for i in keep]
 
 
 def verify(split: FolderSplit, skip_bad: bool = False, num_threads: int = 8) -> FolderSplit:
@@ -111,33 +134,18 @@ def verify(split: FolderSplit, skip_bad: bool = False, num_threads: int = 8) -> 
       skip_bad: drop unreadable files (and print how many) instead of raising.
       num_threads: decoding threads.
     """
-    with ThreadPoolExecutor(num_threads) as pool:
-        errors = list(pool.map(_check_one, split.paths))
-    bad = [e for e in errors if e is not None]
-    if not bad:
-        return split
-    if not skip_bad:
-        listing = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
-        raise BadImageError(
-            f"{len(bad)} of {len(split)} files in {os.path.join(split.root, split.split)!r} are not readable "
-            f"images (set config.data.skip_bad_images=True to skip them):\n  {listing}"
-        )
-    print(f"Skipping {len(bad)} unreadable files of {len(split)} in {split.root}/{split.split}.")
-    keep = [i for i, e in enumerate(errors) if e is None]
-    return FolderSplit(
-        split.root, split.split, tuple(split.paths[i] for i in keep), split.labels[keep], split.class_names
-    )
+    return _keep_good(split, _decode_all(split, None, num_threads), skip_bad)[0]
 
 
 def load_arrays(
-    split: FolderSplit, size: tuple[int, int] | None = None, num_threads: int = 8
+    split: FolderSplit, size: tuple[int, int] | None = None, skip_bad: bool = False, num_threads: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes a whole split into ``(images uint8 [N, H, W, 3], labels int32 [N])``.
+    """Decodes a whole split into ``(images uint8 [N, H, W, 3], labels int32 [N])``,
+    checking every file on the way (as `verify`).
 
     Images of another size are resized to `size` (default: the first image's).
     """
     if size is None:
         size = load_rgb(split.paths[0]).shape[:2]
-    with ThreadPoolExecutor(num_threads) as pool:
-        images = list(pool.map(lambda p: load_rgb(p, size), split.paths))
-    return np.stack(images), split.labels.copy()
+    kept, images = _keep_good(split, _decode_all(split, size, num_threads), skip_bad)
+    return np.stack(images), kept.labels.copy()
