@@ -95,7 +95,3 @@ class DevicePipeline:
         return array_eval_batches(
             *self._eval, self.eval_batch_size, (jax.process_index(), jax.process_count())
         )
-
-    @property
-    def num_eval_batches(self) -> int:
-        return -(-self.info.num_eval // self.eval_batch_size)

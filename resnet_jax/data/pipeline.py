@@ -53,10 +53,6 @@ def array_eval_batches(
         yield pad_batch({"image": images[sl], "label": labels[sl]}, local)
 
 
-def num_batches(num_examples: int, batch_size: int) -> int:
-    """Eval batches needed to see every example once (the last one padded)."""
-    return -(-num_examples // batch_size)
-
 
 def check_class_names(names: Sequence[str]) -> tuple[str, ...]:
     names = tuple(str(n) for n in names)

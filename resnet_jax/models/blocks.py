@@ -170,7 +170,6 @@ class _Block(nn.Module):
 class BasicBlock(_Block):
     """3x3 -> 3x3, output width `filters` (ResNet-18/34, CIFAR ResNets)."""
 
-    expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -182,7 +181,6 @@ class BasicBlock(_Block):
 class _BottleneckBase(_Block):
     """Fields of both bottlenecks: ResNeXt cardinality / width, and stride placement."""
 
-    expansion = 4
     groups: int = 1
     base_width: int = 64
     stride_on_3x3: bool = True
@@ -209,7 +207,6 @@ class Bottleneck(_BottleneckBase):
 class PreActBasicBlock(_Block):
     """BN-ReLU-3x3 -> BN-ReLU-3x3, identity added without a final ReLU."""
 
-    expansion = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
