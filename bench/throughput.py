@@ -43,13 +43,20 @@ def _time(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def measure(model_name: str, batch: int, resolution: int, dtype: str, num_steps: int, num_classes: int) -> dict:
-    """JAX train/eval images/s, compile seconds, peak memory and MFU."""
+def measure(
+    model_name: str, batch: int, resolution: int, dtype: str, num_steps: int, num_classes: int, steps_per_call: int = 1,
+    model_kwargs: dict | None = None,
+) -> dict:
+    """JAX train/eval images/s, compile seconds, peak memory and MFU.
+
+    ``steps_per_call > 1`` runs that many train steps inside one jitted call
+    (`lax.scan`), which takes the host's per-step dispatch out of the figure."""
     c = default_config()
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch, mesh)
     compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
-    model = models.create(model_name, num_classes=num_classes, dtype=compute)
+    model_kwargs = model_kwargs or {}
+    model = models.create(model_name, num_classes=num_classes, dtype=compute, **model_kwargs)
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
     state = create_train_state(model, tx, resolution, 0, mesh)
     rng = np.random.default_rng(0)
@@ -61,12 +68,14 @@ def measure(model_name: str, batch: int, resolution: int, dtype: str, num_steps:
         },
         mesh,
     )
-    train = jax.jit(
-        functools.partial(
-            steps.train_step, mean=c.data.mean, std=c.data.std, dtype=compute, label_smoothing=0.0, ema_decay=0.0
-        ),
-        donate_argnums=0,
+    one_step = functools.partial(
+        steps.train_step, mean=c.data.mean, std=c.data.std, dtype=compute, label_smoothing=0.0, ema_decay=0.0
     )
+
+    def train_steps(state, batch):
+        return jax.lax.scan(lambda s, _: one_step(s, batch), state, length=steps_per_call)
+
+    train = jax.jit(one_step if steps_per_call == 1 else train_steps, donate_argnums=0)
     evaluate = jax.jit(
         functools.partial(
             steps.eval_step, apply_fn=model.apply, mean=c.data.mean, std=c.data.std, dtype=compute,
@@ -82,13 +91,15 @@ def measure(model_name: str, batch: int, resolution: int, dtype: str, num_steps:
         holder["state"], metrics = train_compiled(holder["state"], batch_data)
         return metrics
 
-    train_s = _time(train_once, num_steps)
+    train_s = _time(train_once, max(1, num_steps // steps_per_call)) / steps_per_call
     eval_s = _time(lambda: evaluate(holder["state"].variables(), batch_data), num_steps)
     macs = models.profile(model_name, resolution, num_classes=num_classes)["macs"]
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
     result = {
-        "model": model_name, "batch": batch, "resolution": resolution, "dtype": dtype,
+        "model": model_name, "batch": batch, "resolution": resolution, "dtype": dtype, "steps_per_call": steps_per_call,
+        "model_kwargs": model_kwargs,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "device": f"{jax.device_count()} x {device.device_kind}", "jax": jax.__version__,
         "train_images_per_s": batch / train_s, "eval_images_per_s": batch / eval_s,
         "compile_s": compile_s, "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
@@ -104,13 +115,19 @@ def main() -> None:
     p.add_argument("--resolution", type=int, default=0, help="default: 32 (CIFAR) or 224 (ImageNet)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps-per-call", type=int, default=1, help="train steps per jitted call (lax.scan)")
     p.add_argument("--num-classes", type=int, default=0)
+    p.add_argument("--model-kwargs", type=json.loads, default={}, help='e.g. \'{"bn_one_pass": true}\'')
     p.add_argument("--peak-tflops", type=float, default=0.0)
     p.add_argument("--torch", action="store_true", help="also time PyTorch training the same architecture")
     args = p.parse_args()
+    if args.torch:  # leave GPU memory to PyTorch: JAX would otherwise preallocate 75% of it
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     resolution = args.resolution or default_resolution(args.model)
     num_classes = args.num_classes or (10 if models.family(args.model) == "cifar" else 1000)
-    r = measure(args.model, args.batch, resolution, args.dtype, args.steps, num_classes)
+    r = measure(
+        args.model, args.batch, resolution, args.dtype, args.steps, num_classes, args.steps_per_call, args.model_kwargs
+    )
     peak = args.peak_tflops or PEAK_TFLOPS.get((jax.devices()[0].platform, args.dtype))
     if peak:
         r["mfu"] = r["train_tflops"] / peak

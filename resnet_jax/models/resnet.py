@@ -70,6 +70,7 @@ class ResNet(nn.Module):
       dtype: compute dtype (e.g. jnp.bfloat16); parameters and batch-norm
         statistics stay float32, and logits are returned as float32.
       bn_momentum, bn_epsilon: torchvision's numerics by default.
+      bn_one_pass: batch-norm variance in one pass (faster, less exact; see `BatchNorm`).
     """
 
     stage_sizes: Sequence[int]
@@ -86,6 +87,7 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    bn_one_pass: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -99,6 +101,7 @@ class ResNet(nn.Module):
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
+            one_pass=self.bn_one_pass,
             dtype=self.dtype,
         )
         preact = self.block in (PreActBasicBlock, PreActBottleneck)
