@@ -95,20 +95,22 @@ def load_rgb(path: str, size: tuple[int, int] | None = None) -> np.ndarray:
         raise BadImageError(f"{path}: not a readable image ({e})") from None
 
 
-def _decode_all(split: FolderSplit, size: tuple[int, int] | None, num_threads: int) -> list:
-    """Each file decoded (an array), or the `BadImageError` message (a str)."""
+def _decode_all(split: FolderSplit, size: tuple[int, int] | None, num_threads: int, keep: bool) -> list:
+    """Each file decoded: its array (None unless `keep`: checking a large folder
+    must not hold it in memory), or the `BadImageError` message (a str)."""
 
-    def one(path: str) -> np.ndarray | str:
+    def one(path: str) -> np.ndarray | str | None:
         try:
-            return load_rgb(path, size)
+            image = load_rgb(path, size)
         except BadImageError as e:
             return str(e)
+        return image if keep else None
 
     with ThreadPoolExecutor(num_threads) as pool:
         return list(pool.map(one, split.paths))
 
 
-def _keep_good(split: FolderSplit, decoded: list, skip_bad: bool) -> tuple[FolderSplit, list[np.ndarray]]:
+def _keep_good(split: FolderSplit, decoded: list, skip_bad: bool) -> tuple[FolderSplit, list]:
     """Raises naming every unreadable file, or drops them when `skip_bad`."""
     bad = [d for d in decoded if isinstance(d, str)]
     if bad and not skip_bad:
@@ -134,7 +136,7 @@ def verify(split: FolderSplit, skip_bad: bool = False, num_threads: int = 8) -> 
       skip_bad: drop unreadable files (and print how many) instead of raising.
       num_threads: decoding threads.
     """
-    return _keep_good(split, _decode_all(split, None, num_threads), skip_bad)[0]
+    return _keep_good(split, _decode_all(split, None, num_threads, keep=False), skip_bad)[0]
 
 
 def load_arrays(
@@ -147,5 +149,5 @@ def load_arrays(
     """
     if size is None:
         size = load_rgb(split.paths[0]).shape[:2]
-    kept, images = _keep_good(split, _decode_all(split, size, num_threads), skip_bad)
+    kept, images = _keep_good(split, _decode_all(split, size, num_threads, keep=True), skip_bad)
     return np.stack(images), kept.labels.copy()
