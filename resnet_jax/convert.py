@@ -142,26 +142,21 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, num_classes: int 
 def write_checkpoint(
     variables: dict, name: str, out_dir: str, class_names: list[str] | None = None, image_size: int = 224
 ) -> None:
-    """Writes `variables` as a step-0 checkpoint that `resnet_jax.restore(out_dir)` loads."""
-    from resnet_jax.config import IMAGENET_MEAN, IMAGENET_STD
+    """Writes `variables` as a step-0 checkpoint that `resnet_jax.restore(out_dir)` loads,
+    with the metadata of a run that used ImageNet preprocessing at `image_size`."""
+    from resnet_jax.config import IMAGENET_MEAN, IMAGENET_STD, default_config
     from resnet_jax.training.checkpoint import Checkpointer
+    from resnet_jax.training.loop import run_metadata
 
     num_classes = variables["params"]["head"]["kernel"].shape[1]
     class_names = class_names or [f"class_{i}" for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for a head of {num_classes} classes")
-    metadata = {
-        "model": name,
-        "model_kwargs": {},
-        "half_precision": False,
-        "num_classes": num_classes,
-        "class_names": list(class_names),
-        "image_size": image_size,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "config": {"data": {"augment": "inception", "crop_fraction": 0.875}},
-        "source": "torchvision",
-    }
+    config = default_config()
+    config.model = name
+    config.data.image_size, config.data.augment = image_size, "inception"
+    config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
+    metadata = {**run_metadata(config, class_names), "source": "torchvision"}
     state = {"step": np.zeros((), np.int32), **variables}
     ckpt = Checkpointer(out_dir, async_save=False)
     ckpt.save(_Tree(state), metadata)
