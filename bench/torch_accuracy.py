@@ -4,10 +4,11 @@ ceiling of the data (e.g. the JPEG copy of CIFAR-10).
 
     python bench/torch_accuracy.py --data ../shared/data/cifar10-jpeg --epochs 10
 
-The recipe mirrors ``configs/cifar10_quick.py`` (read from it): one-cycle lr
-(linear from lr/25 to lr over the warm-up epochs, then linearly to 0), SGD with
-Nesterov momentum, weight decay coupled and excluded from 1-D parameters, label
-smoothing, pad-and-crop + flip, flip test-time augmentation. Images are read
+The recipe is read from a config file (default ``configs/cifar10_quick.py``):
+the learning rate of every step comes from our own schedule function, then SGD
+with momentum (Nesterov if set), weight decay coupled and optionally excluded
+from 1-D parameters, label smoothing, pad-and-crop + flip, flip test-time
+augmentation. Images are read
 through `resnet_jax.data.folder` (Pillow), as our on-device pipeline reads them.
 """
 
@@ -28,6 +29,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.torch_peer import CifarResNet  # noqa: E402
 from resnet_jax.data import folder  # noqa: E402
+from resnet_jax.training import optim  # noqa: E402
 
 
 def _recipe(path: str):
@@ -78,12 +80,8 @@ def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int) -> 
         lr=c.learning_rate, momentum=c.momentum, nesterov=c.nesterov,
     )  # fmt: skip
     steps_per_epoch = len(y_train) // c.batch_size
-    total, warmup = epochs * steps_per_epoch, round(c.warmup_epochs * steps_per_epoch)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return c.learning_rate / 25 + (c.learning_rate - c.learning_rate / 25) * step / warmup
-        return c.learning_rate * (1 - (step - warmup) / max(total - warmup, 1))
+    total = epochs * steps_per_epoch
+    lrs = np.asarray(optim.learning_rate_schedule(c, steps_per_epoch, total)(np.arange(total)), np.float64)
 
     step, train_s = 0, 0.0
     for epoch in range(epochs):
@@ -95,7 +93,7 @@ def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int) -> 
             idx = perm[i * c.batch_size : (i + 1) * c.batch_size]
             x = _crop_flip(x_train[idx], c.data.crop_padding, gen)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = float(lrs[step])
             logits = model(x)
             loss = F.cross_entropy(logits, y_train[idx], label_smoothing=c.label_smoothing)
             opt.zero_grad(set_to_none=True)
