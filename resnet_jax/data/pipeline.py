@@ -53,7 +53,6 @@ def array_eval_batches(
         yield pad_batch({"image": images[sl], "label": labels[sl]}, local)
 
 
-
 def check_class_names(names: Sequence[str]) -> tuple[str, ...]:
     names = tuple(str(n) for n in names)
     if len(names) < 2:

@@ -178,7 +178,6 @@ class _Block(nn.Module):
 class BasicBlock(_Block):
     """3x3 -> 3x3, output width `filters` (ResNet-18/34, CIFAR ResNets)."""
 
-
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.act(self.norm(name="bn1")(self.conv(self.filters, 3, self.strides, name="conv1")(x)))
@@ -214,7 +213,6 @@ class Bottleneck(_BottleneckBase):
 
 class PreActBasicBlock(_Block):
     """BN-ReLU-3x3 -> BN-ReLU-3x3, identity added without a final ReLU."""
-
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
