@@ -365,9 +365,14 @@ def test_one_pass_batch_norm_matches_two_pass_and_is_wired_through_resnet():
     assert model.bn_one_pass
     x = images((4, 32, 32, 3), seed=7)
     variables = models.create("cifar_resnet20").init(jax.random.key(0), x, train=False)
-    fast, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    exact, _ = models.create("cifar_resnet20").apply(variables, x, train=True, mutable=["batch_stats"])
+    fast, fast_stats = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    exact, exact_stats = models.create("cifar_resnet20").apply(variables, x, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(fast, exact, rtol=1e-3, atol=1e-3)
+    # ... and the model really takes the one-pass path: its float32 variances round differently.
+    fast_var = np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(fast_stats)])
+    exact_var = np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(exact_stats)])
+    np.testing.assert_allclose(fast_var, exact_var, rtol=1e-3, atol=1e-5)
+    assert not np.array_equal(fast_var, exact_var)
 
 
 def test_train_updates_batch_stats_with_unbiased_variance():
