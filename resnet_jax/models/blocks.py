@@ -33,6 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.models.conv import conv_general_dilated
+
 ModuleDef = Any
 SHORTCUTS = ("A", "B", "C", None)
 
@@ -67,6 +69,7 @@ def conv(
         dtype=dtype,
         param_dtype=jnp.float32,
         kernel_init=kernel_init,
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 
