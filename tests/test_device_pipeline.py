@@ -5,6 +5,9 @@ import subprocess
 import sys
 import textwrap
 
+import flax
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax import parallel
@@ -29,7 +32,7 @@ def test_epochs_are_permutations_and_batches_are_augmented():
     p = DevicePipeline((images, labels), (images[:8], labels[:8]), ("a", "b", "c", "d"), 16, 16, 0, mesh)
     assert p.steps_per_epoch == 4
     seen = []
-    for perm, key, i in p.train_epoch(0):
+    for i, (perm, key) in enumerate(p.train_epoch(0)):
         batch = p.make_batch({"image": p._data["image"], "label": p._data["label"]}, perm, key, i)
         imgs = np.asarray(batch["image"])
         ids = imgs.max(axis=(1, 2, 3)).astype(int) - 1
@@ -37,8 +40,39 @@ def test_epochs_are_permutations_and_batches_are_augmented():
         assert (imgs == 0).any()  # zero padding entered some crops
         seen.extend(ids.tolist())
     assert sorted(seen) == list(range(n))
-    first = [int(np.asarray(perm)[0]) for perm, _, _ in [next(p.train_epoch(e)) for e in range(3)]]
+    first = [int(np.asarray(perm)[0]) for perm, _ in [next(p.train_epoch(e)) for e in range(3)]]
     assert len(set(first)) > 1  # each epoch has its own order
+
+
+class Counter(flax.struct.PyTreeNode):
+    """The one field of a train state that the on-device pipeline reads."""
+
+    step: jax.Array
+
+
+def test_compiled_step_takes_the_batch_of_the_states_step():
+    """The batch index comes from state.step on the device, so a resumed state gets its own batch."""
+    mesh = parallel.make_mesh()
+    n = 64
+    images = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None] + 1, (n, 8, 8, 3)).copy()
+    labels = np.arange(n, dtype=np.int32)
+    p = DevicePipeline((images, labels), (images[:8], labels[:8]), tuple("abcd"), 16, 16, 0, mesh, augment_images=False)
+
+    def step_fn(state, batch):  # the batch's labels come back as the "metrics"
+        return state.replace(step=state.step + 1), batch["label"]
+
+    run = p.compile_step(step_fn)
+    perm, key = next(p.train_epoch(1))
+    state, taken = Counter(step=jnp.int32(4)), []  # step 4 = epoch 1, batch 0
+    for item in p.train_epoch(1):
+        state, batch_labels = run(state, item)
+        taken.append(np.asarray(batch_labels))
+    want = [np.asarray(perm)[i * 16:(i + 1) * 16] for i in range(4)]
+    np.testing.assert_array_equal(np.stack(taken), np.stack(want))
+    resumed = list(p.train_epoch(1, start_step=2))
+    assert len(resumed) == 2
+    _, batch_labels = run(Counter(step=jnp.int32(6)), resumed[0])  # resumed at step 6 = batch 2 of epoch 1
+    np.testing.assert_array_equal(np.asarray(batch_labels), want[2])
 
 
 def test_imports_and_trains_without_tensorflow():
