@@ -44,10 +44,10 @@ def test_values_and_derivatives_equal_lax(batch, strides, padding, groups):
     )
 
 
-def _convolutions(batch: int, platform: str) -> int:
+def _convolutions(batch: int, platform: str, kernel: int = 3, channels: int = 4) -> int:
     """Convolutions in the lowered filter gradient for `platform`, at this batch size."""
-    x = jnp.ones((batch, 8, 8, 4))
-    w = jnp.ones((3, 3, 4, 4))
+    x = jnp.ones((batch, 8, 8, channels))
+    w = jnp.ones((kernel, kernel, channels, channels))
 
     def filter_grad(w, x):
         return jax.grad(lambda w: jnp.sum(conv_lib.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)))(w)
@@ -62,3 +62,5 @@ def test_filter_gradient_is_chunked_on_cpu_only():
     assert _convolutions(1024, "cpu") == conv_lib.MAX_CHUNKS  # chunks grow with the batch
     assert _convolutions(32, "cuda") == 1
     assert _convolutions(32, "tpu") == 1
+    assert _convolutions(32, "cpu", kernel=1) == 1  # a 1x1 filter gradient is a matmul: left whole
+    assert _convolutions(32, "cpu", channels=512) == 1  # where chunks were measured slower
