@@ -1,7 +1,8 @@
 """A convolution whose filter gradient is summed over batch chunks on CPU.
 
 XLA:CPU computes a convolution's filter gradient as one convolution with an
-image-sized "kernel" and a 3x3 output, and its time grows faster than the batch:
+image-sized "kernel" and a 3x3 output (run by YNNPACK in jax 0.10), and its
+time grows faster than the batch:
 for a 3x3 convolution with 16 channels at 32x32 it takes 2.7 ms at batch 32 and
 24.5 ms at batch 128. The same gradient summed over chunks of 8 images takes
 6.4 ms at batch 128 (docs/cpu.md). `conv_general_dilated` below is
