@@ -4,6 +4,11 @@ utilisation (MFU); optionally beside PyTorch on the same machine.
 
     python bench/throughput.py --model cifar_resnet20 --batch 128 --torch
     python bench/throughput.py --model resnet50 --batch 256 --dtype bfloat16 --resolution 224 --torch
+    python bench/throughput.py --model cifar_resnet20 --batch 128 --data <cifar10 folder> --pipeline device
+
+With --data, the same train step also runs fed by the real input pipeline
+(`--pipeline device`: the on-device one; `tfds`: tf.data over the folder),
+as the trainer feeds it, and that throughput is reported beside the synthetic one.
 
 MFU counts 3 x 2 x MACs FLOPs per training image (forward + backward) against
 --peak-tflops (default: 989 for an H100/H200's dense bf16, 67 for their
@@ -18,6 +23,7 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
+from resnet_jax.data import make_pipeline  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
 from resnet_jax.training import optim, steps  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
@@ -45,12 +52,13 @@ def _time(fn, n: int) -> float:
 
 def measure(
     model_name: str, batch: int, resolution: int, dtype: str, num_steps: int, num_classes: int, steps_per_call: int = 1,
-    model_kwargs: dict | None = None,
+    model_kwargs: dict | None = None, pipeline: Any = None,
 ) -> dict:
     """JAX train/eval images/s, compile seconds, peak memory and MFU.
 
     ``steps_per_call > 1`` runs that many train steps inside one jitted call
-    (`lax.scan`), which takes the host's per-step dispatch out of the figure."""
+    (`lax.scan`), which takes the host's per-step dispatch out of the figure.
+    With a `pipeline` (``make_pipeline``'s), the step is also timed fed by it."""
     c = default_config()
     mesh = parallel.make_mesh()
     parallel.check_batch_size(batch, mesh)
@@ -92,6 +100,7 @@ def measure(
         return metrics
 
     train_s = _time(train_once, max(1, num_steps // steps_per_call)) / steps_per_call
+    pipeline_s = _time_pipeline(pipeline, one_step, holder, num_steps) if pipeline is not None else None
     eval_s = _time(lambda: evaluate(holder["state"].variables(), batch_data), num_steps)
     macs = models.profile(model_name, resolution, num_classes=num_classes)["macs"]
     device = jax.devices()[0]
@@ -105,7 +114,26 @@ def measure(
         "compile_s": compile_s, "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
         "train_tflops": 6 * macs * batch / train_s / 1e12,
     }  # fmt: skip
+    if pipeline_s is not None:
+        result["pipeline_train_images_per_s"] = batch / pipeline_s
     return result
+
+
+def _time_pipeline(pipeline: Any, one_step: Any, holder: dict, num_steps: int) -> float:
+    """Seconds per train step fed by `pipeline`, as the trainer's loop feeds it
+    (after 2 steps of warm-up and compilation)."""
+    train = pipeline.compile_step(one_step)
+    items = pipeline.train_epoch(0)
+    if pipeline.steps_per_epoch < num_steps + 2:
+        raise ValueError(f"the data has {pipeline.steps_per_epoch} batches per epoch; --steps needs {num_steps + 2}")
+    for _ in range(2):
+        holder["state"], metrics = train(holder["state"], next(items))
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(num_steps):
+        holder["state"], metrics = train(holder["state"], next(items))
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - t0) / num_steps
 
 
 def main() -> None:
@@ -120,13 +148,22 @@ def main() -> None:
     p.add_argument("--model-kwargs", type=json.loads, default={}, help='e.g. \'{"bn_one_pass": true}\'')
     p.add_argument("--peak-tflops", type=float, default=0.0)
     p.add_argument("--torch", action="store_true", help="also time PyTorch training the same architecture")
+    p.add_argument("--data", default="", help="an image folder root/{train,test}/<class>/: also time the real pipeline")
+    p.add_argument("--pipeline", choices=["device", "tfds"], default="device")
     args = p.parse_args()
     if args.torch:  # leave GPU memory to PyTorch: JAX would otherwise preallocate 75% of it
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     resolution = args.resolution or default_resolution(args.model)
     num_classes = args.num_classes or (10 if models.family(args.model) == "cifar" else 1000)
+    pipeline = None
+    if args.data:
+        c = default_config()
+        c.batch_size, c.data.path, c.data.pipeline, c.data.image_size = args.batch, args.data, args.pipeline, resolution
+        pipeline = make_pipeline(c, parallel.make_mesh())
+        num_classes = pipeline.info.num_classes
     r = measure(
-        args.model, args.batch, resolution, args.dtype, args.steps, num_classes, args.steps_per_call, args.model_kwargs
+        args.model, args.batch, resolution, args.dtype, args.steps, num_classes, args.steps_per_call, args.model_kwargs,
+        pipeline,
     )
     peak = args.peak_tflops or PEAK_TFLOPS.get((jax.devices()[0].platform, args.dtype))
     if peak:
