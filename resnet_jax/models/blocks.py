@@ -57,6 +57,7 @@ def conv(
 
     ``padding="SAME"`` would pad stride-2 convolutions asymmetrically (more on the
     bottom/right), which shifts features by one pixel relative to torchvision.
+    On CPU its filter gradient is summed over batch chunks (`models/conv.py`).
     """
     pad = kernel // 2
     return nn.Conv(

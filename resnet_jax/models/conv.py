@@ -41,25 +41,25 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6, 7, 8, 9))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5, 6, 7, 8, 9, 10))
 def _conv(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-          feature_group_count, batch_group_count, precision):
+          feature_group_count, batch_group_count, precision, preferred_element_type):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision=precision,
+        feature_group_count, batch_group_count, precision=precision, preferred_element_type=preferred_element_type,
     )
 
 
 @_conv.defjvp
 def _conv_jvp(window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-              feature_group_count, batch_group_count, precision, primals, tangents):
+              feature_group_count, batch_group_count, precision, preferred_element_type, primals, tangents):
     lhs, rhs = primals
     lhs_dot, rhs_dot = tangents
     conv = functools.partial(
         lax.conv_general_dilated, window_strides=window_strides, padding=padding,
         lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
         dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
+        batch_group_count=batch_group_count, precision=precision, preferred_element_type=preferred_element_type,
     )
     specs = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     n = lhs.shape[specs.lhs_spec[0]]
@@ -92,10 +92,11 @@ def conv_general_dilated(
     feature_group_count: int = 1,
     batch_group_count: int = 1,
     precision: Any = None,
+    preferred_element_type: Any = None,
 ) -> jax.Array:
     """`lax.conv_general_dilated`, with a batch-chunked filter gradient on CPU."""
     return _conv(
         lhs, rhs, _hashable(window_strides), _hashable(padding), _hashable(lhs_dilation),
         _hashable(rhs_dilation), _hashable(dimension_numbers), feature_group_count,
-        batch_group_count, precision,
+        batch_group_count, precision, preferred_element_type,
     )
