@@ -49,9 +49,10 @@ def trained(image_folder, tmp_path_factory):
     return str(workdir), results
 
 
-def test_resume_gives_the_same_parameters(tiny, tmp_path):
+@pytest.mark.parametrize("pipeline", ["tfds", "device"])
+def test_resume_gives_the_same_parameters(tiny, tmp_path, pipeline):
     """2N steps in one go == N steps, stopped, then N more (N = 4, mid-epoch)."""
-    cfg = dict(lr_schedule="piecewise", lr_boundaries=(5,), ema_decay=0.9)
+    cfg = {"lr_schedule": "piecewise", "lr_boundaries": (5,), "ema_decay": 0.9, "data.pipeline": pipeline}
     train_and_evaluate(tiny(num_train_steps=8, **cfg), str(tmp_path / "straight"))
     train_and_evaluate(tiny(num_train_steps=4, **cfg), str(tmp_path / "resumed"))
     assert Checkpointer(str(tmp_path / "resumed")).latest_step() == 4
