@@ -42,6 +42,8 @@ def test_values_and_derivatives_equal_lax(batch, strides, padding, groups):
     np.testing.assert_allclose(
         jax.jvp(ours, (x, w), tangents)[1], jax.jvp(ref, (x, w), tangents)[1], rtol=2e-4, atol=2e-3
     )
+    hvp = lambda f: jax.jvp(jax.grad(f, 1), (x, w), tangents)[1]  # noqa: E731  (forward-over-reverse)
+    np.testing.assert_allclose(hvp(ours), hvp(ref), rtol=2e-4, atol=2e-3)
 
 
 def _convolutions(batch: int, platform: str, kernel: int = 3, channels: int = 4) -> int:
