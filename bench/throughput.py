@@ -60,7 +60,7 @@ def measure(
     (`lax.scan`), which takes the host's per-step dispatch out of the figure.
     With a `pipeline` (``make_pipeline``'s), the step is also timed fed by it."""
     c = default_config()
-    mesh = parallel.make_mesh()
+    mesh = pipeline.mesh if pipeline is not None else parallel.make_mesh()  # one mesh for the state and the data
     parallel.check_batch_size(batch, mesh)
     compute = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
     model_kwargs = model_kwargs or {}
