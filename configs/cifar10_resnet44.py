@@ -1,13 +1,7 @@
 """The paper's CIFAR-10 recipe for ResNet-44 (and --config.model=cifar_plain44)."""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
-from cifar10_resnet20 import get_config as _resnet20  # noqa: E402
+from resnet_jax.config import cifar10_paper_config
 
 
 def get_config():
-    c = _resnet20()
-    c.model = "cifar_resnet44"
-    return c
+    return cifar10_paper_config("cifar_resnet44")

@@ -1,8 +1,9 @@
 """The default config: every field the trainer reads, with its meaning.
 
-Recipe files in ``configs/`` start from `default_config()` and change what
-their recipe needs; any field can then be overridden on the command line,
-e.g. ``--config.num_epochs=10 --config.data.path=/data/my_images``.
+Recipe files in ``configs/`` start from `default_config()` (or the paper's
+CIFAR-10 recipe, `cifar10_paper_config`) and change what their recipe needs;
+any field can then be overridden on the command line, e.g.
+``--config.num_epochs=10 --config.data.path=/data/my_images``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.log_every_steps = 50
     c.eval_every_epochs = 1
+    c.eval_every_steps = 0  # > 0: evaluate every N steps instead (and at the last step)
     c.checkpoint_every_steps = 0  # > 0: also checkpoint every N steps (epoch ends with eval always save)
     c.keep_checkpoints = 3  # the latest K, plus the best by eval top-1
     c.async_checkpoints = True
@@ -77,4 +79,26 @@ def default_config() -> ml_collections.ConfigDict:
     d.std = CIFAR10_STD
     d.verify_images = True  # image folders: decode every file before training
     d.skip_bad_images = False  # ... and skip unreadable ones instead of stopping
+    return c
+
+
+def cifar10_paper_config(model: str = "cifar_resnet20") -> ml_collections.ConfigDict:
+    """The paper's CIFAR-10 recipe (He et al. 2015, Section 4.2) for `model`.
+
+    Batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 32k
+    and 48k iterations, 64k iterations in all (about 164 epochs); crops of the
+    image padded by 4 and flips. Networks of 110 layers or more (ResNet-110,
+    ResNet-1202, plain-110) first warm up at lr 0.01 for 400 iterations, as the
+    paper does for ResNet-110 ("until the training error is below 80%").
+    """
+    c = default_config()
+    c.model = model
+    c.batch_size = 128
+    c.num_train_steps = 64000
+    c.lr_schedule = "piecewise"
+    c.lr_boundaries = (32000, 48000)
+    depth = int("".join(ch for ch in model.rsplit("_", 1)[-1] if ch.isdigit()) or 0)
+    if depth >= 110:
+        c.warmup_constant_steps = 400
+        c.warmup_constant_lr = 0.01
     return c

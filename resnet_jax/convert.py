@@ -145,8 +145,7 @@ def write_checkpoint(
     """Writes `variables` as a step-0 checkpoint that `resnet_jax.restore(out_dir)` loads,
     with the metadata of a run that used ImageNet preprocessing at `image_size`."""
     from resnet_jax.config import IMAGENET_MEAN, IMAGENET_STD, default_config
-    from resnet_jax.training.checkpoint import Checkpointer
-    from resnet_jax.training.loop import run_metadata
+    from resnet_jax.training.checkpoint import Checkpointer, run_metadata
 
     num_classes = variables["params"]["head"]["kernel"].shape[1]
     class_names = class_names or [f"class_{i}" for i in range(num_classes)]

@@ -1,83 +1,61 @@
-"""Restore a trained model from a workdir, and evaluate it.
+"""Evaluation: exact metrics over a whole split, and a checkpoint evaluated from its workdir.
 
-    model, variables, info = resnet_jax.restore("runs/r20")          # latest
-    model, variables, info = resnet_jax.restore("runs/r20", "best")  # best eval top-1
-    logits = model.apply(variables, images, train=False)
-
-The model is rebuilt from the checkpoint's metadata (name, arguments, number
-of classes), so no config file is needed, and it restores on any number and
-kind of devices. ``python train.py --config ... --workdir ... --mode=eval``
-evaluates a checkpoint on the config's evaluation split (`evaluate_checkpoint`).
+``python train.py --config ... --workdir ... --mode=eval`` evaluates a
+checkpoint on the config's evaluation split (`evaluate_checkpoint`). To load a
+trained model in your own code, see `resnet_jax.restore`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax import models, parallel
-from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax import parallel
+from resnet_jax.training import steps
+from resnet_jax.training.checkpoint import CheckpointMismatchError, restore
 
 
-def _resolve_step(ckpt: Checkpointer, step: int | str | None) -> int:
-    if step in (None, "latest"):
-        found = ckpt.latest_step()
-    elif step == "best":
-        found = ckpt.best_step()
-    else:
-        found = int(step)
-        if found not in ckpt.all_steps():
-            raise FileNotFoundError(f"no checkpoint of step {found} in {ckpt.directory}; it has {ckpt.all_steps()}")
-    if found is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-    return found
+def make_evaluator(model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any) -> Callable:
+    """``evaluate(variables, batches) -> metrics`` over padded, masked host batches."""
+    eval_fn = jax.jit(
+        functools.partial(
+            steps.eval_step,
+            apply_fn=model.apply,
+            mean=tuple(config.data.mean),
+            std=tuple(config.data.std),
+            dtype=model.dtype,
+            num_classes=num_classes,
+            flip=config.eval_flip,
+        )
+    )
 
+    def evaluate(variables: Any, batches: Iterable[dict]) -> dict[str, Any]:
+        sums = None
+        for batch in batches:
+            out = eval_fn(variables, parallel.shard_batch(batch, mesh))
+            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+        return steps.summarize_eval(sums)
 
-def restore(workdir: str, step: int | str | None = None, ema: bool = False) -> tuple[Any, dict, dict]:
-    """Rebuilds the model of a training run and loads its variables.
-
-    Args:
-      workdir: the run's workdir (holding ``checkpoints/``).
-      step: a step number, "latest" (default) or "best" (highest eval top-1).
-      ema: load the EMA weights (if the run kept them).
-
-    Returns:
-      ``(model, variables, info)``: a Flax module, ``{"params", "batch_stats"}``
-      for ``model.apply(variables, images, train=False)`` (images normalised
-      with ``info["mean"]``/``info["std"]``; see `preprocess`), and the
-      checkpoint's metadata (class names, image size, metrics, step, config).
-    """
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
-    ckpt = Checkpointer(workdir, async_save=False)
-    try:
-        step = _resolve_step(ckpt, step)
-        info = ckpt.metadata(step)
-        tree = ckpt.restore_tree(step)
-    finally:
-        ckpt.close()
-    dtype = jnp.bfloat16 if info.get("half_precision") else jnp.float32
-    model = models.create(info["model"], num_classes=info["num_classes"], dtype=dtype, **info["model_kwargs"])
-    prefix = "ema_" if ema else ""
-    if ema and "ema_params" not in tree:
-        raise ValueError(f"the checkpoint of step {step} in {workdir!r} holds no EMA weights")
-    variables = {"params": tree[prefix + "params"], "batch_stats": tree[prefix + "batch_stats"]}
-    return model, variables, info
+    return evaluate
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | str | None = None) -> dict:
     """Evaluates a checkpoint of `workdir` on ``config.data.eval_split``; writes
     ``eval_<split>_<step>.json`` into the workdir and returns the metrics."""
     from resnet_jax.data import make_pipeline
-    from resnet_jax.training.loop import make_evaluator
 
     model, variables, info = restore(workdir, step)
     mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
+    config = config.copy_and_resolve_references()
+    config.eval_batch_size = eval_batch_size
     pipeline = make_pipeline(config, mesh)
     dataset_classes = list(pipeline.info.class_names)
     if dataset_classes != info["class_names"]:

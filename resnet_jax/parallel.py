@@ -71,6 +71,24 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
         raise ValueError(f"{what}={batch_size} does not divide over {jax.process_count()} processes")
 
 
+def fit_eval_batch_size(batch_size: int, mesh: Mesh) -> int:
+    """`batch_size` rounded up to a multiple of the devices, said once on the console.
+
+    Evaluation pads and masks its batches, so its batch size changes no result:
+    a config's eval batch size then runs unchanged on any number of devices.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"eval_batch_size={batch_size} must be positive")
+    devices = mesh.devices.size
+    fitted = -(-batch_size // devices) * devices
+    if fitted != batch_size and jax.process_index() == 0:
+        print(
+            f"eval_batch_size={batch_size} does not divide over {devices} devices: evaluating in batches of "
+            f"{fitted} (padded and masked, so the metrics are the same)."
+        )
+    return fitted
+
+
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """This process's part of a global batch -> global arrays sharded over ``data``."""
     sharding = batch_sharding(mesh)

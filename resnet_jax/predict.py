@@ -21,7 +21,7 @@ from PIL import Image
 
 from resnet_jax.data.augment import normalize
 from resnet_jax.data.folder import BadImageError, load_rgb
-from resnet_jax.evaluate import restore
+from resnet_jax.training.checkpoint import restore
 
 
 def preprocess(path: str, info: dict) -> np.ndarray:

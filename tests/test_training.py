@@ -15,9 +15,10 @@ from resnet_jax.config import default_config
 from resnet_jax.data import augment
 from resnet_jax.data.pipeline import array_eval_batches
 from resnet_jax.data.tfds import DatasetError, TFDataPipeline
+from resnet_jax.evaluate import make_evaluator
 from resnet_jax.training import optim, steps
 from resnet_jax.training.checkpoint import Checkpointer
-from resnet_jax.training.loop import make_evaluator, train_and_evaluate
+from resnet_jax.training.loop import train_and_evaluate
 from resnet_jax.training.state import create_train_state
 
 

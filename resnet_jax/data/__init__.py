@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh
 
 
@@ -33,18 +34,24 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
     raise ValueError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds' or 'device'")
 
 
-def _load_arrays(cfg: ml_collections.ConfigDict) -> Any:
-    """Whole splits as uint8 arrays: image folders through Pillow, TFDS names through TFDS."""
-    size = (cfg.image_size, cfg.image_size)
+def load_split_arrays(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """One whole split of ``config.data`` as (uint8 images, int32 labels, class names):
+    an image folder through Pillow (labels by the training split's classes),
+    a TFDS name through TFDS."""
     if cfg.path:
         from resnet_jax.data import folder
 
-        train = folder.list_split(cfg.path, cfg.train_split)
-        test = folder.list_split(cfg.path, cfg.eval_split, train.class_names)
-        skip = cfg.skip_bad_images
-        return folder.load_arrays(train, size, skip), folder.load_arrays(test, size, skip), train.class_names
+        names = tuple(folder.list_classes(cfg.path, cfg.train_split))
+        files = folder.list_split(cfg.path, split, names)
+        images, labels = folder.load_arrays(files, (cfg.image_size, cfg.image_size), cfg.skip_bad_images)
+        return images, labels, names
     from resnet_jax.data.tfds import load_arrays
 
-    *train, names = load_arrays(cfg, cfg.train_split)
-    *test, _ = load_arrays(cfg, cfg.eval_split)
+    return load_arrays(cfg, split)
+
+
+def _load_arrays(cfg: ml_collections.ConfigDict) -> Any:
+    """The training and evaluation splits, for the on-device pipeline."""
+    *train, names = load_split_arrays(cfg, cfg.train_split)
+    *test, _ = load_split_arrays(cfg, cfg.eval_split)
     return tuple(train), tuple(test), names

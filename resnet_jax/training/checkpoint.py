@@ -10,17 +10,37 @@ once complete, so a save cut off midway is never found by `latest_step`.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
+
+from resnet_jax import models
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint belongs to another model, number of classes or shapes."""
+
+
+def run_metadata(config: ml_collections.ConfigDict, class_names: Any) -> dict[str, Any]:
+    """What a checkpoint carries to rebuild its model without the config file."""
+    return {
+        "model": config.model,
+        "model_kwargs": config.model_kwargs.to_dict(),
+        "half_precision": bool(config.half_precision),
+        "num_classes": len(class_names),
+        "class_names": list(class_names),
+        "image_size": config.data.image_size,
+        "mean": list(config.data.mean),
+        "std": list(config.data.std),
+        "config": json.loads(config.to_json_best_effort()),
+    }
 
 
 def _to_tree(state: Any) -> dict[str, Any]:
@@ -143,3 +163,49 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _resolve_step(ckpt: Checkpointer, step: int | str | None) -> int:
+    if step in (None, "latest"):
+        found = ckpt.latest_step()
+    elif step == "best":
+        found = ckpt.best_step()
+    else:
+        found = int(step)
+        if found not in ckpt.all_steps():
+            raise FileNotFoundError(f"no checkpoint of step {found} in {ckpt.directory}; it has {ckpt.all_steps()}")
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+    return found
+
+
+def restore(workdir: str, step: int | str | None = None, ema: bool = False) -> tuple[Any, dict, dict]:
+    """Rebuilds the model of a training run and loads its variables.
+
+    Args:
+      workdir: the run's workdir (holding ``checkpoints/``).
+      step: a step number, "latest" (default) or "best" (highest eval top-1).
+      ema: load the EMA weights (if the run kept them).
+
+    Returns:
+      ``(model, variables, info)``: a Flax module, ``{"params", "batch_stats"}``
+      for ``model.apply(variables, images, train=False)`` (images normalised
+      with ``info["mean"]``/``info["std"]``; see `preprocess`), and the
+      checkpoint's metadata (class names, image size, metrics, step, config).
+    """
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        step = _resolve_step(ckpt, step)
+        info = ckpt.metadata(step)
+        tree = ckpt.restore_tree(step)
+    finally:
+        ckpt.close()
+    dtype = jnp.bfloat16 if info.get("half_precision") else jnp.float32
+    model = models.create(info["model"], num_classes=info["num_classes"], dtype=dtype, **info["model_kwargs"])
+    prefix = "ema_" if ema else ""
+    if ema and "ema_params" not in tree:
+        raise ValueError(f"the checkpoint of step {step} in {workdir!r} holds no EMA weights")
+    variables = {"params": tree[prefix + "params"], "batch_stats": tree[prefix + "batch_stats"]}
+    return model, variables, info

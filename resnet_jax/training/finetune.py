@@ -8,7 +8,7 @@ import jax
 from jax.sharding import Mesh
 
 from resnet_jax import parallel
-from resnet_jax.evaluate import restore
+from resnet_jax.training.checkpoint import restore
 from resnet_jax.training.state import TrainState
 
 

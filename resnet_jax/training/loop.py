@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import sys
@@ -17,10 +16,11 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from resnet_jax import models, parallel
+from resnet_jax import models, parallel, plot
 from resnet_jax.data import make_pipeline
+from resnet_jax.evaluate import make_evaluator
 from resnet_jax.training import optim, steps
-from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError, run_metadata
 from resnet_jax.training.finetune import load_pretrained
 from resnet_jax.training.metrics import MetricWriter
 from resnet_jax.training.state import TrainState, create_train_state
@@ -30,45 +30,6 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> An
     """The configured model (`config.model`, `config.model_kwargs`, `config.half_precision`)."""
     dtype = jnp.bfloat16 if config.half_precision else jnp.float32
     return models.create(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs.to_dict())
-
-
-def run_metadata(config: ml_collections.ConfigDict, class_names: Any) -> dict[str, Any]:
-    """What a checkpoint carries to rebuild its model without the config file."""
-    return {
-        "model": config.model,
-        "model_kwargs": config.model_kwargs.to_dict(),
-        "half_precision": bool(config.half_precision),
-        "num_classes": len(class_names),
-        "class_names": list(class_names),
-        "image_size": config.data.image_size,
-        "mean": list(config.data.mean),
-        "std": list(config.data.std),
-        "config": json.loads(config.to_json_best_effort()),
-    }
-
-
-def make_evaluator(model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any) -> Callable:
-    """``evaluate(variables, batches) -> metrics`` over padded, masked host batches."""
-    eval_fn = jax.jit(
-        functools.partial(
-            steps.eval_step,
-            apply_fn=model.apply,
-            mean=tuple(config.data.mean),
-            std=tuple(config.data.std),
-            dtype=model.dtype,
-            num_classes=num_classes,
-            flip=config.eval_flip,
-        )
-    )
-
-    def evaluate(variables: Any, batches: Any) -> dict[str, Any]:
-        sums = None
-        for batch in batches:
-            out = eval_fn(variables, parallel.shard_batch(batch, mesh))
-            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-        return steps.summarize_eval(sums)
-
-    return evaluate
 
 
 class _Preemption:
@@ -140,7 +101,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    config = config.copy_and_resolve_references()
+    config.eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
     models.create(config.model)  # an unknown name fails here, before any data is read
     pipeline = make_pipeline(config, mesh)
     info = pipeline.info
@@ -181,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             step = int(jax.device_get(state.step))
             while step < total_steps and not preemption.requested:
                 epoch, start = divmod(step, steps_per_epoch)
-                todo = min(steps_per_epoch - start, total_steps - step)
+                todo = _steps_to_next_stop(step, steps_per_epoch, total_steps, config.eval_every_steps)
                 state, train_metrics = _train_epoch(
                     state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption,
                     save=lambda s: ckpt.save(s, metadata),
@@ -189,13 +151,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 step = int(jax.device_get(state.step))
                 train_metrics["lr"] = float(schedule(step - 1))
                 writer.write(step, "train", train_metrics)
-                epoch_done = step % steps_per_epoch == 0
-                if step >= total_steps or (epoch_done and (epoch + 1) % config.eval_every_epochs == 0):
+                if _evaluates_at(step, steps_per_epoch, total_steps, config):
                     results = _evaluate_all(state, evaluate, pipeline, config)
                     for split, metrics in results.items():
                         writer.write(step, split, metrics)
                     if is_main:
                         tqdm.write(_summary_line(epoch, step, train_metrics, results))
+                        plot.write_curves(workdir)
                     ckpt.save(state, metadata, results["eval"])
                 elif preemption.requested:
                     ckpt.save(state, metadata)
@@ -212,6 +174,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"loss {ev['loss']:.4f}, {time.time() - start_time:.0f}s. Workdir: {workdir}"
         )
     return results
+
+
+def _steps_to_next_stop(step: int, steps_per_epoch: int, total_steps: int, eval_every_steps: int) -> int:
+    """Steps from `step` to the end of its epoch, the end of training or the
+    next multiple of `eval_every_steps` (when > 0), whichever comes first."""
+    stop = min((step // steps_per_epoch + 1) * steps_per_epoch, total_steps)
+    if eval_every_steps > 0:
+        stop = min(stop, (step // eval_every_steps + 1) * eval_every_steps)
+    return stop - step
+
+
+def _evaluates_at(step: int, steps_per_epoch: int, total_steps: int, config: ml_collections.ConfigDict) -> bool:
+    """Evaluation comes at the last step, and every ``eval_every_steps`` steps
+    if that is > 0, else every ``eval_every_epochs`` epochs."""
+    if step >= total_steps:
+        return True
+    if config.eval_every_steps > 0:
+        return step % config.eval_every_steps == 0
+    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % config.eval_every_epochs == 0
 
 
 def _train_epoch(
@@ -271,7 +252,8 @@ def _train_epoch(
 def _evaluate_all(state: TrainState, evaluate: Callable, pipeline: Any, config: ml_collections.ConfigDict) -> dict:
     t0 = time.time()
     results = {"eval": evaluate(state.variables(), pipeline.eval_batches())}
-    results["eval"]["images_per_sec"] = results["eval"]["count"] / (time.time() - t0)
+    results["eval"]["seconds"] = time.time() - t0
+    results["eval"]["images_per_sec"] = results["eval"]["count"] / results["eval"]["seconds"]
     if config.ema_decay > 0:
         results["eval_ema"] = evaluate(state.variables(ema=True), pipeline.eval_batches())
     return results

@@ -1,0 +1,98 @@
+"""Reproduce the paper's CIFAR-10 study (He et al. 2015, Section 4.2) with one command.
+
+    python -m resnet_jax.reproduce --study=cifar10 --workdir=runs/paper \\
+        --config.data.path=../shared/data/cifar10-jpeg [--scale=0.02] [--only=cifar_plain20,cifar_resnet20]
+
+Trains plain-20/32/44/56 and ResNet-20/32/44/56/110 with the paper's recipe
+(`resnet_jax.config.cifar10_paper_config`), each an ordinary training run in
+``<workdir>/<model>/``, and writes into the workdir ``results.json``,
+``table.md`` (Table 6), ``figure.png`` (Figure 6) and ``figure7.png``
+(Figure 7). Running the same command again skips finished runs and resumes
+unfinished ones; SIGTERM saves and stops (exit status 3). Every ``--config.*``
+override applies to every run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from resnet_jax.config import default_config
+from resnet_jax.reproduce import figures, report, runner, study
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("study", "cifar10", list(study.STUDIES), "Which study of the paper.")
+flags.DEFINE_string("workdir", None, "The study's folder: one sub-folder per run, and the report.")
+flags.DEFINE_list("only", [], "Train only these networks (registry names), e.g. cifar_plain20,cifar_resnet1202.")
+flags.DEFINE_float("scale", 1.0, "Multiplies every iteration count of the recipe (steps, lr boundaries, warm-up).")
+flags.DEFINE_integer("parallel", 1, "Networks trained at once, each in its own process.")
+flags.DEFINE_integer("seeds", 1, "Runs per network (seeds seed, seed+1, ...); the table shows mean ± std and best.")
+flags.DEFINE_integer("evals", 20, "Evaluations per run, evenly spaced (the points of Figure 6's test curves).")
+flags.DEFINE_string("data_label", "", 'The data set\'s name in the report (default: from the data config, e.g. '
+                    '"CIFAR-10 (JPEG copy)" for a folder named cifar10-jpeg).')  # fmt: skip
+config_flags.DEFINE_config_dict("config", default_config(), "Overrides for every run, e.g. --config.data.path=...")
+flags.mark_flag_as_required("workdir")
+
+
+def data_label(config) -> str:
+    """A name for the data of `config` in tables and figures."""
+    if config.data.path:
+        base = os.path.basename(os.path.normpath(config.data.path))
+        return "CIFAR-10 (JPEG copy)" if base == "cifar10-jpeg" else f"image folder {base!r}"
+    return f"TFDS {config.data.name}"
+
+
+def write_report(runs: list[study.Run], state: dict, label: str, workdir: str) -> dict:
+    """``results.json``, ``table.md``, ``figure.png`` and ``figure7.png`` from the runs so far."""
+    results = report.collect(runs, state, label)
+    study.write_json(os.path.join(workdir, "results.json"), results)
+    with open(os.path.join(workdir, "table.md"), "w") as f:
+        f.write(report.table_markdown(results))
+    title = f"{label}, scale {results['scale']:g} ({results['steps_per_run']:,} iterations)"
+    figures.figure6(runs, f"Figure 6: {title}", os.path.join(workdir, "figure.png"))
+    if results["runs"]:
+        figures.figure7(results, f"Figure 7: layer responses, {title}", os.path.join(workdir, "figure7.png"))
+    return results
+
+
+def main(argv: list[str]) -> int:
+    logging.set_verbosity(logging.WARNING)
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    runs = study.plan(FLAGS.study, FLAGS.workdir, FLAGS.only, FLAGS.seeds, FLAGS.scale, FLAGS.evals, overrides)
+    state = study.check_study_state(FLAGS.workdir, FLAGS.study, FLAGS.scale)
+    label = FLAGS.data_label or data_label(runs[0].config)
+    todo = [r for r in runs if study.read_result(r) is None]
+    print(f"{FLAGS.study} study at scale {FLAGS.scale:g}: {len(runs)} run(s), {len(todo)} to train, on {label}.")
+    if todo:
+        t0 = time.time()
+        if FLAGS.parallel > 1:
+            done = runner.run_in_parallel(runs, label, FLAGS.parallel)
+        else:
+            done = runner.run_sequentially(runs, label)
+        state["sittings"].append({"started": t0, "seconds": time.time() - t0, "parallel": FLAGS.parallel})
+        study.write_json(os.path.join(FLAGS.workdir, study.STATE_FILE), state)
+    else:
+        done = True
+    results = write_report(runs, state, label, FLAGS.workdir)
+    print(report.table_markdown(results))
+    print(f"Wrote results.json, table.md, figure.png, figure7.png in {FLAGS.workdir}.")
+    return 0 if done else 3
+
+
+def run() -> None:
+    """Entry point that turns user errors into one line and a non-zero exit."""
+    try:
+        app.run(main)
+    except ValueError as e:  # a bad flag value or a workdir of another study
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,137 @@
+"""The runs of a study: which networks, with which recipe, in which folders.
+
+Each run is an ordinary training run in ``<study workdir>/<model>/`` (with
+several seeds, ``<model>/seed<k>/``). A finished run holds ``result.json``
+(its errors, parameters and Figure 7 statistic); running the study again skips
+it and resumes any unfinished one from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import ml_collections
+
+from resnet_jax import models
+from resnet_jax.config import cifar10_paper_config
+
+# The networks of each study (He et al. 2015, Section 4.2: Figure 6 and Table 6).
+STUDIES = {
+    "cifar10": (
+        "cifar_plain20", "cifar_plain32", "cifar_plain44", "cifar_plain56",
+        "cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110",
+    ),
+}  # fmt: skip
+RECIPES = {"cifar10": cifar10_paper_config}
+
+STATE_FILE = "study.json"
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One network and seed of a study."""
+
+    model: str
+    seed_index: int
+    workdir: str
+    config: ml_collections.ConfigDict
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.config.num_train_steps)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.workdir) if self.seed_index == 0 else f"{self.model}/seed{self.seed_index}"
+
+
+def scale_recipe(config: ml_collections.ConfigDict, scale: float) -> None:
+    """Multiplies every iteration count of a step-based recipe by `scale`: the
+    steps, the lr boundaries and the constant warm-up (each at least 1)."""
+    if scale <= 0:
+        raise ValueError(f"--scale must be positive, got {scale}")
+    if config.num_train_steps <= 0 or config.lr_boundaries_in_epochs:
+        raise ValueError("--scale needs a recipe counted in steps (num_train_steps > 0, boundaries in steps)")
+    config.num_train_steps = max(1, round(config.num_train_steps * scale))
+    config.lr_boundaries = tuple(max(1, round(b * scale)) for b in config.lr_boundaries)
+    if config.warmup_constant_steps > 0:
+        config.warmup_constant_steps = max(1, round(config.warmup_constant_steps * scale))
+
+
+def plan(
+    study: str,
+    workdir: str,
+    only: Sequence[str] = (),
+    seeds: int = 1,
+    scale: float = 1.0,
+    evals: int = 20,
+    overrides: dict[str, Any] | None = None,
+) -> list[Run]:
+    """The runs of `study` (or of the networks in `only`), each with the
+    study's recipe at `scale`, `evals` evaluations spread evenly over training,
+    then `overrides` (flattened config fields, e.g. ``{"data.path": ...}``)."""
+    if study not in STUDIES:
+        raise ValueError(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
+    if seeds < 1 or evals < 1:
+        raise ValueError(f"--seeds and --evals must be at least 1, got {seeds} and {evals}")
+    overrides = dict(overrides or {})
+    if "model" in overrides:
+        raise ValueError("a study trains several networks: pick them with --only, not --config.model")
+    names = list(only) or list(STUDIES[study])
+    cifar = models.list_models("cifar")
+    unknown = [n for n in names if n not in cifar]
+    if unknown:
+        raise ValueError(f"unknown network(s) {unknown} for study {study!r}; CIFAR networks: {', '.join(cifar)}")
+    runs = []
+    for model in dict.fromkeys(names):
+        for k in range(seeds):
+            config = RECIPES[study](model)
+            scale_recipe(config, scale)
+            config.eval_every_steps = math.ceil(config.num_train_steps / evals)
+            config.update_from_flattened_dict(overrides)
+            config.seed = config.seed + k
+            path = os.path.join(workdir, model) if seeds == 1 else os.path.join(workdir, model, f"seed{k}")
+            runs.append(Run(model, k, path, config))
+    return runs
+
+
+def check_study_state(workdir: str, study: str, scale: float) -> dict[str, Any]:
+    """Reads (or starts) ``<workdir>/study.json``; a workdir of another study or
+    scale is refused, so that no run is continued with another schedule."""
+    path = os.path.join(workdir, STATE_FILE)
+    if os.path.isfile(path):
+        with open(path) as f:
+            state = json.load(f)
+        if state["study"] != study or not math.isclose(state["scale"], scale):
+            raise ValueError(
+                f"{workdir!r} holds study {state['study']!r} at scale {state['scale']}, not {study!r} at scale "
+                f"{scale}; use another --workdir"
+            )
+        return state
+    os.makedirs(workdir, exist_ok=True)
+    state = {"study": study, "scale": scale, "sittings": []}
+    write_json(path, state)
+    return state
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes `obj` as JSON through a temporary file, so a reader never sees half of it."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_result(run: Run) -> dict[str, Any] | None:
+    """The run's ``result.json`` if it finished, else None."""
+    path = os.path.join(run.workdir, RESULT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
