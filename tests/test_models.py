@@ -30,7 +30,8 @@ REQUIRED_MODELS = (
     "preact_resnet18 preact_resnet34 preact_resnet50 preact_resnet101 preact_resnet152 plain18 plain34 "
     "cifar_resnet20 cifar_resnet32 cifar_resnet44 cifar_resnet56 cifar_resnet110 cifar_resnet1202 "
     "cifar_plain20 cifar_plain32 cifar_plain44 cifar_plain56 cifar_plain110 "
-    "cifar_preact_resnet110 cifar_preact_resnet164 cifar_preact_resnet1001 cifar_wrn_16_4 cifar_wrn_28_10"
+    "cifar_preact_resnet110 cifar_preact_resnet164 cifar_preact_resnet1001 cifar_wrn_16_4 cifar_wrn_28_10 "
+    "cifar_resnet18 cifar_resnet34 cifar_resnet50 cifar_preact_resnet18"
 ).split()
 
 
@@ -121,6 +122,26 @@ def test_imagenet_param_counts_match_torchvision(name, params):
 def test_cifar_param_counts_match_paper(name, millions, digits):
     params = models.profile(name)["params"]
     assert round(params / 1e6, digits) == millions
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    # The CIFAR ResNet-18/34/50 of research code (e.g. kuangliu/pytorch-cifar); its
+    # PreActResNet18 has no final BN, ours has one (+2 x 512).
+    [("cifar_resnet18", 11_173_962), ("cifar_resnet34", 21_282_122), ("cifar_resnet50", 23_520_842),
+     ("cifar_preact_resnet18", 11_171_146 + 1024)],
+)  # fmt: skip
+def test_cifar_stem_imagenet_networks(name, params):
+    assert models.profile(name)["params"] == params
+    model = models.create(name)
+    variables = abstract_variables(model, 32)
+    assert variables["params"]["stem_conv"]["kernel"].shape == (3, 3, 3, 64)  # 3x3, stride 1, 64 filters
+    feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, method="features"), variables,
+                           jnp.zeros((2, 32, 32, 3)))  # fmt: skip
+    w = 4 if name == "cifar_resnet50" else 1
+    expected = {"stem": (2, 32, 32, 64), "stage1": (2, 32, 32, 64 * w), "stage2": (2, 16, 16, 128 * w),
+                "stage3": (2, 8, 8, 256 * w), "stage4": (2, 4, 4, 512 * w), "pooled": (2, 512 * w)}  # fmt: skip
+    assert {k: v.shape for k, v in feats.items()} == expected  # no max-pool: stage 1 at full resolution
 
 
 @pytest.mark.parametrize(
@@ -513,6 +534,31 @@ def test_head_init_is_torch_linear_uniform():
     assert np.abs(kernel).max() > 0.9 * bound
     np.testing.assert_array_equal(params["stem_bn"]["scale"], 1.0)
     np.testing.assert_array_equal(params["stem_bn"]["bias"], 0.0)
+
+
+# ----------------------------------------------------------------------------- features
+
+
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "plain18", "cifar_resnet20", "cifar_preact_resnet110"])
+def test_features_are_the_stages_the_head_reads(name):
+    model = models.create(name, num_classes=7)
+    x = images((2, 64, 64, 3), seed=3)
+    variables = model.init(jax.random.key(0), x, train=False)
+    feats = model.apply(variables, x, train=False, method="features")
+    stages = len(model.stage_sizes)
+    assert list(feats) == ["stem"] + [f"stage{i}" for i in range(1, stages + 1)] + ["pooled"]
+    # The head applied to "pooled" gives the logits.
+    head = variables["params"]["head"]
+    logits = feats["pooled"] @ head["kernel"] + head["bias"]
+    np.testing.assert_allclose(logits, model.apply(variables, x, train=False), atol=1e-5)
+    if "preact" not in name:  # post-activation: "pooled" is the mean of the last stage's output
+        np.testing.assert_allclose(feats["pooled"], feats[f"stage{stages}"].mean(axis=(1, 2)), atol=1e-6)
+    # Training mode updates the same batch statistics as the full forward pass.
+    _, upd_feats = model.apply(variables, x, train=True, method="features", mutable=["batch_stats"])
+    _, upd_full = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert jax.tree_util.tree_structure(upd_feats) == jax.tree_util.tree_structure(upd_full)
+    for a, b in zip(jax.tree_util.tree_leaves(upd_feats), jax.tree_util.tree_leaves(upd_full)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- training step

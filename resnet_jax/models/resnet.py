@@ -89,8 +89,23 @@ class ResNet(nn.Module):
     bn_epsilon: float = 1e-5
     bn_one_pass: bool = False
 
-    @nn.compact
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+        """Logits (float32) of a batch of normalised NHWC images."""
+        return self._forward(x, train, head=True)
+
+    def features(self, x: jax.Array, train: bool = True) -> dict[str, jax.Array]:
+        """The network as a backbone: ``{"stem", "stage1", ..., "stageN", "pooled"}``.
+
+        ``stem`` is the output of the stem (after its max-pool where there is
+        one), ``stage<i>`` the output of each stage (NHWC, in the compute dtype),
+        ``pooled`` the globally pooled features the head would read ([N, C]).
+        Use it as ``model.apply(variables, x, train=False, method="features")``
+        (with ``mutable=["batch_stats"]`` when `train`); the head is not run.
+        """
+        return self._forward(x, train, head=False)
+
+    @nn.compact
+    def _forward(self, x: jax.Array, train: bool, head: bool) -> Any:
         if self.shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         if self.stem not in ("imagenet", "cifar"):
@@ -123,13 +138,17 @@ class ResNet(nn.Module):
             x = nn.relu(norm(name="stem_bn")(x))
         if self.stem == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        features = {"stem": x}
 
         for i, (size, filters) in enumerate(zip(self.stage_sizes, self.stage_widths)):
             x = Stage(block, size, filters, strides=1 if i == 0 else 2, name=f"stage{i + 1}")(x)
+            features[f"stage{i + 1}"] = x
 
         if preact:
             x = nn.relu(norm(name="final_bn")(x))
         x = jnp.mean(x, axis=(1, 2))
+        if not head:
+            return {**features, "pooled": x}
         x = nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=head_init, name="head"
         )(x)
