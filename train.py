@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax import parallel
+from resnet_jax.errors import exit_on_user_error
 from resnet_jax.evaluate import evaluate_checkpoint
 from resnet_jax.training.loop import train_and_evaluate
 
@@ -29,9 +30,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     parallel.initialize_distributed()
-    if FLAGS.mode == "train":
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    else:
+    with exit_on_user_error():
+        if FLAGS.mode == "train":
+            train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            return
         metrics = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
         if jax.process_index() == 0:
             per_class = metrics.pop("per_class_accuracy")

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from resnet_jax import models
+from resnet_jax.errors import ConfigError, MissingDependencyError, NotFoundError, UserError, exit_on_user_error
 
 TORCHVISION_MODELS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
@@ -35,22 +36,32 @@ TORCHVISION_MODELS = (
 )  # fmt: skip
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """The state dict does not fit the model: keys missing, unexpected or misshapen."""
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """Reads a torchvision state dict from ``.safetensors`` (no torch needed) or
     ``.pth``/``.pt`` (torch, ``weights_only=True``) as numpy arrays."""
+    if not os.path.isfile(path):
+        raise NotFoundError(f"weight file {path!r} does not exist")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
-        return dict(load_file(path))
+        try:
+            return dict(load_file(path))
+        except Exception as e:  # any parse failure of the user's file
+            raise ConversionError(f"{path} is not a readable .safetensors file ({e})") from None
     try:
         import torch
     except ImportError:
-        raise ImportError(f"reading {path} needs torch (the 'torch' extra), or use .safetensors") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingDependencyError(f"reading {path} needs torch (the 'torch' extra), or use .safetensors") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # any parse failure of the user's file
+        raise ConversionError(f"{path} is not a readable torch state dict ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, Mapping):
+        raise ConversionError(f"{path} holds a {type(state).__name__}, not a state dict")
     if isinstance(state, Mapping) and "state_dict" in state and not any(k.endswith(".weight") for k in state):
         state = state["state_dict"]
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
@@ -100,7 +111,7 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, num_classes: int 
       ConversionError: listing every missing, unexpected and misshapen key.
     """
     if name not in TORCHVISION_MODELS:
-        raise ValueError(f"no torchvision counterpart for {name!r}; convertible: {', '.join(TORCHVISION_MODELS)}")
+        raise ConfigError(f"no torchvision counterpart for {name!r}; convertible: {', '.join(TORCHVISION_MODELS)}")
     state = {k: np.array(v, np.float32) for k, v in state_dict.items()}  # a copy: torch updates in place
     if num_classes is None and "fc.weight" in state:
         num_classes = state["fc.weight"].shape[0]
@@ -150,7 +161,7 @@ def write_checkpoint(
     num_classes = variables["params"]["head"]["kernel"].shape[1]
     class_names = class_names or [f"class_{i}" for i in range(num_classes)]
     if len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names for a head of {num_classes} classes")
+        raise ConfigError(f"{len(class_names)} class names for a head of {num_classes} classes")
     config = default_config()
     config.model = name
     config.data.image_size, config.data.augment = image_size, "inception"
@@ -171,6 +182,13 @@ class _Tree(dict):
         return self["step"]
 
 
+def _read_class_names(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise NotFoundError(f"class-name file {path!r} does not exist")
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnet_jax.convert", description=__doc__.split("\n")[0])
     parser.add_argument("source", choices=["torchvision"])
@@ -179,16 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out_dir")
     parser.add_argument("--class-names", help="a text file with one class name per line")
     args = parser.parse_args(argv)
-    names = None
-    if args.class_names:
-        with open(args.class_names) as f:
-            names = [line.strip() for line in f if line.strip()]
-    try:
+    with exit_on_user_error():
+        names = _read_class_names(args.class_names) if args.class_names else None
         variables = from_torchvision(load_state_dict(args.weights), args.model)
         write_checkpoint(variables, args.model, args.out_dir, names)
-    except (ConversionError, ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     params = models.count_params(variables)
     print(f"wrote {os.path.join(args.out_dir, 'checkpoints')}: {args.model}, {params:,} parameters")
     return 0

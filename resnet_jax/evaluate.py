@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from resnet_jax import parallel
+from resnet_jax.errors import CheckpointMismatchError
 from resnet_jax.training import steps
-from resnet_jax.training.checkpoint import CheckpointMismatchError, restore
+from resnet_jax.training.checkpoint import restore
 
 
 def make_evaluator(model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any) -> Callable:

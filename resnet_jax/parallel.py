@@ -17,6 +17,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from resnet_jax.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -63,12 +65,12 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
     """Raises a clear error unless `batch_size` divides over devices and processes."""
     devices = mesh.devices.size
     if batch_size <= 0 or batch_size % devices:
-        raise ValueError(
+        raise ConfigError(
             f"{what}={batch_size} does not divide over {devices} devices; use a multiple of {devices} "
             f"(e.g. {max(devices, batch_size // devices * devices)})"
         )
     if batch_size % jax.process_count():
-        raise ValueError(f"{what}={batch_size} does not divide over {jax.process_count()} processes")
+        raise ConfigError(f"{what}={batch_size} does not divide over {jax.process_count()} processes")
 
 
 def fit_eval_batch_size(batch_size: int, mesh: Mesh) -> int:
@@ -78,7 +80,7 @@ def fit_eval_batch_size(batch_size: int, mesh: Mesh) -> int:
     a config's eval batch size then runs unchanged on any number of devices.
     """
     if batch_size <= 0:
-        raise ValueError(f"eval_batch_size={batch_size} must be positive")
+        raise ConfigError(f"eval_batch_size={batch_size} must be positive")
     devices = mesh.devices.size
     fitted = -(-batch_size // devices) * devices
     if fitted != batch_size and jax.process_index() == 0:

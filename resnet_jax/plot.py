@@ -17,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from resnet_jax.errors import NotFoundError, exit_on_user_error
+
 Records = dict[str, list[dict[str, Any]]]
 
 
@@ -28,7 +30,7 @@ def read_metrics(workdir: str) -> Records:
     """
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{workdir!r} holds no metrics.jsonl: is it a training workdir?")
+        raise NotFoundError(f"{workdir!r} holds no metrics.jsonl: is it a training workdir?")
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     with open(path) as f:
         for line in f:
@@ -97,11 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="the PNG to write (default: <workdir>/curves.png for one run, else curves.png)")
     args = parser.parse_args(argv)
     out = args.out or (os.path.join(args.workdirs[0], "curves.png") if len(args.workdirs) == 1 else "curves.png")
-    try:
+    with exit_on_user_error():
         print(plot_runs(args.workdirs, out))
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     return 0
 
 

@@ -20,7 +20,8 @@ import numpy as np
 from PIL import Image
 
 from resnet_jax.data.augment import normalize
-from resnet_jax.data.folder import BadImageError, load_rgb
+from resnet_jax.data.folder import load_rgb
+from resnet_jax.errors import exit_on_user_error
 from resnet_jax.training.checkpoint import restore
 
 
@@ -64,12 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error():
         model, variables, info = restore(args.workdir, args.step)
         results = predict(model, variables, info, args.images, args.top)
-    except (BadImageError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     for path, preds in zip(args.images, results):
         print(path)
         for name, prob in preds:

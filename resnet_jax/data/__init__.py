@@ -15,6 +15,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from resnet_jax.errors import ConfigError
+
 
 def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
     """The pipeline `config.data.pipeline` names: "tfds" (tf.data) or "device"."""
@@ -31,7 +33,7 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
             train, evaluation, names, config.batch_size, config.eval_batch_size, config.seed, mesh,
             crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
         )
-    raise ValueError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds' or 'device'")
+    raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds' or 'device'")
 
 
 def load_split_arrays(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

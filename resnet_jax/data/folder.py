@@ -16,10 +16,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from resnet_jax.errors import DatasetError, NotFoundError, UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-class BadImageError(ValueError):
+class BadImageError(UserError, ValueError):
     """One or more files of an image folder cannot be decoded."""
 
 
@@ -41,13 +43,13 @@ def list_classes(root: str, split: str) -> list[str]:
     """Sorted class folder names of ``root/split`` (errors name what is missing)."""
     split_dir = os.path.join(root, split)
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder {root!r} does not exist")
+        raise NotFoundError(f"image folder {root!r} does not exist")
     if not os.path.isdir(split_dir):
         splits = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-        raise FileNotFoundError(f"image folder {root!r} has no split {split!r}; it has: {splits}")
+        raise NotFoundError(f"image folder {root!r} has no split {split!r}; it has: {splits}")
     classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
     if not classes:
-        raise FileNotFoundError(f"{split_dir!r} holds no class folders (expected {split_dir}/<class>/<image>)")
+        raise NotFoundError(f"{split_dir!r} holds no class folders (expected {split_dir}/<class>/<image>)")
     return classes
 
 
@@ -64,7 +66,7 @@ def list_split(root: str, split: str, class_names: Sequence[str] | None = None) 
     class_names = tuple(class_names or found)
     unknown = sorted(set(found) - set(class_names))
     if unknown:
-        raise ValueError(f"{os.path.join(root, split)!r} has classes not in the training split: {unknown}")
+        raise DatasetError(f"{os.path.join(root, split)!r} has classes not in the training split: {unknown}")
     paths, labels = [], []
     for label, name in enumerate(class_names):
         class_dir = os.path.join(root, split, name)
@@ -75,7 +77,7 @@ def list_split(root: str, split: str, class_names: Sequence[str] | None = None) 
                 paths.append(os.path.join(class_dir, file))
                 labels.append(label)
     if not paths:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.join(root, split)!r}")
+        raise NotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.join(root, split)!r}")
     return FolderSplit(root, split, tuple(paths), np.asarray(labels, np.int32), class_names)
 
 

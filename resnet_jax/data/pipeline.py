@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from resnet_jax.errors import DatasetError
+
 Batch = dict[str, np.ndarray]
 
 
@@ -56,5 +58,5 @@ def array_eval_batches(
 def check_class_names(names: Sequence[str]) -> tuple[str, ...]:
     names = tuple(str(n) for n in names)
     if len(names) < 2:
-        raise ValueError(f"a classification dataset needs at least 2 classes, found {list(names)}")
+        raise DatasetError(f"a classification dataset needs at least 2 classes, found {list(names)}")
     return names

@@ -29,15 +29,12 @@ from jax.sharding import Mesh
 from resnet_jax import parallel
 from resnet_jax.data import augment, folder
 from resnet_jax.data.pipeline import Batch, DataInfo, check_class_names, pad_batch
+from resnet_jax.errors import DatasetError
 
 # Keep TensorFlow off accelerators: JAX owns them.
 tf.config.set_visible_devices([], "GPU")
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-class DatasetError(ValueError):
-    """The configured dataset cannot be found or read."""
 
 
 def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:

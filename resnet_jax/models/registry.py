@@ -13,6 +13,8 @@ from typing import Any
 
 import flax.linen as nn
 
+from resnet_jax.errors import ConfigError, ConfigTypeError
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _FAMILY: dict[str, str] = {}
 
@@ -43,7 +45,7 @@ def family(name: str) -> str:
 
 def _check(name: str) -> None:
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
 
 
 def create(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
@@ -62,4 +64,4 @@ def create(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Mo
     try:
         return _MODELS[name](**overrides)
     except TypeError as e:
-        raise TypeError(f"bad override for model {name!r}: {e}") from None
+        raise ConfigTypeError(f"bad override for model {name!r}: {e}") from None

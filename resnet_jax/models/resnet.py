@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.errors import ConfigError
 from resnet_jax.models.blocks import (
     SHORTCUTS,
     BasicBlock,
@@ -107,9 +108,9 @@ class ResNet(nn.Module):
     @nn.compact
     def _forward(self, x: jax.Array, train: bool, head: bool) -> Any:
         if self.shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+            raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         if self.stem not in ("imagenet", "cifar"):
-            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+            raise ConfigError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
         conv_ = functools.partial(conv, dtype=self.dtype)
         norm = functools.partial(
             BatchNorm,

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.errors import ConfigError
 from resnet_jax.models.blocks import BatchNorm
 
 
@@ -49,14 +50,14 @@ def response_std(model: Any, variables: dict, batches: Iterable[jax.Array]) -> d
     """
     params = variables["params"]
     if "final_bn" in params:
-        raise ValueError("layer responses are defined for post-activation networks (plain and ResNet), not pre-act")
+        raise ConfigError("layer responses are defined for post-activation networks (plain and ResNet), not pre-act")
 
     def is_3x3_bn(path: tuple[str, ...]) -> bool:
         kernel = _conv_kernel_of(params, path)
         return kernel is not None and tuple(kernel.shape[:2]) == (3, 3)
 
     @jax.jit
-    def sums(x: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
+    def sums(x: jax.Array) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
         _, state = model.apply(
             variables, x, train=False, capture_intermediates=lambda m, _: isinstance(m, BatchNorm),
             mutable=["intermediates"],
@@ -66,22 +67,20 @@ def response_std(model: Any, variables: dict, batches: Iterable[jax.Array]) -> d
             path = tuple(k.key for k in key_path if isinstance(k, jax.tree_util.DictKey) and k.key != "__call__")
             if is_3x3_bn(path):
                 y = y.astype(jnp.float32)
-                out["/".join(path)] = (jnp.sum(y, axis=(0, 1, 2)), jnp.sum(jnp.square(y), axis=(0, 1, 2)))
+                n = jnp.asarray(y.shape[0] * y.shape[1] * y.shape[2], jnp.float32)  # images x positions
+                out["/".join(path)] = (jnp.sum(y, axis=(0, 1, 2)), jnp.sum(jnp.square(y), axis=(0, 1, 2)), n)
         return out
 
-    totals: dict[str, list[np.ndarray]] = {}
-    count = 0
+    totals: dict[str, np.ndarray] = {}  # per layer: [sum, sum of squares, count] per channel
     for x in batches:
-        for name, (s1, s2) in jax.device_get(sums(x)).items():
-            acc = totals.setdefault(name, [np.zeros(s1.shape, np.float64), np.zeros(s2.shape, np.float64)])
-            acc[0] += s1
-            acc[1] += s2
-        count += x.shape[0] * x.shape[1] * x.shape[2]
-    if not count:
+        for name, (s1, s2, n) in jax.device_get(sums(x)).items():
+            batch = np.stack([s1, s2, np.full_like(s1, n)]).astype(np.float64)
+            totals[name] = totals[name] + batch if name in totals else batch
+    if not totals:
         raise ValueError("no images to measure the layer responses on")
     stds = {}
     for name in sorted(totals, key=_layer_order):
-        s1, s2 = totals[name]
-        mean = s1 / count
-        stds[name] = float(np.mean(np.sqrt(np.maximum(s2 / count - mean**2, 0.0))))
+        s1, s2, n = totals[name]
+        mean = s1 / n
+        stds[name] = float(np.mean(np.sqrt(np.maximum(s2 / n - mean**2, 0.0))))
     return stds

@@ -15,13 +15,13 @@ override applies to every run.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax.config import default_config
+from resnet_jax.errors import exit_on_user_error
 from resnet_jax.reproduce import figures, report, runner, study
 
 FLAGS = flags.FLAGS
@@ -63,9 +63,15 @@ def main(argv: list[str]) -> int:
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    with exit_on_user_error():
+        return _study(FLAGS.workdir)
+
+
+def _study(workdir: str) -> int:
     overrides = config_flags.get_override_values(FLAGS["config"])
-    runs = study.plan(FLAGS.study, FLAGS.workdir, FLAGS.only, FLAGS.seeds, FLAGS.scale, FLAGS.evals, overrides)
-    state = study.check_study_state(FLAGS.workdir, FLAGS.study, FLAGS.scale)
+    runs = study.plan(FLAGS.study, workdir, FLAGS.only, FLAGS.seeds, FLAGS.scale, FLAGS.evals, overrides)
+    state = study.check_study_state(workdir, FLAGS.study, FLAGS.scale)
+    study.check_schedules(runs)
     label = FLAGS.data_label or data_label(runs[0].config)
     todo = [r for r in runs if study.read_result(r) is None]
     print(f"{FLAGS.study} study at scale {FLAGS.scale:g}: {len(runs)} run(s), {len(todo)} to train, on {label}.")
@@ -76,23 +82,14 @@ def main(argv: list[str]) -> int:
         else:
             done = runner.run_sequentially(runs, label)
         state["sittings"].append({"started": t0, "seconds": time.time() - t0, "parallel": FLAGS.parallel})
-        study.write_json(os.path.join(FLAGS.workdir, study.STATE_FILE), state)
+        study.write_json(os.path.join(workdir, study.STATE_FILE), state)
     else:
         done = True
-    results = write_report(runs, state, label, FLAGS.workdir)
+    results = write_report(runs, state, label, workdir)
     print(report.table_markdown(results))
-    print(f"Wrote results.json, table.md, figure.png, figure7.png in {FLAGS.workdir}.")
+    print(f"Wrote results.json, table.md, figure.png, figure7.png in {workdir}.")
     return 0 if done else 3
 
 
-def run() -> None:
-    """Entry point that turns user errors into one line and a non-zero exit."""
-    try:
-        app.run(main)
-    except ValueError as e:  # a bad flag value or a workdir of another study
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    run()
+    app.run(main)

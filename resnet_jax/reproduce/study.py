@@ -19,6 +19,7 @@ import ml_collections
 
 from resnet_jax import models
 from resnet_jax.config import cifar10_paper_config
+from resnet_jax.errors import ConfigError
 
 # The networks of each study (He et al. 2015, Section 4.2: Figure 6 and Table 6).
 STUDIES = {
@@ -55,9 +56,9 @@ def scale_recipe(config: ml_collections.ConfigDict, scale: float) -> None:
     """Multiplies every iteration count of a step-based recipe by `scale`: the
     steps, the lr boundaries and the constant warm-up (each at least 1)."""
     if scale <= 0:
-        raise ValueError(f"--scale must be positive, got {scale}")
+        raise ConfigError(f"--scale must be positive, got {scale}")
     if config.num_train_steps <= 0 or config.lr_boundaries_in_epochs:
-        raise ValueError("--scale needs a recipe counted in steps (num_train_steps > 0, boundaries in steps)")
+        raise ConfigError("--scale needs a recipe counted in steps (num_train_steps > 0, boundaries in steps)")
     config.num_train_steps = max(1, round(config.num_train_steps * scale))
     config.lr_boundaries = tuple(max(1, round(b * scale)) for b in config.lr_boundaries)
     if config.warmup_constant_steps > 0:
@@ -77,17 +78,18 @@ def plan(
     study's recipe at `scale`, `evals` evaluations spread evenly over training,
     then `overrides` (flattened config fields, e.g. ``{"data.path": ...}``)."""
     if study not in STUDIES:
-        raise ValueError(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
+        raise ConfigError(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
     if seeds < 1 or evals < 1:
-        raise ValueError(f"--seeds and --evals must be at least 1, got {seeds} and {evals}")
+        raise ConfigError(f"--seeds and --evals must be at least 1, got {seeds} and {evals}")
     overrides = dict(overrides or {})
     if "model" in overrides:
-        raise ValueError("a study trains several networks: pick them with --only, not --config.model")
+        raise ConfigError("a study trains several networks: pick them with --only, not --config.model")
     names = list(only) or list(STUDIES[study])
-    cifar = models.list_models("cifar")
-    unknown = [n for n in names if n not in cifar]
+    # Figure 7 measures post-activation networks: plain ones and ResNets.
+    usable = [n for n in models.list_models("cifar") if "preact" not in n and "wrn" not in n]
+    unknown = [n for n in names if n not in usable]
     if unknown:
-        raise ValueError(f"unknown network(s) {unknown} for study {study!r}; CIFAR networks: {', '.join(cifar)}")
+        raise ConfigError(f"network(s) {unknown} cannot be in study {study!r}; it takes: {', '.join(usable)}")
     runs = []
     for model in dict.fromkeys(names):
         for k in range(seeds):
@@ -109,7 +111,7 @@ def check_study_state(workdir: str, study: str, scale: float) -> dict[str, Any]:
         with open(path) as f:
             state = json.load(f)
         if state["study"] != study or not math.isclose(state["scale"], scale):
-            raise ValueError(
+            raise ConfigError(
                 f"{workdir!r} holds study {state['study']!r} at scale {state['scale']}, not {study!r} at scale "
                 f"{scale}; use another --workdir"
             )
@@ -118,6 +120,26 @@ def check_study_state(workdir: str, study: str, scale: float) -> dict[str, Any]:
     state = {"study": study, "scale": scale, "sittings": []}
     write_json(path, state)
     return state
+
+
+def check_schedules(runs: Sequence[Run]) -> None:
+    """Refuses to continue a run whose folder was started with another schedule
+    (its ``config.json`` names other steps or lr boundaries): resuming it would
+    mix two schedules in one curve."""
+    keys = ("num_train_steps", "lr_boundaries", "warmup_constant_steps", "batch_size")
+    for run in runs:
+        path = os.path.join(run.workdir, "config.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            saved = json.load(f)
+        for key in keys:
+            old, new = saved.get(key), json.loads(json.dumps(run.config[key]))  # tuples as JSON lists
+            if old != new:
+                raise ConfigError(
+                    f"{run.workdir!r} was started with {key}={old}, this study has {key}={new}; "
+                    "use another --workdir (or the same --scale and overrides)"
+                )
 
 
 def write_json(path: str, obj: Any) -> None:

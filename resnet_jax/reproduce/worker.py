@@ -24,6 +24,7 @@ import numpy as np
 from resnet_jax import models, plot
 from resnet_jax.data import load_split_arrays
 from resnet_jax.data.augment import normalize
+from resnet_jax.errors import exit_on_user_error
 from resnet_jax.models.responses import response_std
 from resnet_jax.reproduce.study import RESULT_FILE, write_json
 from resnet_jax.training.checkpoint import Checkpointer, restore
@@ -102,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with open(os.path.join(args.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    return 0 if finish_run(config, args.workdir, args.data_label) is not None else 3
+    with exit_on_user_error():
+        return 0 if finish_run(config, args.workdir, args.data_label) is not None else 3
 
 
 if __name__ == "__main__":

@@ -22,10 +22,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
 from resnet_jax import models
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoint belongs to another model, number of classes or shapes."""
+from resnet_jax.errors import CheckpointMismatchError, ConfigError, NotFoundError
 
 
 def run_metadata(config: ml_collections.ConfigDict, class_names: Any) -> dict[str, Any]:
@@ -103,7 +100,7 @@ class Checkpointer:
         """The JSON metadata saved with `step` (default: the latest)."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise NotFoundError(f"no checkpoint in {self.directory}")
         return self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
 
     def restore(self, target: Any, step: int | None = None) -> Any:
@@ -116,7 +113,7 @@ class Checkpointer:
         """
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise NotFoundError(f"no checkpoint in {self.directory}")
         target_tree = _to_tree(target)
         self._check_shapes(step, target_tree)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target_tree)
@@ -133,7 +130,7 @@ class Checkpointer:
         """
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+            raise NotFoundError(f"no checkpoint in {self.directory}")
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         saved = self.manager.item_metadata(step)["state"]
         abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved)
@@ -173,9 +170,9 @@ def _resolve_step(ckpt: Checkpointer, step: int | str | None) -> int:
     else:
         found = int(step)
         if found not in ckpt.all_steps():
-            raise FileNotFoundError(f"no checkpoint of step {found} in {ckpt.directory}; it has {ckpt.all_steps()}")
+            raise NotFoundError(f"no checkpoint of step {found} in {ckpt.directory}; it has {ckpt.all_steps()}")
     if found is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+        raise NotFoundError(f"no checkpoint in {ckpt.directory}")
     return found
 
 
@@ -194,7 +191,7 @@ def restore(workdir: str, step: int | str | None = None, ema: bool = False) -> t
       checkpoint's metadata (class names, image size, metrics, step, config).
     """
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
+        raise NotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
     ckpt = Checkpointer(workdir, async_save=False)
     try:
         step = _resolve_step(ckpt, step)
@@ -206,6 +203,6 @@ def restore(workdir: str, step: int | str | None = None, ema: bool = False) -> t
     model = models.create(info["model"], num_classes=info["num_classes"], dtype=dtype, **info["model_kwargs"])
     prefix = "ema_" if ema else ""
     if ema and "ema_params" not in tree:
-        raise ValueError(f"the checkpoint of step {step} in {workdir!r} holds no EMA weights")
+        raise ConfigError(f"the checkpoint of step {step} in {workdir!r} holds no EMA weights")
     variables = {"params": tree[prefix + "params"], "batch_stats": tree[prefix + "batch_stats"]}
     return model, variables, info

@@ -8,6 +8,7 @@ import jax
 from jax.sharding import Mesh
 
 from resnet_jax import parallel
+from resnet_jax.errors import CheckpointMismatchError
 from resnet_jax.training.checkpoint import restore
 from resnet_jax.training.state import TrainState
 
@@ -34,7 +35,7 @@ def load_pretrained(state: TrainState, workdir: str, mesh: Mesh) -> tuple[TrainS
     params, fresh_params = merge_pretrained(jax.device_get(state.params), jax.device_get(variables["params"]))
     stats, fresh_stats = merge_pretrained(jax.device_get(state.batch_stats), jax.device_get(variables["batch_stats"]))
     if len(fresh_params) > 2:  # more than a head's kernel and bias: not this architecture
-        raise ValueError(
+        raise CheckpointMismatchError(
             f"the checkpoint in {workdir!r} ({info['model']}) fits this model in too few places; "
             f"{len(fresh_params)} parameters would stay untrained, e.g. {fresh_params[:5]}"
         )

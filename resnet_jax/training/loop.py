@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from resnet_jax import models, parallel, plot
 from resnet_jax.data import make_pipeline
+from resnet_jax.errors import CheckpointMismatchError, ConfigError, DivergedError
 from resnet_jax.evaluate import make_evaluator
 from resnet_jax.training import optim, steps
-from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError, run_metadata
+from resnet_jax.training.checkpoint import Checkpointer, run_metadata
 from resnet_jax.training.finetune import load_pretrained
 from resnet_jax.training.metrics import MetricWriter
 from resnet_jax.training.state import TrainState, create_train_state
@@ -110,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     steps_per_epoch = pipeline.steps_per_epoch
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size={config.batch_size} exceeds the {info.num_train} training examples")
+        raise ConfigError(f"batch_size={config.batch_size} exceeds the {info.num_train} training examples")
     total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
     tx = optim.make_optimizer(config, schedule)
@@ -228,7 +229,7 @@ def _train_epoch(
         if done % config.log_every_steps == 0 or done == num_steps or save_now:
             loss = float(sums["loss"]) / done
             if not np.isfinite(loss):
-                raise FloatingPointError(
+                raise DivergedError(
                     f"training loss is {loss} at step {int(jax.device_get(state.step))} (epoch {epoch + 1}); "
                     "stopping without saving: the last good checkpoint is kept. Lower the learning rate "
                     "or check the data."

@@ -6,6 +6,8 @@ import jax
 import ml_collections
 import optax
 
+from resnet_jax.errors import ConfigError
+
 
 def base_learning_rate(cfg: ml_collections.ConfigDict) -> float:
     """``learning_rate``, scaled by ``batch_size / lr_reference_batch`` when
@@ -44,7 +46,7 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int,
     elif cfg.lr_schedule == "constant":
         schedule = optax.constant_schedule(lr)
     else:
-        raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; use piecewise, cosine, onecycle or constant")
+        raise ConfigError(f"unknown lr_schedule {cfg.lr_schedule!r}; use piecewise, cosine, onecycle or constant")
     if cfg.warmup_constant_steps > 0:
         n = cfg.warmup_constant_steps
         schedule = optax.join_schedules([optax.constant_schedule(cfg.warmup_constant_lr), schedule], [n])

@@ -1,0 +1,179 @@
+"""The paper's study (python -m resnet_jax.reproduce): plan, runs, resume, report, figures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnet_jax import models
+from resnet_jax.errors import ConfigError
+from resnet_jax.models.responses import response_std
+from resnet_jax.reproduce import report, study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def study_cmd(folder, workdir, *extra):
+    return [
+        sys.executable, "-m", "resnet_jax.reproduce", f"--workdir={workdir}", "--only=cifar_plain20,cifar_resnet20",
+        f"--config.data.path={folder}", "--config.data.image_size=16", "--config.data.pipeline=device",
+        "--config.batch_size=16", "--config.eval_batch_size=16", *extra,
+    ]  # fmt: skip
+
+
+def env_1_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_study_is_stopped_resumed_reported_and_skipped(image_folder, tmp_path):
+    workdir = tmp_path / "study"
+    cmd = study_cmd(image_folder, workdir, "--scale=0.005", "--evals=4")  # 320 steps per network
+    # 1. SIGTERM once the first network has evaluated once: it saves and the study stops.
+    proc = subprocess.Popen(cmd, env=env_1_device(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = workdir / "cifar_plain20" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and '"eval"' in metrics.read_text()):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 3, out[-3000:]
+    assert "cifar_plain20 stopped before its end" in out
+    assert not (workdir / "cifar_plain20" / "result.json").exists()
+    assert not (workdir / "cifar_resnet20").exists()  # no new run starts after SIGTERM
+
+    # 2. The same command resumes the unfinished run and trains the other one.
+    out = subprocess.run(cmd, env=env_1_device(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "Resumed from" in out.stdout and "2 run(s), 2 to train" in out.stdout
+
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["scale"] == 0.005 and results["steps_per_run"] == 320 and results["pending"] == []
+    table = (workdir / "table.md").read_text()
+    for r in results["runs"]:
+        run_dir = workdir / r["model"]
+        evals = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["split"] == "eval"]
+        assert [m["step"] for m in evals][-4:] == [80, 160, 240, 320]
+        assert r["final_test_error"] == pytest.approx(1 - evals[-1]["top1"])
+        assert r["best_test_error"] == pytest.approx(1 - max(m["top1"] for m in evals))
+        assert r["steps"] == 320 and r["params"] == 269_267  # 3 classes
+        assert len(r["layer_response_std"]) == 19  # the stem and 18 3x3 layers
+        assert f"{100 * r['final_test_error']:.2f}" in table
+        assert (run_dir / "curves.png").read_bytes().startswith(PNG)
+    assert "| ResNet | 20 | 0.27M |" in table and "| 8.75 |" in table and "scale 0.005" in table.lower()
+    for name in ("figure.png", "figure7.png"):
+        assert (workdir / name).read_bytes().startswith(PNG)
+
+    # 3. Again: nothing left to train, the report is rewritten in seconds.
+    before = metrics.read_text()
+    t0 = time.time()
+    out = subprocess.run(cmd, env=env_1_device(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "2 run(s), 0 to train" in out.stdout, out.stderr[-3000:]
+    assert time.time() - t0 < 60
+    assert metrics.read_text() == before
+
+    # 4. Another scale in the same workdir is refused with one message.
+    out = subprocess.run(study_cmd(image_folder, workdir, "--scale=0.01"), env=env_1_device(), capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "at scale 0.005" in out.stderr and "use another --workdir" in out.stderr
+
+
+def test_parallel_runs_in_their_own_processes(image_folder, tmp_path):
+    workdir = tmp_path / "study"
+    cmd = study_cmd(image_folder, workdir, "--scale=0.0002", "--evals=2", "--parallel=2")
+    out = subprocess.run(cmd, env=env_1_device(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = json.loads((workdir / "results.json").read_text())
+    assert sorted(r["model"] for r in results["runs"]) == ["cifar_plain20", "cifar_resnet20"]
+    assert results["sittings"][0]["parallel"] == 2
+    for model in ("cifar_plain20", "cifar_resnet20"):
+        assert "Done: step 13" in (workdir / model / "train.log").read_text()
+
+
+def test_plan_scales_the_recipe_and_applies_overrides_to_every_run(tmp_path):
+    runs = study.plan("cifar10", str(tmp_path), scale=0.5, evals=10, overrides={"data.path": "/x", "seed": 7})
+    assert [r.model for r in runs] == list(study.STUDIES["cifar10"])
+    for r in runs:
+        c = r.config
+        assert (c.num_train_steps, tuple(c.lr_boundaries), c.eval_every_steps) == (32000, (16000, 24000), 3200)
+        assert c.data.path == "/x" and c.seed == 7 and r.workdir == str(tmp_path / r.model)
+        assert c.warmup_constant_steps == (200 if r.model == "cifar_resnet110" else 0)  # the paper's 400, halved
+    seeds = study.plan("cifar10", str(tmp_path), only=["cifar_resnet1202"], seeds=3)
+    assert [(r.config.seed, r.workdir) for r in seeds] == [
+        (k, str(tmp_path / "cifar_resnet1202" / f"seed{k}")) for k in range(3)
+    ]
+    with pytest.raises(ConfigError, match="--only"):
+        study.plan("cifar10", str(tmp_path), overrides={"model": "cifar_resnet20"})
+    with pytest.raises(ConfigError, match="cifar_preact_resnet110"):
+        study.plan("cifar10", str(tmp_path), only=["cifar_preact_resnet110"])
+    with pytest.raises(ConfigError, match="positive"):
+        study.plan("cifar10", str(tmp_path), scale=0)
+
+
+def test_a_run_started_with_another_schedule_is_refused(tmp_path):
+    run = study.plan("cifar10", str(tmp_path), only=["cifar_resnet20"], scale=0.01)[0]
+    os.makedirs(run.workdir)
+    other = study.plan("cifar10", str(tmp_path), only=["cifar_resnet20"], scale=0.02)[0]
+    with open(os.path.join(run.workdir, "config.json"), "w") as f:
+        f.write(other.config.to_json_best_effort())
+    with pytest.raises(ConfigError, match="num_train_steps=1280, this study has num_train_steps=640"):
+        study.check_schedules([run])
+    with open(os.path.join(run.workdir, "config.json"), "w") as f:
+        f.write(run.config.to_json_best_effort())
+    study.check_schedules([run])  # the same schedule resumes
+
+
+def test_table_shows_mean_std_and_best_over_seeds():
+    runs = [
+        {"model": "cifar_resnet110", "params": 1_727_962, "final_test_error": e, "best_test_error": e - 0.01,
+         "final_train_error": 0.01, "wall_seconds": 10.0, "seed_index": k}
+        for k, e in enumerate([0.07, 0.08, 0.09])
+    ]  # fmt: skip
+    results = {"runs": runs, "scale": 1.0, "steps_per_run": 64000, "batch_size": 128, "data": "D", "pending": [],
+               "sittings": [{"seconds": 30.0}]}  # fmt: skip
+    table = report.table_markdown(results)
+    assert "| ResNet | 110 | 1.73M | 8.00 ± 1.00 (best 7.00) |" in table
+    assert "6.43 (6.61±0.16)" in table and "mean ± std over 3 seeds" in table
+
+
+def test_layer_responses_of_zero_residuals_are_zero_and_plain_ones_are_not():
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+    responses = {}
+    for name, kwargs in (("cifar_resnet20", {"zero_init_residual": True}), ("cifar_plain20", {})):
+        model = models.create(name, **kwargs)
+        variables = model.init(jax.random.key(1), x, train=False)
+        responses[name] = response_std(model, variables, [x[:2], x[2:]])
+    names = list(responses["cifar_plain20"])
+    assert names[:3] == ["stem_bn", "stage1/block0/bn1", "stage1/block0/bn2"] and len(names) == 19
+    assert names[-1] == "stage3/block2/bn2"
+    residual = responses["cifar_resnet20"]
+    assert all(residual[n] == 0.0 for n in names if n.endswith("bn2"))  # each residual function starts at 0
+    assert all(residual[n] > 0.0 for n in names if not n.endswith("bn2"))
+    assert min(responses["cifar_plain20"].values()) > 0.01  # a plain network has no zero layer
+
+
+def test_layer_response_is_the_per_channel_std_averaged_over_channels():
+    model = models.create("cifar_plain20")
+    x = jax.random.normal(jax.random.key(2), (3, 8, 8, 3))
+    variables = model.init(jax.random.key(3), x, train=False)
+    _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    y = state["intermediates"]["stage2"]["block1"]["bn1"]["__call__"][0]
+    expected = float(jnp.mean(jnp.std(y, axis=(0, 1, 2))))
+    got = response_std(model, variables, [x])["stage2/block1/bn1"]
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
