@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax import parallel
-from resnet_jax.errors import exit_on_user_error
+from resnet_jax.errors import exit_on_user_error, run_app
 from resnet_jax.evaluate import evaluate_checkpoint
 from resnet_jax.training.loop import train_and_evaluate
 
@@ -42,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main)

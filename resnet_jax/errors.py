@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 EXIT_USER_ERROR = 2
 
@@ -58,4 +58,24 @@ def exit_on_user_error() -> Iterator[None]:
         yield
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def run_app(main: Callable[[list[str]], object], define_flags: Callable[[], object] = lambda: None) -> None:
+    """``absl.app.run(main)``, with an unknown ``--config.<field>`` reported as one
+    line: ml_collections raises it while the flags are parsed, before `main`
+    (or, for ``DEFINE_config_dict``, while the flag is defined: pass that as
+    `define_flags`)."""
+    from absl import app, flags
+
+    try:
+        define_flags()
+        app.run(main)
+    except (AttributeError, KeyError) as e:
+        if flags.FLAGS.is_parsed():
+            raise  # from inside main: a bug
+        field = str(e).strip("'\"")
+        given = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.") and field in a]
+        print(f"error: the config has no field {field!r} ({', '.join(given) or 'a --config override'}); "
+              "the fields are those of resnet_jax/config.py and the config file", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from resnet_jax.config import default_config
-from resnet_jax.errors import exit_on_user_error
+from resnet_jax.errors import exit_on_user_error, run_app
 from resnet_jax.reproduce import figures, report, runner, study
 
 FLAGS = flags.FLAGS
@@ -34,7 +34,6 @@ flags.DEFINE_integer("seeds", 1, "Runs per network (seeds seed, seed+1, ...); th
 flags.DEFINE_integer("evals", 20, "Evaluations per run, evenly spaced (the points of Figure 6's test curves).")
 flags.DEFINE_string("data_label", "", 'The data set\'s name in the report (default: from the data config, e.g. '
                     '"CIFAR-10 (JPEG copy)" for a folder named cifar10-jpeg).')  # fmt: skip
-config_flags.DEFINE_config_dict("config", default_config(), "Overrides for every run, e.g. --config.data.path=...")
 flags.mark_flag_as_required("workdir")
 
 
@@ -91,5 +90,10 @@ def _study(workdir: str) -> int:
     return 0 if done else 3
 
 
+def define_config_flag() -> None:
+    """``--config.*``: overrides for every run (ml_collections applies them when the flag is defined)."""
+    config_flags.DEFINE_config_dict("config", default_config(), "Overrides for every run, e.g. --config.data.path=...")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run_app(main, define_config_flag)

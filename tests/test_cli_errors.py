@@ -1,0 +1,143 @@
+"""User errors end in one message: train.py, predict and convert print ``error: ...``
+and exit 2 with no traceback; a bug keeps its traceback. Shipped configs run on
+1, 2, 4 and 8 devices (evaluation rounds its batch to the devices)."""
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import make_image_folder, tiny_config
+
+from resnet_jax import errors, parallel
+from resnet_jax.training.loop import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def env(devices=1):
+    e = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", TF_CPP_MIN_LOG_LEVEL="3")
+    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+    return e
+
+
+def train_cmd(folder, workdir, *extra):
+    return [
+        sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/cifar10_quick.py"),
+        "--workdir", str(workdir), f"--config.data.path={folder}", "--config.data.image_size=16",
+        "--config.batch_size=16", "--config.eval_batch_size=16", "--config.eval_flip=False", *extra,
+    ]  # fmt: skip
+
+
+def one_message(cmd, expected, devices=1):
+    """Runs `cmd`; it must exit 2, its stderr end with one ``error: ...`` message
+    holding `expected` (a list of bad files may follow on its own lines), and hold no traceback."""
+    out = subprocess.run(cmd, env=env(devices), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, (out.returncode, out.stdout[-2000:], out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    message = out.stderr[out.stderr.rindex("error: ") :]
+    assert message.count("error: ") == 1 and expected in message, out.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_r20(tmp_path_factory):
+    """A cifar_resnet20 workdir trained 3 steps on a fixture folder (on 8 devices)."""
+    folder = make_image_folder(tmp_path_factory.mktemp("images"))
+    workdir = tmp_path_factory.mktemp("r20")
+    train_and_evaluate(tiny_config(folder, num_train_steps=3), str(workdir))
+    return folder, str(workdir)
+
+
+def test_train_py_user_errors_are_one_line(trained_r20, tmp_path):
+    folder, workdir = trained_r20
+    one_message(train_cmd(folder, tmp_path / "a", "--config.model=resnet_nope"), "unknown model 'resnet_nope'")
+    one_message(train_cmd(tmp_path / "missing", tmp_path / "b"), "does not exist")
+    empty = tmp_path / "empty"
+    (empty / "train" / "cat").mkdir(parents=True)
+    (empty / "train" / "cat" / "notes.txt").write_text("not an image")
+    one_message(train_cmd(empty, tmp_path / "c"), "no images")
+    bad = tmp_path / "bad_images"
+    make_image_folder(bad, train_per_class=2, test_per_class=1)
+    jpeg = bad / "train" / "circle" / "broken.jpg"
+    jpeg.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)  # a truncated JPEG
+    one_message(train_cmd(bad, tmp_path / "d"), "broken.jpg")
+    one_message(train_cmd(folder, tmp_path / "e", "--config.batch_size=12"), "does not divide over 8 devices", 8)
+    one_message(train_cmd(folder, workdir, "--config.model=cifar_plain20"), "holds a checkpoint of model=")
+    one_message(train_cmd(folder, tmp_path / "f", "--config.learning_rate=1e30"), "training loss is")
+    one_message(train_cmd(folder, tmp_path / "g", "--mode=eval"), "holds no checkpoints/ folder")
+    one_message(train_cmd(folder, tmp_path / "h", f"--config.init_from={tmp_path / 'g'}"), "holds no checkpoints/")
+
+
+def test_an_unknown_config_field_is_one_message(image_folder, tmp_path):
+    out = subprocess.run(train_cmd(image_folder, tmp_path, "--config.no_such_field=1"), env=env(), capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: the config has no field 'no_such_field' (--config.no_such_field); the fields are those of "
+        "resnet_jax/config.py and the config file"
+    )
+
+
+def test_predict_and_convert_user_errors_are_one_line(trained_r20, tmp_path):
+    folder, workdir = trained_r20
+    predict = [sys.executable, "-m", "resnet_jax.predict"]
+    one_message([*predict, "--workdir", str(tmp_path / "nowhere"), "x.png"], "holds no checkpoints/ folder")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    one_message([*predict, "--workdir", workdir, str(tmp_path / "broken.png")], "not a readable image")
+    step_999 = [*predict, "--workdir", workdir, "--step", "999", str(tmp_path / "broken.png")]
+    one_message(step_999, "no checkpoint of step")
+
+    convert = [sys.executable, "-m", "resnet_jax.convert", "torchvision", "resnet18"]
+    one_message([*convert, str(tmp_path / "none.safetensors"), str(tmp_path / "o1")], "does not exist")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    one_message([*convert, str(tmp_path / "junk.safetensors"), str(tmp_path / "o2")], "not a readable .safetensors")
+    safetensors = pytest.importorskip("safetensors.numpy")
+    safetensors.save_file({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}, str(tmp_path / "part.safetensors"))
+    out = one_message([*convert, str(tmp_path / "part.safetensors"), str(tmp_path / "o3")], "does not fit resnet18")
+    assert "missing layer1/0/bn1" in out.stderr or "missing" in out.stderr
+    one_message([sys.executable, "-m", "resnet_jax.convert", "torchvision", "cifar_resnet20",
+                 str(tmp_path / "part.safetensors"), str(tmp_path / "o4")], "no torchvision counterpart")  # fmt: skip
+
+
+def test_a_bug_keeps_its_traceback(capsys):
+    with pytest.raises(SystemExit) as stop:
+        with errors.exit_on_user_error():
+            raise errors.ConfigError("batch_size=12 does not divide")
+    assert stop.value.code == 2 and capsys.readouterr().err == "error: batch_size=12 does not divide\n"
+    with pytest.raises(KeyError):
+        with errors.exit_on_user_error():
+            raise KeyError("an internal bug")
+
+
+def load_config(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))), ids=os.path.basename)
+def test_every_shipped_config_fits_1_2_4_and_8_devices(path, capsys):
+    config = load_config(path)
+    for n in (1, 2, 4, 8):
+        mesh = parallel.make_mesh(jax.devices()[:n])
+        parallel.check_batch_size(config.batch_size, mesh)  # the training batch divides as it is
+        fitted = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
+        assert fitted % n == 0 and config.eval_batch_size <= fitted < config.eval_batch_size + n
+    if config.eval_batch_size % 8:
+        assert f"evaluating in batches of {-(-config.eval_batch_size // 8) * 8}" in capsys.readouterr().out
+
+
+def test_eval_mode_of_the_quick_recipe_runs_on_8_devices(trained_r20):
+    folder, workdir = trained_r20
+    cmd = train_cmd(folder, workdir, "--mode=eval")
+    cmd.remove("--config.eval_batch_size=16")  # the recipe's 500, which 8 devices do not divide
+    out = subprocess.run(cmd, env=env(8), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "eval_batch_size=500 does not divide over 8 devices: evaluating in batches of 504" in out.stdout
+    assert '"count": 15' in out.stdout  # every test image once
