@@ -561,6 +561,20 @@ def test_features_are_the_stages_the_head_reads(name):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_backbone_inside_another_flax_module():
+    class Segmenter(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            f = models.create("resnet18", name="backbone").features(x, train=train)
+            return nn.Conv(5, (1, 1))(f["stage4"])
+
+    x = images((1, 64, 64, 3))
+    variables = Segmenter().init(jax.random.key(0), x, train=False)
+    assert sorted(variables["params"]) == ["Conv_0", "backbone"] and "head" not in variables["params"]["backbone"]
+    out, updates = Segmenter().apply(variables, x, train=True, mutable=["batch_stats"])
+    assert out.shape == (1, 2, 2, 5) and "backbone" in updates["batch_stats"]
+
+
 # ----------------------------------------------------------------------------- training step
 
 

@@ -48,7 +48,7 @@ def _check(name: str) -> None:
         raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(list_models())}")
 
 
-def create(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Module:
+def create(name: str, /, num_classes: int | None = None, **overrides: Any) -> nn.Module:
     """Builds the registered model `name`.
 
     Args:
@@ -56,7 +56,8 @@ def create(name: str, num_classes: int | None = None, **overrides: Any) -> nn.Mo
       num_classes: size of the classification head (default: 1000 for the
         ImageNet family, 10 for the CIFAR family).
       **overrides: any other `ResNet` field, e.g. ``dtype=jnp.bfloat16``,
-        ``shortcut="C"``, ``zero_init_residual=True``, ``stride_on_3x3=False``.
+        ``shortcut="C"``, ``zero_init_residual=True``, ``stride_on_3x3=False``,
+        or the Flax module ``name`` (``create("resnet50", name="backbone")``).
     """
     _check(name)
     if num_classes is not None:
