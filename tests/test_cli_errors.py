@@ -71,6 +71,8 @@ def test_train_py_user_errors_are_one_line(trained_r20, tmp_path):
     one_message(train_cmd(folder, tmp_path / "f", "--config.learning_rate=1e30"), "training loss is")
     one_message(train_cmd(folder, tmp_path / "g", "--mode=eval"), "holds no checkpoints/ folder")
     one_message(train_cmd(folder, tmp_path / "h", f"--config.init_from={tmp_path / 'g'}"), "holds no checkpoints/")
+    deeper = ("--config.model=cifar_resnet56", f"--config.init_from={workdir}")  # another model's weights
+    one_message(train_cmd(folder, tmp_path / "i", *deeper), "fits this model in too few places")
 
 
 def test_an_unknown_config_field_is_one_message(image_folder, tmp_path):
