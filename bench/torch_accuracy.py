@@ -3,8 +3,10 @@ on the same image folder, so that a figure of ours can be told apart from a
 ceiling of the data (e.g. the JPEG copy of CIFAR-10).
 
     python bench/torch_accuracy.py --data ../shared/data/cifar10-jpeg --epochs 10
+    python bench/torch_accuracy.py --data /tmp/d/cifar10-jpeg --recipe configs/cifar10_resnet20.py --device cuda
 
-The recipe is read from a config file (default ``configs/cifar10_quick.py``):
+The recipe is read from a config file (default ``configs/cifar10_quick.py``;
+a recipe counted in steps, as the paper's, runs its ``num_train_steps``):
 the learning rate of every step comes from our own schedule function, then SGD
 with momentum (Nesterov if set), weight decay coupled and optionally excluded
 from 1-D parameters, label smoothing, pad-and-crop + flip, flip test-time
@@ -56,7 +58,7 @@ def _crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int) -> dict:
+def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int, device: str = "cpu") -> dict:
     """Trains and evaluates; returns test top-1, wall time and images/s."""
     c = _recipe(recipe_path)
     torch.manual_seed(seed)
@@ -68,11 +70,12 @@ def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int) -> 
     size = (c.data.image_size, c.data.image_size)
     x_train, y_train = folder.load_arrays(train_split, size)
     x_test, y_test = folder.load_arrays(test_split, size)
-    x_train, x_test = _normalize(x_train, c.data.mean, c.data.std), _normalize(x_test, c.data.mean, c.data.std)
-    y_train, y_test = torch.from_numpy(y_train).long(), torch.from_numpy(y_test).long()
+    x_train = _normalize(x_train, c.data.mean, c.data.std).to(device)
+    x_test = _normalize(x_test, c.data.mean, c.data.std).to(device)
+    y_train, y_test = torch.from_numpy(y_train).long().to(device), torch.from_numpy(y_test).long().to(device)
 
     model = CifarResNet(int(c.model.removeprefix("cifar_resnet")), len(train_split.class_names))
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1 or not c.weight_decay_exclude_bn_bias]
     no_decay = [p for p in model.parameters() if p.ndim <= 1 and c.weight_decay_exclude_bn_bias]
     opt = torch.optim.SGD(
@@ -80,7 +83,8 @@ def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int) -> 
         lr=c.learning_rate, momentum=c.momentum, nesterov=c.nesterov,
     )  # fmt: skip
     steps_per_epoch = len(y_train) // c.batch_size
-    total = epochs * steps_per_epoch
+    total = c.num_train_steps if c.num_train_steps > 0 else epochs * steps_per_epoch
+    epochs = -(-total // steps_per_epoch)
     lrs = np.asarray(optim.learning_rate_schedule(c, steps_per_epoch, total)(np.arange(total)), np.float64)
 
     step, train_s = 0, 0.0
@@ -89,7 +93,7 @@ def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int) -> 
         t_epoch = time.time()
         perm = torch.randperm(len(y_train), generator=gen)
         correct = 0
-        for i in range(steps_per_epoch):
+        for i in range(min(steps_per_epoch, total - step)):
             idx = perm[i * c.batch_size : (i + 1) * c.batch_size]
             x = _crop_flip(x_train[idx], c.data.crop_padding, gen)
             for group in opt.param_groups:
@@ -103,9 +107,9 @@ def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int) -> 
             step += 1
         train_s += time.time() - t_epoch
         top1 = evaluate(model, x_test, y_test, c.eval_batch_size, c.eval_flip)
-        print(f"epoch {epoch + 1} train acc {correct / (steps_per_epoch * c.batch_size):.4f} test top-1 {top1:.4f}")
+        print(f"epoch {epoch + 1} train acc {correct / ((i + 1) * c.batch_size):.4f} test top-1 {top1:.4f}", flush=True)
     return {
-        "torch": torch.__version__, "recipe": recipe_path, "epochs": epochs, "seed": seed, "test_top1": top1,
+        "torch": torch.__version__, "recipe": recipe_path, "steps": step, "seed": seed, "test_top1": top1,
         "wall_s": time.time() - t0, "train_images_per_s": step * c.batch_size / train_s,
     }  # fmt: skip
 
@@ -127,11 +131,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="an image folder root/<split>/<class>/<image>")
     p.add_argument("--recipe", default=os.path.join(os.path.dirname(__file__), "..", "configs", "cifar10_quick.py"))
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="for a recipe counted in epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     args = p.parse_args()
-    print(json.dumps(train(args.data, args.recipe, args.epochs, args.seed, args.threads), indent=1))
+    print(json.dumps(train(args.data, args.recipe, args.epochs, args.seed, args.threads, args.device), indent=1))
 
 
 if __name__ == "__main__":

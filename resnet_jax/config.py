@@ -57,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.eval_every_epochs = 1
     c.eval_every_steps = 0  # > 0: evaluate every N steps instead (and at the last step)
+    c.curves_every_seconds = 30.0  # curves.png at an evaluation at most this often (and at the last step)
     c.checkpoint_every_steps = 0  # > 0: also checkpoint every N steps (epoch ends with eval always save)
     c.keep_checkpoints = 3  # the latest K, plus the best by eval top-1
     c.async_checkpoints = True
