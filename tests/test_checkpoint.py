@@ -189,8 +189,9 @@ def test_predict_on_images_of_any_mode(trained, tmp_path, capsys):
         assert {line.split()[-1] for line in lines} == {"circle", "square", "stripes"}
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
-    assert predict.main(["--workdir", workdir, str(bad)]) == 2
-    assert f"{bad}: not a readable image" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--workdir", workdir, str(bad)])
+    assert stop.value.code == 2 and f"{bad}: not a readable image" in capsys.readouterr().err
 
 
 def test_finetune_from_another_run(trained, tmp_path, image_folder):

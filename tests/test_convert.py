@@ -119,5 +119,6 @@ def test_cli_writes_a_checkpoint_that_restores(tmp_path, capsys):
             expected = tv(torch.from_numpy(x)).numpy()
         got = model.apply(variables, x.transpose(0, 2, 3, 1), train=False)
         np.testing.assert_allclose(np.asarray(got), expected, atol=1e-4)
-    assert convert.main(["torchvision", "resnet50", str(pth), str(tmp_path / "bad")]) == 2
-    assert "does not fit resnet50" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        convert.main(["torchvision", "resnet50", str(pth), str(tmp_path / "bad")])
+    assert stop.value.code == 2 and "does not fit resnet50" in capsys.readouterr().err
