@@ -2,6 +2,9 @@
 path, and small image-folder fixtures made by the tests themselves."""
 
 import os
+import subprocess
+import sys
+import time
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,3 +75,30 @@ def tiny_config(path: str, **overrides):
 def tiny(image_folder):
     """`tiny_config` bound to the session's image folder."""
     return lambda **kw: tiny_config(image_folder, **kw)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli_args(folder, workdir, *extra):
+    """``train.py`` with the quick recipe, shrunk to the fixture folder's 16x16 images."""
+    return [
+        sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/cifar10_quick.py"),
+        "--workdir", str(workdir), f"--config.data.path={folder}", "--config.data.image_size=16",
+        "--config.batch_size=16", "--config.eval_batch_size=16", "--config.eval_flip=False", *extra,
+    ]  # fmt: skip
+
+
+def env_with_devices(n):
+    """The environment of a subprocess on `n` fake CPU devices that imports this checkout."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def wait_for(condition, proc: subprocess.Popen, seconds: float = 300) -> None:
+    """Polls `condition()` while `proc` runs; fails with its output if it ends or time runs out first."""
+    deadline = time.time() + seconds
+    while not condition():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.1)

@@ -6,11 +6,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import numpy as np
 import pytest
+from conftest import cli_args, env_with_devices, wait_for
 from PIL import Image
 
 import resnet_jax
@@ -21,22 +21,6 @@ from resnet_jax.training import optim
 from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError
 from resnet_jax.training.loop import train_and_evaluate
 from resnet_jax.training.state import create_train_state
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cli_args(folder, workdir, *extra):
-    return [
-        sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/cifar10_quick.py"),
-        "--workdir", str(workdir), f"--config.data.path={folder}", "--config.data.image_size=16",
-        "--config.batch_size=16", "--config.eval_batch_size=16", "--config.eval_flip=False", *extra,
-    ]  # fmt: skip
-
-
-def env_with_devices(n):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}", TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +55,7 @@ def test_sigterm_saves_and_exits_cleanly(image_folder, tmp_path):
     args = cli_args(image_folder, tmp_path, "--config.num_epochs=1000", "--config.eval_every_epochs=1000")
     proc = subprocess.Popen(args, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 240
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):  # two epochs done
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-        time.sleep(0.5)
+    wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, proc)  # two epochs done
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out[-3000:]

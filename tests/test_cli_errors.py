@@ -11,32 +11,16 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import make_image_folder, tiny_config
+from conftest import ROOT, cli_args, env_with_devices, make_image_folder, tiny_config
 
 from resnet_jax import errors, parallel
 from resnet_jax.training.loop import train_and_evaluate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def env(devices=1):
-    e = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", TF_CPP_MIN_LOG_LEVEL="3")
-    e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
-    return e
-
-
-def train_cmd(folder, workdir, *extra):
-    return [
-        sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/cifar10_quick.py"),
-        "--workdir", str(workdir), f"--config.data.path={folder}", "--config.data.image_size=16",
-        "--config.batch_size=16", "--config.eval_batch_size=16", "--config.eval_flip=False", *extra,
-    ]  # fmt: skip
 
 
 def one_message(cmd, expected, devices=1):
     """Runs `cmd`; it must exit 2, its stderr end with one ``error: ...`` message
     holding `expected` (a list of bad files may follow on its own lines), and hold no traceback."""
-    out = subprocess.run(cmd, env=env(devices), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, env=env_with_devices(devices), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, (out.returncode, out.stdout[-2000:], out.stderr[-2000:])
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     message = out.stderr[out.stderr.rindex("error: ") :]
@@ -55,29 +39,29 @@ def trained_r20(tmp_path_factory):
 
 def test_train_py_user_errors_are_one_line(trained_r20, tmp_path):
     folder, workdir = trained_r20
-    one_message(train_cmd(folder, tmp_path / "a", "--config.model=resnet_nope"), "unknown model 'resnet_nope'")
-    one_message(train_cmd(tmp_path / "missing", tmp_path / "b"), "does not exist")
+    one_message(cli_args(folder, tmp_path / "a", "--config.model=resnet_nope"), "unknown model 'resnet_nope'")
+    one_message(cli_args(tmp_path / "missing", tmp_path / "b"), "does not exist")
     empty = tmp_path / "empty"
     (empty / "train" / "cat").mkdir(parents=True)
     (empty / "train" / "cat" / "notes.txt").write_text("not an image")
-    one_message(train_cmd(empty, tmp_path / "c"), "no images")
+    one_message(cli_args(empty, tmp_path / "c"), "no images")
     bad = tmp_path / "bad_images"
     make_image_folder(bad, train_per_class=2, test_per_class=1)
     jpeg = bad / "train" / "circle" / "broken.jpg"
     jpeg.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)  # a truncated JPEG
-    one_message(train_cmd(bad, tmp_path / "d"), "broken.jpg")
-    one_message(train_cmd(folder, tmp_path / "e", "--config.batch_size=12"), "does not divide over 8 devices", 8)
-    one_message(train_cmd(folder, workdir, "--config.model=cifar_plain20"), "holds a checkpoint of model=")
-    one_message(train_cmd(folder, tmp_path / "f", "--config.learning_rate=1e30"), "training loss is")
-    one_message(train_cmd(folder, tmp_path / "g", "--mode=eval"), "holds no checkpoints/ folder")
-    one_message(train_cmd(folder, tmp_path / "h", f"--config.init_from={tmp_path / 'g'}"), "holds no checkpoints/")
+    one_message(cli_args(bad, tmp_path / "d"), "broken.jpg")
+    one_message(cli_args(folder, tmp_path / "e", "--config.batch_size=12"), "does not divide over 8 devices", 8)
+    one_message(cli_args(folder, workdir, "--config.model=cifar_plain20"), "holds a checkpoint of model=")
+    one_message(cli_args(folder, tmp_path / "f", "--config.learning_rate=1e30"), "training loss is")
+    one_message(cli_args(folder, tmp_path / "g", "--mode=eval"), "holds no checkpoints/ folder")
+    one_message(cli_args(folder, tmp_path / "h", f"--config.init_from={tmp_path / 'g'}"), "holds no checkpoints/")
     deeper = ("--config.model=cifar_resnet56", f"--config.init_from={workdir}")  # another model's weights
-    one_message(train_cmd(folder, tmp_path / "i", *deeper), "fits this model in too few places")
+    one_message(cli_args(folder, tmp_path / "i", *deeper), "fits this model in too few places")
 
 
 def test_an_unknown_config_field_is_one_message(image_folder, tmp_path):
-    out = subprocess.run(train_cmd(image_folder, tmp_path, "--config.no_such_field=1"), env=env(), capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    cmd = cli_args(image_folder, tmp_path, "--config.no_such_field=1")
+    out = subprocess.run(cmd, env=env_with_devices(1), capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     assert out.stderr.strip().splitlines()[-1] == (
         "error: the config has no field 'no_such_field' (--config.no_such_field); the fields are those of "
@@ -137,9 +121,9 @@ def test_every_shipped_config_fits_1_2_4_and_8_devices(path, capsys):
 
 def test_eval_mode_of_the_quick_recipe_runs_on_8_devices(trained_r20):
     folder, workdir = trained_r20
-    cmd = train_cmd(folder, workdir, "--mode=eval")
+    cmd = cli_args(folder, workdir, "--mode=eval")
     cmd.remove("--config.eval_batch_size=16")  # the recipe's 500, which 8 devices do not divide
-    out = subprocess.run(cmd, env=env(8), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, env=env_with_devices(8), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "eval_batch_size=500 does not divide over 8 devices: evaluating in batches of 504" in out.stdout
     assert '"count": 15' in out.stdout  # every test image once

@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import env_with_devices, wait_for
 
 from resnet_jax import models
 from resnet_jax.errors import ConfigError
 from resnet_jax.models.responses import response_std
 from resnet_jax.reproduce import report, study
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -29,12 +29,6 @@ def study_cmd(folder, workdir, *extra):
     ]  # fmt: skip
 
 
-def env_1_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
@@ -44,12 +38,9 @@ def test_study_is_stopped_resumed_reported_and_skipped(image_folder, tmp_path):
     workdir = tmp_path / "study"
     cmd = study_cmd(image_folder, workdir, "--scale=0.005", "--evals=4")  # 320 steps per network
     # 1. SIGTERM once the first network has evaluated once: it saves and the study stops.
-    proc = subprocess.Popen(cmd, env=env_1_device(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = workdir / "cifar_plain20" / "metrics.jsonl"
-    deadline = time.time() + 300
-    while not (metrics.exists() and '"eval"' in metrics.read_text()):
-        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-        time.sleep(0.1)
+    wait_for(lambda: metrics.exists() and '"eval"' in metrics.read_text(), proc)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 3, out[-3000:]
@@ -58,7 +49,7 @@ def test_study_is_stopped_resumed_reported_and_skipped(image_folder, tmp_path):
     assert not (workdir / "cifar_resnet20").exists()  # no new run starts after SIGTERM
 
     # 2. The same command resumes the unfinished run and trains the other one.
-    out = subprocess.run(cmd, env=env_1_device(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, env=env_with_devices(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Resumed from" in out.stdout and "2 run(s), 2 to train" in out.stdout
 
@@ -82,13 +73,13 @@ def test_study_is_stopped_resumed_reported_and_skipped(image_folder, tmp_path):
     # 3. Again: nothing left to train, the report is rewritten in seconds.
     before = metrics.read_text()
     t0 = time.time()
-    out = subprocess.run(cmd, env=env_1_device(), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, env=env_with_devices(1), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "2 run(s), 0 to train" in out.stdout, out.stderr[-3000:]
     assert time.time() - t0 < 60
     assert metrics.read_text() == before
 
     # 4. Another scale in the same workdir is refused with one message.
-    out = subprocess.run(study_cmd(image_folder, workdir, "--scale=0.01"), env=env_1_device(), capture_output=True,
+    out = subprocess.run(study_cmd(image_folder, workdir, "--scale=0.01"), env=env_with_devices(1), capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "at scale 0.005" in out.stderr and "use another --workdir" in out.stderr
@@ -97,7 +88,7 @@ def test_study_is_stopped_resumed_reported_and_skipped(image_folder, tmp_path):
 def test_parallel_runs_in_their_own_processes(image_folder, tmp_path):
     workdir = tmp_path / "study"
     cmd = study_cmd(image_folder, workdir, "--scale=0.0002", "--evals=2", "--parallel=2")
-    out = subprocess.run(cmd, env=env_1_device(), capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, env=env_with_devices(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     results = json.loads((workdir / "results.json").read_text())
     assert sorted(r["model"] for r in results["runs"]) == ["cifar_plain20", "cifar_resnet20"]
