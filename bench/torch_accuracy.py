@@ -4,6 +4,8 @@ ceiling of the data (e.g. the JPEG copy of CIFAR-10).
 
     python bench/torch_accuracy.py --data ../shared/data/cifar10-jpeg --epochs 10
     python bench/torch_accuracy.py --data /tmp/d/cifar10-jpeg --recipe configs/cifar10_resnet20.py --device cuda
+    python bench/torch_accuracy.py --data ../shared/data/cifar10-jpeg --recipe configs/cifar10_resnet56.py \
+        --scale 0.01 --init he
 
 The recipe is read from a config file (default ``configs/cifar10_quick.py``;
 a recipe counted in steps, as the paper's, runs its ``num_train_steps``):
@@ -12,6 +14,9 @@ with momentum (Nesterov if set), weight decay coupled and optionally excluded
 from 1-D parameters, label smoothing, pad-and-crop + flip, flip test-time
 augmentation. Images are read
 through `resnet_jax.data.folder` (Pillow), as our on-device pipeline reads them.
+``--scale`` shortens a step-based recipe as the reproduction study's ``--scale``
+does; ``--init he`` initialises the convolutions as ours are (normal, std
+sqrt(2 / fan_out)) instead of PyTorch's default.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from bench.torch_peer import CifarResNet  # noqa: E402
 from resnet_jax.data import folder  # noqa: E402
+from resnet_jax.reproduce.study import scale_recipe  # noqa: E402
 from resnet_jax.training import optim  # noqa: E402
 
 
@@ -58,9 +64,14 @@ def _crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int, device: str = "cpu") -> dict:
+def train(
+    data: str, recipe_path: str, epochs: int, seed: int, threads: int,
+    device: str = "cpu", scale: float = 1.0, init: str = "torch",
+) -> dict:  # fmt: skip
     """Trains and evaluates; returns test top-1, wall time and images/s."""
     c = _recipe(recipe_path)
+    if scale != 1.0:
+        scale_recipe(c, scale)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
@@ -75,6 +86,10 @@ def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int, dev
     y_train, y_test = torch.from_numpy(y_train).long().to(device), torch.from_numpy(y_test).long().to(device)
 
     model = CifarResNet(int(c.model.removeprefix("cifar_resnet")), len(train_split.class_names))
+    if init == "he":
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
     model = model.to(device, memory_format=torch.channels_last)
     decay = [p for p in model.parameters() if p.ndim > 1 or not c.weight_decay_exclude_bn_bias]
     no_decay = [p for p in model.parameters() if p.ndim <= 1 and c.weight_decay_exclude_bn_bias]
@@ -109,7 +124,8 @@ def train(data: str, recipe_path: str, epochs: int, seed: int, threads: int, dev
         top1 = evaluate(model, x_test, y_test, c.eval_batch_size, c.eval_flip)
         print(f"epoch {epoch + 1} train acc {correct / ((i + 1) * c.batch_size):.4f} test top-1 {top1:.4f}", flush=True)
     return {
-        "torch": torch.__version__, "recipe": recipe_path, "steps": step, "seed": seed, "test_top1": top1,
+        "torch": torch.__version__, "recipe": recipe_path, "scale": scale, "init": init,
+        "steps": step, "seed": seed, "test_top1": top1,
         "wall_s": time.time() - t0, "train_images_per_s": step * c.batch_size / train_s,
     }  # fmt: skip
 
@@ -135,8 +151,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--scale", type=float, default=1.0, help="multiplies a step-based recipe's iteration counts")
+    p.add_argument("--init", choices=("torch", "he"), default="torch", help="conv init: PyTorch's default or ours")
     args = p.parse_args()
-    print(json.dumps(train(args.data, args.recipe, args.epochs, args.seed, args.threads, args.device), indent=1))
+    result = train(
+        args.data, args.recipe, args.epochs, args.seed, args.threads, args.device, args.scale, args.init
+    )  # fmt: skip
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
