@@ -23,6 +23,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model_kwargs = ml_collections.ConfigDict({"zero_init_residual": False})
     c.half_precision = False  # compute in bfloat16 (parameters and BN statistics stay float32)
     c.seed = 0  # initialisation, data order and augmentation
+    # > 1: train seeds seed ... seed + num_seeds - 1 together, one vmapped step (data.pipeline="device");
+    # each seed's metrics and curves in <workdir>/seed<k>/ (resnet_jax.training.seeds)
+    c.num_seeds = 1
 
     c.batch_size = 128  # global, over all devices and processes
     c.eval_batch_size = 500
@@ -54,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     c.eval_flip = False  # average the logits of each eval image and its mirror image
 
-    c.log_every_steps = 50
+    c.log_every_steps = 50  # training loss, accuracy and lr: a metrics record every N steps
     c.eval_every_epochs = 1
     c.eval_every_steps = 0  # > 0: evaluate every N steps instead (and at the last step)
     c.curves_every_seconds = 30.0  # curves.png at an evaluation at most this often (and at the last step)

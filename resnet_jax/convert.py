@@ -46,7 +46,10 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise NotFoundError(f"weight file {path!r} does not exist")
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise MissingDependencyError(f"reading {path} needs safetensors: pip install safetensors") from None
 
         try:
             return dict(load_file(path))

@@ -1,4 +1,4 @@
-"""Evaluation: exact metrics over a whole split, and a checkpoint evaluated from its workdir.
+"""Evaluate a checkpoint from its workdir (the evaluator itself is `resnet_jax.training.evaluator`).
 
 ``python train.py --config ... --workdir ... --mode=eval`` evaluates a
 checkpoint on the config's evaluation split (`evaluate_checkpoint`). To load a
@@ -7,44 +7,15 @@ trained model in your own code, see `resnet_jax.restore`.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-from collections.abc import Callable, Iterable
-from typing import Any
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 
 from resnet_jax import parallel
 from resnet_jax.errors import CheckpointMismatchError
-from resnet_jax.training import steps
 from resnet_jax.training.checkpoint import restore
-
-
-def make_evaluator(model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any) -> Callable:
-    """``evaluate(variables, batches) -> metrics`` over padded, masked host batches."""
-    eval_fn = jax.jit(
-        functools.partial(
-            steps.eval_step,
-            apply_fn=model.apply,
-            mean=tuple(config.data.mean),
-            std=tuple(config.data.std),
-            dtype=model.dtype,
-            num_classes=num_classes,
-            flip=config.eval_flip,
-        )
-    )
-
-    def evaluate(variables: Any, batches: Iterable[dict]) -> dict[str, Any]:
-        sums = None
-        for batch in batches:
-            out = eval_fn(variables, parallel.shard_batch(batch, mesh))
-            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-        return steps.summarize_eval(sums)
-
-    return evaluate
+from resnet_jax.training.evaluator import make_evaluator
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | str | None = None) -> dict:
@@ -64,7 +35,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
             f"the checkpoint's classes {info['class_names']} differ from the dataset's {dataset_classes}"
         )
     variables = parallel.replicate(variables, mesh)
-    metrics = make_evaluator(model, config, info["num_classes"], mesh)(variables, pipeline.eval_batches())
+    [metrics] = make_evaluator(model, config, info["num_classes"], mesh)(variables, pipeline.eval_batches())
     metrics["step"] = info["step"]
     split = config.data.eval_split.replace("/", "_")
     with open(os.path.join(workdir, f"eval_{split}_{info['step']}.json"), "w") as f:

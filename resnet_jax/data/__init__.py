@@ -29,8 +29,9 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
         from resnet_jax.data.device import DevicePipeline
 
         train, evaluation, names = _load_arrays(cfg)
+        seeds = config.seed if config.num_seeds == 1 else [config.seed + k for k in range(config.num_seeds)]
         return DevicePipeline(
-            train, evaluation, names, config.batch_size, config.eval_batch_size, config.seed, mesh,
+            train, evaluation, names, config.batch_size, config.eval_batch_size, seeds, mesh,
             crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
         )
     raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds' or 'device'")

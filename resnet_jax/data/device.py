@@ -9,7 +9,7 @@ is needed when the arrays are given (or read from an image folder with Pillow).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ class DevicePipeline:
         class_names: tuple[str, ...],
         batch_size: int,
         eval_batch_size: int,
-        seed: int,
+        seed: int | Sequence[int],
         mesh: Mesh,
         crop_padding: int = 4,
         augment_images: bool = True,
@@ -43,7 +43,9 @@ class DevicePipeline:
           train, eval: (uint8 images [N, H, W, 3], int labels [N]) of the whole split.
           class_names: names of the labels.
           batch_size, eval_batch_size: global batch sizes.
-          seed: data seed (permutations and augmentation).
+          seed: data seed (permutations and augmentation); a sequence of seeds
+            draws each seed's own batches, stacked on a leading axis, for
+            seeds trained together (`compile_step` then vmaps the step).
           mesh: the device mesh.
           crop_padding: zero padding before the random crop (0: no crop).
           augment_images: random crop and flip (False: plain shuffled batches).
@@ -54,10 +56,16 @@ class DevicePipeline:
         self.info = DataInfo(check_class_names(class_names), len(labels), len(eval[1]), images.shape[1])
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.mesh, self.crop_padding, self.augment_images = mesh, crop_padding, augment_images
-        self._key = jax.random.key(seed)
+        self.num_seeds = 1 if isinstance(seed, int) else len(seed)
+        self._key = jax.random.key(seed) if isinstance(seed, int) else jax.vmap(jax.random.key)(jnp.asarray(seed))
         self._data = parallel.replicate({"image": images, "label": labels.astype(np.int32)}, mesh)
         self._eval = (eval[0], eval[1].astype(np.int32))
-        self._permute = jax.jit(lambda key: jax.random.permutation(key, len(labels)).astype(jnp.int32))
+
+        def permute(key: jax.Array, epoch: int) -> tuple[jax.Array, jax.Array]:
+            key = jax.random.fold_in(key, epoch)
+            return jax.random.permutation(key, len(labels)).astype(jnp.int32), key
+
+        self._permute = jax.jit(permute if self.num_seeds == 1 else jax.vmap(permute, in_axes=(0, None)))
 
     @property
     def steps_per_epoch(self) -> int:
@@ -87,14 +95,15 @@ class DevicePipeline:
         def step(state, data, perm, key):
             return step_fn(state, self.make_batch(data, perm, key, state.step % self.steps_per_epoch))
 
+        if self.num_seeds > 1:  # stacked states, permutations and keys; the same data
+            step = jax.vmap(step, in_axes=(0, None, 0, 0))
         jitted = jax.jit(step, donate_argnums=0)
         return lambda state, item: jitted(state, self._data, *item)
 
     def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple]:
         """Items for `compile_step`'s function, one per step from `start_step`: the
         epoch's (permutation, key), the same device arrays for every step."""
-        key = jax.random.fold_in(self._key, epoch)
-        perm = self._permute(key)
+        perm, key = self._permute(self._key, epoch)
         for _ in range(start_step, self.steps_per_epoch):
             yield perm, key
 

@@ -23,13 +23,17 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 from resnet_jax import models
 from resnet_jax.errors import CheckpointMismatchError, ConfigError, NotFoundError
+from resnet_jax.training import seeds
+from resnet_jax.training.state import step_of
 
 
 def run_metadata(config: ml_collections.ConfigDict, class_names: Any) -> dict[str, Any]:
     """What a checkpoint carries to rebuild its model without the config file."""
     return {
         "model": config.model,
-        "model_kwargs": config.model_kwargs.to_dict(),
+        "model_kwargs": json.loads(json.dumps(config.model_kwargs.to_dict())),  # as saved: tuples become lists
+        "num_seeds": int(config.num_seeds),  # > 1: the arrays stack the seeds on a leading axis
+        "seeds": seeds.seed_values(config),
         "half_precision": bool(config.half_precision),
         "num_classes": len(class_names),
         "class_names": list(class_names),
@@ -87,7 +91,7 @@ class Checkpointer:
 
     def save(self, state: Any, metadata: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
         """Saves `state` at its step (asynchronously), with `metadata` and eval `metrics`."""
-        step = int(jax.device_get(state.step))
+        step = step_of(state)
         metadata = {**metadata, "step": step, "metrics": metrics}
         self.manager.save(
             step,
@@ -176,13 +180,19 @@ def _resolve_step(ckpt: Checkpointer, step: int | str | None) -> int:
     return found
 
 
-def restore(workdir: str, step: int | str | None = None, ema: bool = False) -> tuple[Any, dict, dict]:
+def restore(
+    workdir: str, step: int | str | None = None, ema: bool = False, seed: int | None = None
+) -> tuple[Any, dict, dict]:
     """Rebuilds the model of a training run and loads its variables.
 
     Args:
-      workdir: the run's workdir (holding ``checkpoints/``).
-      step: a step number, "latest" (default) or "best" (highest eval top-1).
+      workdir: the run's workdir (holding ``checkpoints/``), or the ``seed<k>``
+        folder of a run that trained several seeds together.
+      step: a step number, "latest" (default) or "best" (highest eval top-1;
+        the mean over seeds for several).
       ema: load the EMA weights (if the run kept them).
+      seed: which of the seeds trained together (0 ... num_seeds - 1); needed
+        for such a run unless `workdir` is a ``seed<k>`` folder.
 
     Returns:
       ``(model, variables, info)``: a Flax module, ``{"params", "batch_stats"}``
@@ -190,6 +200,9 @@ def restore(workdir: str, step: int | str | None = None, ema: bool = False) -> t
       with ``info["mean"]``/``info["std"]``; see `preprocess`), and the
       checkpoint's metadata (class names, image size, metrics, step, config).
     """
+    parent = seeds.packed_parent(workdir)
+    if parent is not None and seed is None:
+        workdir, seed = parent
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise NotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
     ckpt = Checkpointer(workdir, async_save=False)
@@ -199,6 +212,7 @@ def restore(workdir: str, step: int | str | None = None, ema: bool = False) -> t
         tree = ckpt.restore_tree(step)
     finally:
         ckpt.close()
+    tree, info = _one_seed(tree, info, workdir, seed)
     dtype = jnp.bfloat16 if info.get("half_precision") else jnp.float32
     model = models.create(info["model"], num_classes=info["num_classes"], dtype=dtype, **info["model_kwargs"])
     prefix = "ema_" if ema else ""
@@ -206,3 +220,22 @@ def restore(workdir: str, step: int | str | None = None, ema: bool = False) -> t
         raise ConfigError(f"the checkpoint of step {step} in {workdir!r} holds no EMA weights")
     variables = {"params": tree[prefix + "params"], "batch_stats": tree[prefix + "batch_stats"]}
     return model, variables, info
+
+
+def _one_seed(tree: dict, info: dict, workdir: str, seed: int | None) -> tuple[dict, dict]:
+    """Seed `seed` of a checkpoint of seeds trained together, with its own
+    metrics and seed in the metadata; a checkpoint of one seed as it is."""
+    num_seeds = info.get("num_seeds", 1)
+    if num_seeds == 1:
+        if seed not in (None, 0):
+            raise ConfigError(f"{workdir!r} trained one seed; there is no seed index {seed}")
+        return tree, info
+    if seed is None or not 0 <= seed < num_seeds:
+        raise ConfigError(
+            f"{workdir!r} holds {num_seeds} seeds trained together: restore one with seed=k (0 to {num_seeds - 1}) "
+            f"or from its folder {os.path.join(workdir, seeds.SEED_DIR.format(0))!r}"
+        )
+    metrics = info.get("metrics") or {}
+    info = {**info, "seed": info["seeds"][seed], "seed_index": seed, "num_seeds": 1}
+    info["metrics"] = metrics["per_seed"][seed] if "per_seed" in metrics else None
+    return seeds.take(tree, seed), info

@@ -13,18 +13,17 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from tqdm import tqdm
 
 from resnet_jax import models, parallel, plot
 from resnet_jax.data import make_pipeline
-from resnet_jax.errors import CheckpointMismatchError, ConfigError, DivergedError
-from resnet_jax.evaluate import make_evaluator
-from resnet_jax.training import optim, steps
+from resnet_jax.errors import CheckpointMismatchError, ConfigError
+from resnet_jax.training import optim, seeds, steps
 from resnet_jax.training.checkpoint import Checkpointer, run_metadata
+from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.finetune import load_pretrained
-from resnet_jax.training.metrics import MetricWriter
-from resnet_jax.training.state import TrainState, create_train_state
+from resnet_jax.training.metrics import MetricWriter, TrainLog
+from resnet_jax.training.state import TrainState, create_train_state, step_of
 
 
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> Any:
@@ -56,8 +55,8 @@ class _Preemption:
 
 
 def _check_resumable(ckpt: Checkpointer, metadata: dict[str, Any]) -> None:
-    saved = ckpt.metadata()
-    for key in ("model", "num_classes", "model_kwargs"):
+    saved = {"num_seeds": 1, **ckpt.metadata()}
+    for key in ("model", "num_classes", "model_kwargs", "num_seeds"):
         if saved.get(key) != metadata[key]:
             raise CheckpointMismatchError(
                 f"{ckpt.directory} holds a checkpoint of {key}={saved.get(key)!r}, but this run has "
@@ -74,7 +73,7 @@ def _resume_or_initialise(
         _check_resumable(ckpt, metadata)
         state = ckpt.restore(state)
         if jax.process_index() == 0:
-            print(f"Resumed from {ckpt.directory} at step {int(state.step)}.")
+            print(f"Resumed from {ckpt.directory} at step {step_of(state)}.")
     elif config.init_from:
         state, report = load_pretrained(state, config.init_from, mesh)
         if jax.process_index() == 0:
@@ -87,23 +86,30 @@ def _announce(config: ml_collections.ConfigDict, workdir: str, state: TrainState
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
+    variables = state.variables() if config.num_seeds == 1 else seeds.take(state.variables(), 0)
     print(
-        f"{config.model}: {models.count_params(state.variables()):,} parameters, {info.num_classes} classes, "
+        f"{config.model}: {models.count_params(variables):,} parameters, {info.num_classes} classes, "
         f"{info.num_train:,} train / {info.num_eval:,} eval examples, {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
     )
+    if config.num_seeds > 1:
+        print(f"{config.num_seeds} seeds ({', '.join(map(str, seeds.seed_values(config)))}) train together in one "
+              f"vmapped step; each seed's metrics and curves go to {workdir}/seed<k>/.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.model` on `config.data`, evaluating every epoch and
     checkpointing into `workdir`; resumes from the latest checkpoint there.
+    With ``config.num_seeds > 1`` the seeds train together (`resnet_jax.training.seeds`).
 
-    Returns the last evaluation metrics (with ``"ema"`` ones when EMA is on).
+    Returns the last evaluation metrics (with ``"ema"`` ones when EMA is on);
+    for several seeds, their means with each seed's own under ``"per_seed"``.
     """
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     config = config.copy_and_resolve_references()
     config.eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
+    seeds.check(config)
     models.create(config.model)  # an unknown name fails here, before any data is read
     pipeline = make_pipeline(config, mesh)
     info = pipeline.info
@@ -115,7 +121,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
     tx = optim.make_optimizer(config, schedule)
-    state = create_train_state(model, tx, info.image_size, config.seed, mesh, use_ema=config.ema_decay > 0)
+    seed = config.seed if config.num_seeds == 1 else seeds.seed_values(config)
+    state = create_train_state(model, tx, info.image_size, seed, mesh, use_ema=config.ema_decay > 0)
 
     is_main = jax.process_index() == 0
     metadata = run_metadata(config, info.class_names)
@@ -135,33 +142,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             freeze_bn=config.freeze_bn,
         )
     )
-    evaluate = make_evaluator(model, config, info.num_classes, mesh)
-    writer = MetricWriter(workdir)
+    evaluate = make_evaluator(model, config, info.num_classes, mesh, config.num_seeds)
+    seed_dirs = seeds.seed_workdirs(workdir, config.num_seeds)
+    writers = [MetricWriter(d) for d in seed_dirs]
+    log = TrainLog(writers, config.batch_size, schedule)
     results: dict[str, Any] = {}
     start_time = last_curves = time.time()
     try:
         with _Preemption() as preemption:
-            step = int(jax.device_get(state.step))
+            step = step_of(state)
             while step < total_steps and not preemption.requested:
                 epoch, start = divmod(step, steps_per_epoch)
                 todo = _steps_to_next_stop(step, steps_per_epoch, total_steps, config.eval_every_steps)
-                state, train_metrics = _train_epoch(
-                    state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption,
+                state = _train_epoch(
+                    state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption, log,
                     save=lambda s: ckpt.save(s, metadata),
                 )
-                step = int(jax.device_get(state.step))
-                train_metrics["lr"] = float(schedule(step - 1))
-                writer.write(step, "train", train_metrics)
+                step = step_of(state)
                 if _evaluates_at(step, steps_per_epoch, total_steps, config):
-                    results = _evaluate_all(state, evaluate, pipeline, config)
-                    for split, metrics in results.items():
-                        writer.write(step, split, metrics)
+                    per_seed = _evaluate_all(state, evaluate, pipeline, config)
+                    for writer, seed_results in zip(writers, per_seed):
+                        for split, metrics in seed_results.items():
+                            writer.write(step, split, metrics)
+                    results = {split: seeds.combine([r[split] for r in per_seed]) for split in per_seed[0]}
                     if is_main:
-                        tqdm.write(_summary_line(epoch, step, train_metrics, results))
+                        tqdm.write(_summary_line(epoch, step, log.last, results))
                     if is_main and (step >= total_steps or time.time() - last_curves >= config.curves_every_seconds):
-                        plot.write_curves(workdir)  # ~1 s with 164 evaluations: not at each one of a fast GPU run
+                        for d in seed_dirs:  # ~1 s with 164 evaluations: not at each one of a fast GPU run
+                            plot.write_curves(d)
                         last_curves = time.time()
                     ckpt.save(state, metadata, results["eval"])
+                    log.restart_clock()
                 elif preemption.requested:
                     ckpt.save(state, metadata)
             if preemption.requested and is_main:
@@ -169,12 +180,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         ckpt.wait()
         ckpt.close()
-        writer.close()
+        for writer in writers:
+            writer.close()
     if is_main and results:
         ev = results["eval"]
         print(
-            f"Done: step {int(state.step)}, eval top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}, "
-            f"loss {ev['loss']:.4f}, {time.time() - start_time:.0f}s. Workdir: {workdir}"
+            f"Done: step {step_of(state)}, eval top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}, "
+            f"loss {ev['loss']:.4f}{' (means over seeds)' if config.num_seeds > 1 else ''}, "
+            f"{time.time() - start_time:.0f}s. Workdir: {workdir}"
         )
     return results
 
@@ -207,13 +220,13 @@ def _train_epoch(
     epoch: int,
     config: ml_collections.ConfigDict,
     preemption: _Preemption,
+    log: TrainLog,
     save: Callable[[TrainState], None],
-) -> tuple:
-    """Runs up to `num_steps` steps with a progress bar, saving every
-    ``config.checkpoint_every_steps`` (after a finite-loss check); returns the
-    state and the epoch's mean loss, accuracy and images/s. Raises on a
-    non-finite loss."""
-    sums, done, t0 = None, 0, time.time()
+) -> TrainState:
+    """Runs up to `num_steps` steps with a progress bar, writing the training
+    metrics every ``config.log_every_steps`` and at the end, and saving every
+    ``config.checkpoint_every_steps`` (after the finite-loss check of the log)."""
+    done = 0
     bar = tqdm(
         total=num_steps,
         desc=f"epoch {epoch + 1}",
@@ -223,54 +236,46 @@ def _train_epoch(
     )
     for item in items:
         state, metrics = train_step(state, item)
-        sums = metrics if sums is None else jax.tree_util.tree_map(jnp.add, sums, metrics)
+        log.add(metrics)
         done += 1
         bar.update(1)
-        every = config.checkpoint_every_steps
-        save_now = every > 0 and (first_step + done) % every == 0 and done < num_steps
-        if done % config.log_every_steps == 0 or done == num_steps or save_now:
-            loss = float(sums["loss"]) / done
-            if not np.isfinite(loss):
-                raise DivergedError(
-                    f"training loss is {loss} at step {int(jax.device_get(state.step))} (epoch {epoch + 1}); "
-                    "stopping without saving: the last good checkpoint is kept. Lower the learning rate "
-                    "or check the data."
-                )
-            bar.set_postfix(loss=f"{loss:.4f}", acc=f"{float(sums['accuracy']) / done:.4f}")
+        step, every = first_step + done, config.checkpoint_every_steps
+        save_now = every > 0 and step % every == 0 and done < num_steps
+        if step % config.log_every_steps == 0 or done == num_steps or save_now or preemption.requested:
+            records = log.flush(step)
+            bar.set_postfix(loss=f"{records[0]['loss']:.4f}", acc=f"{records[0]['accuracy']:.4f}")
         if save_now:
             save(state)
         if done == num_steps or preemption.requested:
             break
     bar.close()
-    jax.block_until_ready(state)
-    seconds = time.time() - t0
-    return state, {
-        "loss": float(sums["loss"]) / done,
-        "accuracy": float(sums["accuracy"]) / done,
-        "images_per_sec": done * config.batch_size / seconds,
-        "seconds": seconds,
-    }
+    return state
 
 
-def _evaluate_all(state: TrainState, evaluate: Callable, pipeline: Any, config: ml_collections.ConfigDict) -> dict:
+def _evaluate_all(
+    state: TrainState, evaluate: Callable, pipeline: Any, config: ml_collections.ConfigDict
+) -> list[dict[str, dict]]:
+    """``[{"eval": metrics, "eval_ema": metrics}]``, one per seed."""
     t0 = time.time()
-    results = {"eval": evaluate(state.variables(), pipeline.eval_batches())}
-    results["eval"]["seconds"] = time.time() - t0
-    results["eval"]["images_per_sec"] = results["eval"]["count"] / results["eval"]["seconds"]
-    if config.ema_decay > 0:
-        results["eval_ema"] = evaluate(state.variables(ema=True), pipeline.eval_batches())
-    return results
+    evals = evaluate(state.variables(), pipeline.eval_batches())
+    seconds = time.time() - t0
+    emas = evaluate(state.variables(ema=True), pipeline.eval_batches()) if config.ema_decay > 0 else None
+    out = []
+    for k, ev in enumerate(evals):
+        ev = {**ev, "seconds": seconds, "images_per_sec": ev["count"] * len(evals) / seconds}
+        out.append({"eval": ev} if emas is None else {"eval": ev, "eval_ema": emas[k]})
+    return out
 
 
-def _summary_line(epoch: int, step: int, train: dict[str, float], results: dict[str, dict]) -> str:
-    ev = results["eval"]
+def _summary_line(epoch: int, step: int, train: list[dict[str, float]], results: dict[str, dict]) -> str:
+    ev, tr = results["eval"], train[0] if len(train) == 1 else seeds.combine(train)
     line = (
-        f"epoch {epoch + 1:3d} step {step:6d} | train loss {train['loss']:.4f} acc {train['accuracy']:.4f} "
-        f"lr {train['lr']:.4g} {train['images_per_sec']:.0f} img/s | eval loss {ev['loss']:.4f} "
+        f"epoch {epoch + 1:3d} step {step:6d} | train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} "
+        f"lr {tr['lr']:.4g} {tr['images_per_sec'] * len(train):.0f} img/s | eval loss {ev['loss']:.4f} "
         f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} ({ev['images_per_sec']:.0f} img/s)"
     )
+    if "per_seed" in ev:
+        line += " | seeds' top1 " + " ".join(f"{r['top1']:.4f}" for r in ev["per_seed"])
     if "eval_ema" in results:
         line += f" | ema top1 {results['eval_ema']['top1']:.4f}"
     return line
-
-

@@ -3,13 +3,14 @@ an optional EMA of the weights, and the RNG key."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -66,18 +67,26 @@ class TrainState(flax.struct.PyTreeNode):
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
+def step_of(state: TrainState) -> int:
+    """The state's step as a Python int (the seeds of a stacked state share it)."""
+    return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+
+
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
     image_size: int,
-    seed: int,
+    seed: int | Sequence[int],
     mesh: Mesh,
     use_ema: bool = False,
 ) -> TrainState:
-    """Initialises the model on the devices, replicated over `mesh`."""
+    """Initialises the model on the devices, replicated over `mesh`.
 
-    def init() -> TrainState:
-        key = jax.random.key(seed)
+    With a sequence of seeds, one state per seed stacked on a leading axis (each
+    seed's arrays are those `create_train_state` makes for that seed alone).
+    """
+
+    def init(key: jax.Array) -> TrainState:
         init_key, run_key = jax.random.split(key)
         x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
         variables = model.init(init_key, x, train=False)
@@ -94,4 +103,8 @@ def create_train_state(
             tx=tx,
         )
 
-    return jax.jit(init, out_shardings=parallel.replicated(mesh))()
+    out = parallel.replicated(mesh)
+    if isinstance(seed, int):
+        return jax.jit(lambda: init(jax.random.key(seed)), out_shardings=out)()
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seed])
+    return jax.jit(lambda k: jax.vmap(init)(jax.random.wrap_key_data(k)), out_shardings=out)(keys)

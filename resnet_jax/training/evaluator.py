@@ -1,0 +1,42 @@
+"""Exact evaluation over a whole split: every example counted once, whatever
+the batch size and number of devices (padded, masked batches)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from resnet_jax import parallel
+from resnet_jax.training import seeds, steps
+
+
+def make_evaluator(
+    model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any, num_seeds: int = 1
+) -> Callable[[Any, Iterable[dict]], list[dict[str, Any]]]:
+    """``evaluate(variables, batches) -> [metrics of each seed]`` over padded,
+    masked host batches. With ``num_seeds > 1`` the variables are stacked
+    seeds (`resnet_jax.training.seeds`), all evaluated on each batch in one step."""
+    eval_fn = functools.partial(
+        steps.eval_step,
+        apply_fn=model.apply,
+        mean=tuple(config.data.mean),
+        std=tuple(config.data.std),
+        dtype=model.dtype,
+        num_classes=num_classes,
+        flip=config.eval_flip,
+    )
+    eval_fn = jax.jit(eval_fn if num_seeds == 1 else jax.vmap(eval_fn, in_axes=(0, None)))
+
+    def evaluate(variables: Any, batches: Iterable[dict]) -> list[dict[str, Any]]:
+        sums = None
+        for batch in batches:
+            out = eval_fn(variables, parallel.shard_batch(batch, mesh))
+            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+        return [steps.summarize_eval(s) for s in seeds.per_seed(sums, num_seeds)]
+
+    return evaluate
