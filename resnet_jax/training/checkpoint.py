@@ -206,3 +206,34 @@ def restore(workdir: str, step: int | str | None = None, ema: bool = False) -> t
         raise ConfigError(f"the checkpoint of step {step} in {workdir!r} holds no EMA weights")
     variables = {"params": tree[prefix + "params"], "batch_stats": tree[prefix + "batch_stats"]}
     return model, variables, info
+
+
+def read_metadata(workdir: str, step: int | str | None = None) -> dict[str, Any]:
+    """The metadata of a checkpoint of `workdir` (`step` as in `restore`), without its arrays."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise NotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        return ckpt.metadata(_resolve_step(ckpt, step))
+    finally:
+        ckpt.close()
+
+
+PREPROCESSING = ("mean", "std", "image_size", "crop_fraction")
+
+
+def use_checkpoint_preprocessing(
+    config: ml_collections.ConfigDict, info: dict[str, Any], fields: tuple[str, ...] = PREPROCESSING
+) -> list[str]:
+    """Sets `fields` of ``config.data`` (in place) to the preprocessing the checkpoint's
+    weights were evaluated with (`info`: its metadata, e.g. from a conversion of
+    timm's weights with mean = std = 0.5); returns ``"field old -> new"`` for each change."""
+    changes = []
+    for field in fields:
+        old, new = config.data[field], info["config"]["data"][field]
+        if isinstance(new, list):
+            old, new = tuple(old), tuple(new)
+        if old != new:
+            changes.append(f"{field} {old} -> {new}")
+            config.data[field] = new
+    return changes
