@@ -69,25 +69,33 @@ def test_same_logits_and_batch_stats_as_torchvision(name):
     np.testing.assert_allclose(deep_ours["var"], deep_tv["var"], rtol=1e-4)  # unbiased, as torch
 
 
+def module_outputs(model, taps, x):
+    """The outputs (NHWC) of the modules `taps` (name -> module) of `model` in eval mode on `x`."""
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out)) for k, m in taps.items()]
+    with torch.no_grad():
+        model.eval()(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    return {k: out.numpy().transpose(0, 2, 3, 1) for k, out in outputs.items()}
+
+
+def assert_features_close(features, expected):
+    assert set(expected) == set(features)
+    for key, want in expected.items():  # float32 error grows with the activations' scale (up to ~1e2 here)
+        np.testing.assert_allclose(np.asarray(features[key]), want, atol=1e-4 * max(1.0, np.abs(want).max()), rtol=0)
+
+
 def test_features_are_torchvisions_layer_outputs():
     """``method="features"`` of converted weights gives torchvision's maxpool and layer1..4 outputs."""
     tv = torchvision_model("resnet50")
     variables = convert.from_torchvision({k: v.numpy() for k, v in tv.state_dict().items()}, "resnet50")
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
     feats = models.create("resnet50").apply(variables, x.transpose(0, 2, 3, 1), train=False, method="features")
-    tv.eval()
     stages = {"stem": tv.maxpool, **{f"stage{i}": getattr(tv, f"layer{i}") for i in range(1, 5)}}
-    outputs = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, k=k: outputs.__setitem__(k, out)) for k, m in stages.items()]
-    with torch.no_grad():
-        tv(torch.from_numpy(x))
-    for h in hooks:
-        h.remove()
-    expected = {k: out.numpy().transpose(0, 2, 3, 1) for k, out in outputs.items()}
+    expected = module_outputs(tv, stages, x)
     expected["pooled"] = expected["stage4"].mean(axis=(1, 2))
-    assert set(expected) == set(feats)
-    for key, want in expected.items():  # float32 error grows with the activations' scale (up to ~1e2 here)
-        np.testing.assert_allclose(np.asarray(feats[key]), want, atol=1e-4 * max(1.0, np.abs(want).max()), rtol=0)
+    assert_features_close(feats, expected)
 
 
 def test_errors_list_keys_by_name():
