@@ -215,6 +215,7 @@ def test_evaluation_uses_the_checkpoints_preprocessing(converted_3_classes, imag
 
 
 def test_fine_tuning_normalises_as_the_pretrained_weights(converted_3_classes, image_folder, capsys):
+    """What `train_and_evaluate` does first with ``init_from`` (a fine-tuning run takes a minute here)."""
     workdir, _ = converted_3_classes
     config = tiny_config(image_folder, init_from=workdir)
     use_pretrained_normalization(config)
