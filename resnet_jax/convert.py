@@ -68,7 +68,7 @@ class ConversionError(UserError, ValueError):
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Reads a torchvision state dict from ``.safetensors`` (no torch needed) or
+    """Reads a state dict from ``.safetensors`` (no torch needed) or
     ``.pth``/``.pt`` (torch, ``weights_only=True``) as numpy arrays."""
     if not os.path.isfile(path):
         raise NotFoundError(f"weight file {path!r} does not exist")
