@@ -1,39 +1,66 @@
-"""Convert torchvision ResNet weights into resnet_jax variables and checkpoints.
+"""Convert torchvision and timm ResNet weights into resnet_jax variables and checkpoints.
 
     python -m resnet_jax.convert torchvision resnet50 resnet50.safetensors out_dir
-    python -m resnet_jax.convert torchvision resnet18 resnet18.pth out_dir
+    python -m resnet_jax.convert torchvision resnet50.IMAGENET1K_V2 resnet50.pth out_dir
+    python -m resnet_jax.convert timm resnet50d.ra4_e3600_r224_in1k model.safetensors out_dir
+    python -m resnet_jax.convert timm resnetv2_50.a1h_in1k model.safetensors out_dir
 
 ``.safetensors`` files are read without torch. ``.pth`` files need torch (the
 ``torch`` extra) and are loaded with ``torch.load(..., weights_only=True)``:
 no pickled code is ever run. The output is an Orbax checkpoint in
 ``out_dir/checkpoints`` that `resnet_jax.restore(out_dir)`, the eval command
-and fine-tuning configs (``config.init_from``) load.
+and fine-tuning configs (``config.init_from``) load. Its metadata carries the
+preprocessing the weights expect (mean, std, crop fraction, resolution): from
+the weights' tag (`resnet_jax.weights`), or from ``--mean``, ``--std``,
+``--crop-fraction`` and ``--image-size``.
 
-Names map one to one: ``conv1``/``bn1`` -> ``stem_conv``/``stem_bn``,
+Names map one to one. torchvision's (and timm's ResNet, whose keys are the
+same): ``conv1``/``bn1`` -> ``stem_conv``/``stem_bn``,
 ``layer{i}.{j}.conv{k}`` -> ``stage{i}/block{j}/conv{k}``,
 ``layer{i}.{j}.downsample.{0,1}`` -> ``stage{i}/block{j}/shortcut_{conv,bn}``,
-``fc`` -> ``head``; kernels OIHW -> HWIO, dense (out, in) -> (in, out).
+``fc`` -> ``head``. timm's deep stem ``conv1.{0,1,3,4,6}`` ->
+``stem_conv1``, ``stem_bn1``, ``stem_conv2``, ``stem_bn2``, ``stem_conv3``;
+ResNet-D's ``downsample.{1,2}`` (after the pool) -> ``shortcut_{conv,bn}``.
+timm's pre-activation ResNetV2 (BatchNorm; ``resnetv2_<depth>[d]``):
+``stem.conv`` (``stem.conv{1,2,3}``, ``stem.norm{1,2}``) -> ``stem_conv``
+(``stem_conv{1,2,3}``, ``stem_bn{1,2}``), ``stages.{i}.blocks.{j}.conv{k}`` /
+``norm{k}`` / ``downsample.conv`` -> ``stage{i+1}/block{j}/conv{k}`` /
+``bn{k}`` / ``shortcut_conv``, ``norm`` -> ``final_bn``, ``head.fc`` (a 1x1
+convolution) -> ``head``. Kernels OIHW -> HWIO, dense (out, in) -> (in, out).
+BiT's ResNetV2 (``resnetv2_*_bit``: GroupNorm, weight-standardised
+convolutions) and the GroupNorm/EvoNorm/FRN ``resnetv2_50d_*`` do not map.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
-from resnet_jax import models
+from resnet_jax import models, weights
 from resnet_jax.errors import ConfigError, MissingDependencyError, NotFoundError, UserError, exit_on_user_error
 
 TORCHVISION_MODELS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
     "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 )  # fmt: skip
+_DEPTHS_D = (18, 26, 34, 50, 101, 152, 200)
+# timm's model name -> ours: its ResNet (torchvision's keys, ResNet-D's deep stem) and its BatchNorm ResNetV2.
+TIMM_MODELS = {
+    **{name: name for name in (*TORCHVISION_MODELS, "resnet26", "resnet200", *(f"resnet{d}d" for d in _DEPTHS_D))},
+    **{f"resnetv2_{d}{v}": f"preact_resnet{d}{v}" for d in (18, 34, 50, 101, 152) for v in ("", "d")},
+}
+_NOT_TIMM = (
+    "timm's BiT resnetv2_*_bit and resnetv2_50d_gn/evos/frn (GroupNorm, EvoNorm, FRN, weight-standardised "
+    "convolutions), the c/s/t stems and anti-aliased resnetaa/resnetblur have no counterpart here"
+)
 
 
 class ConversionError(UserError, ValueError):
@@ -41,7 +68,7 @@ class ConversionError(UserError, ValueError):
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
-    """Reads a torchvision state dict from ``.safetensors`` (no torch needed) or
+    """Reads a state dict from ``.safetensors`` (no torch needed) or
     ``.pth``/``.pt`` (torch, ``weights_only=True``) as numpy arrays."""
     if not os.path.isfile(path):
         raise NotFoundError(f"weight file {path!r} does not exist")
@@ -70,24 +97,46 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
-def _jax_path(key: str) -> tuple[str, tuple[str, ...], str] | None:
-    """torchvision key -> (collection, module path, variable name); None for ignored keys."""
-    *module, leaf = key.split(".")
+def _torchvision_module(name: str, avg_down: bool) -> tuple[str, ...] | None:
+    """A torchvision (or timm ResNet) module name -> our module path; None if it has none."""
+    fixed = {
+        "conv1": ("stem_conv",), "bn1": ("stem_bn",), "fc": ("head",),
+        # timm's deep stem: Sequential(conv, BN, ReLU, conv, BN, ReLU, conv), then bn1
+        "conv1.0": ("stem_conv1",), "conv1.1": ("stem_bn1",), "conv1.3": ("stem_conv2",), "conv1.4": ("stem_bn2",),
+        "conv1.6": ("stem_conv3",),
+    }  # fmt: skip
+    if name in fixed:
+        return fixed[name]
+    m = re.fullmatch(r"layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.\d)", name)
+    if not m:
+        return None
+    shortcut = ("downsample.1", "downsample.2") if avg_down else ("downsample.0", "downsample.1")  # D: pool first
+    part = dict(zip(shortcut, ("shortcut_conv", "shortcut_bn"))).get(m[3], m[3])
+    return (f"stage{m[1]}", f"block{m[2]}", part)
+
+
+def _resnetv2_module(name: str, avg_down: bool) -> tuple[str, ...] | None:
+    """A timm ResNetV2 module name -> our module path; None if it has none."""
+    fixed = {"stem.conv": ("stem_conv",), "norm": ("final_bn",), "head.fc": ("head",)}
+    fixed.update({f"stem.conv{k}": (f"stem_conv{k}",) for k in (1, 2, 3)})
+    fixed.update({f"stem.norm{k}": (f"stem_bn{k}",) for k in (1, 2)})
+    if name in fixed:
+        return fixed[name]
+    m = re.fullmatch(r"stages\.(\d)\.blocks\.(\d+)\.(conv\d|norm\d|downsample\.conv)", name)
+    if not m:
+        return None
+    part = "shortcut_conv" if m[3] == "downsample.conv" else m[3].replace("norm", "bn")
+    return (f"stage{int(m[1]) + 1}", f"block{m[2]}", part)
+
+
+def _jax_path(key: str, module: Callable[[str], tuple[str, ...] | None]) -> tuple[str, tuple[str, ...], str] | None:
+    """A state-dict key -> (collection, module path, variable name); None for ignored keys."""
+    *parts, leaf = key.split(".")
     if leaf == "num_batches_tracked":
         return None
-    name = ".".join(module)
-    if name == "conv1":
-        path = ("stem_conv",)
-    elif name == "bn1":
-        path = ("stem_bn",)
-    elif name == "fc":
-        path = ("head",)
-    else:
-        m = re.fullmatch(r"layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.0|downsample\.1)", name)
-        if not m:
-            return ("unknown", (name,), leaf)
-        part = {"downsample.0": "shortcut_conv", "downsample.1": "shortcut_bn"}.get(m.group(3), m.group(3))
-        path = (f"stage{m.group(1)}", f"block{m.group(2)}", part)
+    path = module(".".join(parts))
+    if path is None:
+        return ("unknown", (".".join(parts),), leaf)
     conv = path[-1].startswith(("conv", "stem_conv", "shortcut_conv"))
     if leaf == "weight":
         return ("params", path, "kernel" if conv or path == ("head",) else "scale")
@@ -98,7 +147,9 @@ def _jax_path(key: str) -> tuple[str, tuple[str, ...], str] | None:
     return ("unknown", path, leaf)
 
 
-def _to_jax_layout(value: np.ndarray, name: str) -> np.ndarray:
+def _to_jax_layout(value: np.ndarray, name: str, want: tuple[int, ...]) -> np.ndarray:
+    if value.ndim == 4 and len(want) == 2 and value.shape[2:] == (1, 1):  # a 1x1 convolution as the dense head
+        value = value[:, :, 0, 0]
     if value.ndim == 4:  # OIHW -> HWIO
         return value.transpose(2, 3, 1, 0)
     if value.ndim == 2 and name == "kernel":  # (out, in) -> (in, out)
@@ -106,19 +157,14 @@ def _to_jax_layout(value: np.ndarray, name: str) -> np.ndarray:
     return value
 
 
-def from_torchvision(state_dict: Mapping[str, Any], name: str, num_classes: int | None = None) -> dict:
-    """Converts a torchvision state dict into ``{"params", "batch_stats"}`` of
-    ``models.create(name, num_classes)`` (num_classes: from ``fc.weight``).
-
-    Raises:
-      ConversionError: listing every missing, unexpected and misshapen key.
-    """
-    if name not in TORCHVISION_MODELS:
-        raise ConfigError(f"no torchvision counterpart for {name!r}; convertible: {', '.join(TORCHVISION_MODELS)}")
+def _convert(state_dict: Mapping[str, Any], name: str, num_classes: int | None, module: Callable, head: str) -> dict:
+    """`state_dict` as the variables of ``models.create(name, num_classes)``, keys mapped by
+    ``module(torch module name, avg_down)``; num_classes defaults to the rows of `head`."""
     state = {k: np.array(v, np.float32) for k, v in state_dict.items()}  # a copy: torch updates in place
-    if num_classes is None and "fc.weight" in state:
-        num_classes = state["fc.weight"].shape[0]
+    if num_classes is None and head in state:
+        num_classes = state[head].shape[0]
     model = models.create(name, num_classes=num_classes)
+    module = functools.partial(module, avg_down=model.avg_down)
     target = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 64, 64, 3), np.float32), train=False))
     expected = {
         (col, tuple(getattr(p, "key", p) for p in path[:-1]), path[-1].key): leaf.shape
@@ -128,17 +174,17 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, num_classes: int 
     out: dict = {"params": {}, "batch_stats": {}}
     problems, found = [], set()
     for key, value in state.items():
-        mapped = _jax_path(key)
+        mapped = _jax_path(key, module)
         if mapped is None:
             continue
         col, path, leaf = mapped
         if (col, path, leaf) not in expected:
             problems.append(f"unexpected key {key!r}")
             continue
-        value = _to_jax_layout(value, leaf)
-        want = expected[(col, path, leaf)]
+        want = tuple(expected[(col, path, leaf)])
+        value = _to_jax_layout(value, leaf, want)
         found.add((col, path, leaf))
-        if value.shape != tuple(want):
+        if value.shape != want:
             problems.append(f"{key!r}: shape {tuple(state[key].shape)} does not fit {'/'.join(path)}/{leaf} {want}")
             continue
         node = out[col]
@@ -153,23 +199,74 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str, num_classes: int 
     return out
 
 
+def model_for(source: str, name: str) -> str:
+    """Our model for `source`'s ("torchvision" or "timm") model `name`.
+
+    Raises:
+      ConfigError: `name` has no counterpart here (the message lists those that have).
+    """
+    if source == "timm" and name in TIMM_MODELS:
+        return TIMM_MODELS[name]
+    if source == "timm":
+        raise ConfigError(f"no counterpart for timm's {name!r}; convertible: {', '.join(TIMM_MODELS)}. {_NOT_TIMM}")
+    if name not in TORCHVISION_MODELS:
+        hint = f" (timm's weights: python -m resnet_jax.convert timm {name} ...)" if name in TIMM_MODELS else ""
+        raise ConfigError(
+            f"no torchvision counterpart for {name!r}; convertible: {', '.join(TORCHVISION_MODELS)}{hint}"
+        )
+    return name
+
+
+def from_torchvision(state_dict: Mapping[str, Any], name: str, num_classes: int | None = None) -> dict:
+    """Converts a torchvision state dict into ``{"params", "batch_stats"}`` of
+    ``models.create(name, num_classes)`` (num_classes: from ``fc.weight``).
+
+    Raises:
+      ConversionError: listing every missing, unexpected and misshapen key.
+    """
+    return _convert(state_dict, model_for("torchvision", name), num_classes, _torchvision_module, "fc.weight")
+
+
+def from_timm(state_dict: Mapping[str, Any], name: str, num_classes: int | None = None) -> dict:
+    """Converts the state dict of timm's model `name` (e.g. "resnet50d", "resnetv2_50")
+    into ``{"params", "batch_stats"}`` of ``models.create(model_for("timm", name), num_classes)``
+    (num_classes: from the classifier's weight).
+
+    Raises:
+      ConversionError: listing every missing, unexpected and misshapen key.
+    """
+    ours = model_for("timm", name)
+    if name.startswith("resnetv2_"):
+        return _convert(state_dict, ours, num_classes, _resnetv2_module, "head.fc.weight")
+    return _convert(state_dict, ours, num_classes, _torchvision_module, "fc.weight")
+
+
 def write_checkpoint(
-    variables: dict, name: str, out_dir: str, class_names: list[str] | None = None, image_size: int = 224
+    variables: dict,
+    name: str,
+    out_dir: str,
+    class_names: list[str] | None = None,
+    preprocessing: weights.Preprocessing | None = None,
+    source: str = "torchvision",
 ) -> None:
-    """Writes `variables` as a step-0 checkpoint that `resnet_jax.restore(out_dir)` loads,
-    with the metadata of a run that used ImageNet preprocessing at `image_size`."""
-    from resnet_jax.config import IMAGENET_MEAN, IMAGENET_STD, default_config
+    """Writes `variables` of model `name` as a step-0 checkpoint that
+    `resnet_jax.restore(out_dir)` loads, with the metadata of a run that
+    evaluated with `preprocessing` (default: torchvision's IMAGENET1K_V1 one:
+    ImageNet mean and std, 224 of 256) and the weights' `source`."""
+    from resnet_jax.config import default_config
     from resnet_jax.training.checkpoint import Checkpointer, run_metadata
 
     num_classes = variables["params"]["head"]["kernel"].shape[1]
     class_names = class_names or [f"class_{i}" for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise ConfigError(f"{len(class_names)} class names for a head of {num_classes} classes")
+    prep = preprocessing or weights.preprocessing("torchvision", "resnet50")[1]
     config = default_config()
     config.model = name
-    config.data.image_size, config.data.augment = image_size, "inception"
-    config.data.mean, config.data.std = IMAGENET_MEAN, IMAGENET_STD
-    metadata = {**run_metadata(config, class_names), "source": "torchvision"}
+    config.data.augment = "inception"
+    for field in weights.FIELDS:
+        config.data[field] = getattr(prep, field)
+    metadata = {**run_metadata(config, class_names), "source": source}
     state = {"step": np.zeros((), np.int32), **variables}
     ckpt = Checkpointer(out_dir, async_save=False)
     ckpt.save(_Tree(state), metadata)
@@ -194,18 +291,34 @@ def _read_class_names(path: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnet_jax.convert", description=__doc__.split("\n")[0])
-    parser.add_argument("source", choices=["torchvision"])
-    parser.add_argument("model", help=f"one of {', '.join(TORCHVISION_MODELS)}")
+    parser.add_argument("source", choices=["torchvision", "timm"])
+    parser.add_argument(
+        "model", help="the library's model name, optionally with the weights' tag: resnet50.IMAGENET1K_V2, "
+        f"resnet50d.ra4_e3600_r224_in1k; torchvision: {', '.join(TORCHVISION_MODELS)}; timm: {', '.join(TIMM_MODELS)}"
+    )  # fmt: skip
     parser.add_argument("weights", help="a .safetensors or .pth state dict")
     parser.add_argument("out_dir")
     parser.add_argument("--class-names", help="a text file with one class name per line")
+    parser.add_argument("--mean", type=float, nargs=3, help="normalisation mean of RGB in [0, 1] (default: the tag's)")
+    parser.add_argument("--std", type=float, nargs=3, help="normalisation std (default: the tag's)")
+    parser.add_argument("--crop-fraction", type=float, help="evaluation centre crop / resized short side")
+    parser.add_argument("--image-size", type=int, help="evaluation resolution")
     args = parser.parse_args(argv)
     with exit_on_user_error():
+        arch, _, tag = args.model.partition(".")
+        ours = model_for(args.source, arch)
+        given = dict(mean=args.mean, std=args.std, crop_fraction=args.crop_fraction, image_size=args.image_size)
+        tagged, prep = weights.preprocessing(args.source, arch, tag, **given)
         names = _read_class_names(args.class_names) if args.class_names else None
-        variables = from_torchvision(load_state_dict(args.weights), args.model)
-        write_checkpoint(variables, args.model, args.out_dir, names)
+        convert = from_torchvision if args.source == "torchvision" else from_timm
+        variables = convert(load_state_dict(args.weights), arch)
+        write_checkpoint(variables, ours, args.out_dir, names, prep, source=f"{args.source} {tagged}")
     params = models.count_params(variables)
-    print(f"wrote {os.path.join(args.out_dir, 'checkpoints')}: {args.model}, {params:,} parameters")
+    print(
+        f"wrote {os.path.join(args.out_dir, 'checkpoints')}: {ours} ({args.source} {tagged}), {params:,} parameters; "
+        f"preprocessing: {prep.image_size} px of {round(prep.image_size / prep.crop_fraction)}, mean {prep.mean}, "
+        f"std {prep.std}"
+    )
     return 0
 
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import ml_collections
 
 from resnet_jax import parallel
 from resnet_jax.errors import CheckpointMismatchError
-from resnet_jax.training.checkpoint import restore
+from resnet_jax.training.checkpoint import restore, use_checkpoint_preprocessing
 from resnet_jax.training.evaluator import make_evaluator
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | str | None = None) -> dict:
-    """Evaluates a checkpoint of `workdir` on ``config.data.eval_split``; writes
-    ``eval_<split>_<step>.json`` into the workdir and returns the metrics."""
+    """Evaluates a checkpoint of `workdir` on ``config.data.eval_split``, with the
+    preprocessing its weights expect (the checkpoint's mean, std, image size and
+    crop fraction, not the config's); writes ``eval_<split>_<step>.json`` into the
+    workdir and returns the metrics."""
     from resnet_jax.data import make_pipeline
 
     model, variables, info = restore(workdir, step)
@@ -28,6 +31,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
     eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
     config = config.copy_and_resolve_references()
     config.eval_batch_size = eval_batch_size
+    changes = use_checkpoint_preprocessing(config, info)
+    if changes and jax.process_index() == 0:
+        print(f"evaluating with the checkpoint's preprocessing: {', '.join(changes)}")
     pipeline = make_pipeline(config, mesh)
     dataset_classes = list(pipeline.info.class_names)
     if dataset_classes != info["class_names"]:

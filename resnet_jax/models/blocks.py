@@ -19,6 +19,11 @@ Shortcut options (the paper's Section 3.3 / 4.2):
 * ``"C"``: a 1x1 projection (+ BN) in every block.
 * ``None``: no shortcut at all (the paper's "plain" networks).
 
+``avg_down=True`` is ResNet-D's projection ("Bag of Tricks", He et al. 2019):
+where the resolution halves, a 2x2 average pool of stride 2 (PyTorch's
+``ceil_mode=True, count_include_pad=False``), then a stride-1 1x1 convolution,
+so that the projection sees every input pixel instead of one in four.
+
 In pre-activation blocks a projection is a bare 1x1 convolution applied to the
 pre-activated input, as in the authors' code and in Wide ResNets.
 """
@@ -125,6 +130,18 @@ class BatchNorm(nn.Module):
         return x * mul.astype(self.dtype) + shift.astype(self.dtype)
 
 
+def avg_pool_ceil(x: jax.Array, size: int) -> jax.Array:
+    """``torch.nn.AvgPool2d(size, size, ceil_mode=True, count_include_pad=False)`` on NHWC.
+
+    Where the height or width is not a multiple of `size`, the last window
+    hangs over the edge and averages only the pixels inside it (7 -> 4 for
+    size 2, the last row or column alone).
+    """
+    pad = [(0, -d % size) for d in x.shape[1:3]]
+    y = nn.avg_pool(x, (size, size), strides=(size, size), padding=pad, count_include_pad=False)
+    return y.astype(x.dtype)  # the divisor is float32
+
+
 def _zero_pad_shortcut(x: jax.Array, features: int, strides: int) -> jax.Array:
     """Option A: subsample spatially, zero-pad the extra channels (no parameters)."""
     if strides > 1:
@@ -149,14 +166,20 @@ class _Block(nn.Module):
     shortcut: str | None = "B"
     act: Callable = nn.relu
     zero_init_residual: bool = False
+    avg_down: bool = False
+
+    def project(self, x: jax.Array, features: int) -> jax.Array:
+        """The 1x1 projection of a shortcut: strided, or ResNet-D's average pool then stride 1."""
+        if self.avg_down and self.strides > 1:
+            return self.conv(features, 1, name="shortcut_conv")(avg_pool_ceil(x, self.strides))
+        return self.conv(features, 1, self.strides, name="shortcut_conv")(x)
 
     def residual(self, x: jax.Array, features: int) -> jax.Array:
         """Shortcut path of a post-activation block (conv + BN when projecting)."""
         if self.shortcut == "A":
             return _zero_pad_shortcut(x, features, self.strides)
         if _needs_projection(self.shortcut, x, features, self.strides):
-            x = self.conv(features, 1, self.strides, name="shortcut_conv")(x)
-            return self.norm(name="shortcut_bn")(x)
+            return self.norm(name="shortcut_bn")(self.project(x, features))
         return x
 
     def preact_residual(self, x: jax.Array, y: jax.Array, features: int) -> jax.Array:
@@ -164,7 +187,7 @@ class _Block(nn.Module):
         if self.shortcut == "A":
             return _zero_pad_shortcut(x, features, self.strides)
         if _needs_projection(self.shortcut, x, features, self.strides):
-            return self.conv(features, 1, self.strides, name="shortcut_conv")(y)
+            return self.project(y, features)
         return x
 
     def last_norm(self, name: str) -> ModuleDef:

@@ -6,9 +6,18 @@ halves the resolution), global average pooling and a dense head. The ImageNet
 networks below and the CIFAR networks in `cifar.py` differ only in their
 arguments.
 
-Variable names follow the architecture: ``stem_conv``, ``stem_bn``,
-``stage1/block0/conv1``, ``stage2/block0/shortcut_conv``, ``final_bn`` (pre-act),
-``head``. Stages are numbered from 1, blocks from 0.
+The ``resnet<depth>d`` networks are ResNet-D of "Bag of Tricks for Image
+Classification with Convolutional Neural Networks" (He et al. 2019) as timm
+builds them: ResNet-C's deep stem (three 3x3 convolutions of 32, 32 and 64
+filters, the first of stride 2, each followed by BN and ReLU) and ResNet-D's
+average-pooling projection shortcuts (``avg_down``, see `blocks`).
+``preact_resnet<depth>d`` is the same on pre-activation blocks (timm's
+``resnetv2_<depth>d``).
+
+Variable names follow the architecture: ``stem_conv`` (``stem_conv1..3`` and
+``stem_bn1..2`` in a deep stem), ``stem_bn``, ``stage1/block0/conv1``,
+``stage2/block0/shortcut_conv``, ``final_bn`` (pre-act), ``head``. Stages are
+numbered from 1, blocks from 0.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from resnet_jax.models.blocks import (
     conv,
 )
 from resnet_jax.models.registry import register
+
+STEMS = ("imagenet", "deep", "cifar")
 
 # torch.nn.Linear's default initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 head_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -61,9 +72,12 @@ class ResNet(nn.Module):
       block: block class (`BasicBlock`, `Bottleneck`, `PreAct*`).
       stage_widths: `filters` of each stage (a bottleneck outputs 4x that).
       num_classes: size of the dense head.
-      stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool) or "cifar" (3x3/1 conv).
-      stem_width: stem filters (default: the first stage's width).
+      stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool), "deep" (ResNet-C: 3x3/2,
+        3x3, 3x3 convs of stem_width/2, stem_width/2, stem_width + 3x3/2
+        max-pool) or "cifar" (3x3/1 conv).
+      stem_width: filters out of the stem (default: the first stage's width).
       shortcut: "A", "B", "C" or None (plain network); see `blocks`.
+      avg_down: ResNet-D's projections (2x2 average pool, then a stride-1 1x1 conv).
       groups, base_width: ResNeXt cardinality and width per group.
       stride_on_3x3: torchvision v1.5 (True) or the paper's v1 (False).
       zero_init_residual: zero the last BN scale (last conv in pre-act blocks)
@@ -81,6 +95,7 @@ class ResNet(nn.Module):
     stem: str = "imagenet"
     stem_width: int | None = None
     shortcut: str | None = "B"
+    avg_down: bool = False
     groups: int = 1
     base_width: int = 64
     stride_on_3x3: bool = True
@@ -109,8 +124,8 @@ class ResNet(nn.Module):
     def _forward(self, x: jax.Array, train: bool, head: bool) -> Any:
         if self.shortcut not in SHORTCUTS:
             raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
-        if self.stem not in ("imagenet", "cifar"):
-            raise ConfigError(f"stem must be 'imagenet' or 'cifar', got {self.stem!r}")
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
         conv_ = functools.partial(conv, dtype=self.dtype)
         norm = functools.partial(
             BatchNorm,
@@ -122,7 +137,12 @@ class ResNet(nn.Module):
         )
         preact = self.block in (PreActBasicBlock, PreActBottleneck)
         block = functools.partial(
-            self.block, conv=conv_, norm=norm, shortcut=self.shortcut, zero_init_residual=self.zero_init_residual
+            self.block,
+            conv=conv_,
+            norm=norm,
+            shortcut=self.shortcut,
+            zero_init_residual=self.zero_init_residual,
+            avg_down=self.avg_down,
         )
         if self.block in (Bottleneck, PreActBottleneck):
             block = functools.partial(
@@ -131,13 +151,17 @@ class ResNet(nn.Module):
 
         x = x.astype(self.dtype)
         stem_width = self.stem_width or self.stage_widths[0]
-        if self.stem == "imagenet":
+        if self.stem == "deep":
+            for k, strides in ((1, 2), (2, 1)):
+                x = nn.relu(norm(name=f"stem_bn{k}")(conv_(stem_width // 2, 3, strides, name=f"stem_conv{k}")(x)))
+            x = conv_(stem_width, 3, name="stem_conv3")(x)
+        elif self.stem == "imagenet":
             x = conv_(stem_width, 7, 2, name="stem_conv")(x)
         else:
             x = conv_(stem_width, 3, name="stem_conv")(x)
         if not preact:  # a pre-activation network's first block normalises its input
             x = nn.relu(norm(name="stem_bn")(x))
-        if self.stem == "imagenet":
+        if self.stem != "cifar":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         features = {"stem": x}
 
@@ -157,11 +181,13 @@ class ResNet(nn.Module):
 
 
 def _imagenet(stage_sizes: Sequence[int], block: ModuleDef, **kwargs: Any) -> functools.partial:
-    return functools.partial(ResNet, stage_sizes=tuple(stage_sizes), block=block, stem="imagenet", **kwargs)
+    return functools.partial(ResNet, stage_sizes=tuple(stage_sizes), block=block, **{"stem": "imagenet", **kwargs})
 
 
+_RESNET_D = {"stem": "deep", "avg_down": True}
 _DEPTHS = {
     18: ((2, 2, 2, 2), BasicBlock, PreActBasicBlock),
+    26: ((2, 2, 2, 2), Bottleneck, PreActBottleneck),
     34: ((3, 4, 6, 3), BasicBlock, PreActBasicBlock),
     50: ((3, 4, 6, 3), Bottleneck, PreActBottleneck),
     101: ((3, 4, 23, 3), Bottleneck, PreActBottleneck),
@@ -171,9 +197,11 @@ _DEPTHS = {
 
 for _depth, (_sizes, _block, _preact) in _DEPTHS.items():
     register(f"resnet{_depth}", "imagenet")(_imagenet(_sizes, _block))
-    if _depth <= 152:
+    register(f"resnet{_depth}d", "imagenet")(_imagenet(_sizes, _block, **_RESNET_D))
+    if _depth in (18, 34, 50, 101, 152):  # the paper's depths (timm's resnetv2_<depth>[d])
         register(f"preact_resnet{_depth}", "imagenet")(_imagenet(_sizes, _preact, shortcut="B"))
-    if _depth <= 34:
+        register(f"preact_resnet{_depth}d", "imagenet")(_imagenet(_sizes, _preact, **_RESNET_D))
+    if _depth in (18, 34):
         register(f"plain{_depth}", "imagenet")(_imagenet(_sizes, _block, shortcut=None))
 
 register("resnext50_32x4d", "imagenet")(_imagenet((3, 4, 6, 3), Bottleneck, groups=32, base_width=4))

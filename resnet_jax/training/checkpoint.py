@@ -239,3 +239,34 @@ def _one_seed(tree: dict, info: dict, workdir: str, seed: int | None) -> tuple[d
     info = {**info, "seed": info["seeds"][seed], "seed_index": seed, "num_seeds": 1}
     info["metrics"] = metrics["per_seed"][seed] if "per_seed" in metrics else None
     return seeds.take(tree, seed), info
+
+
+def read_metadata(workdir: str, step: int | str | None = None) -> dict[str, Any]:
+    """The metadata of a checkpoint of `workdir` (`step` as in `restore`), without its arrays."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise NotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        return ckpt.metadata(_resolve_step(ckpt, step))
+    finally:
+        ckpt.close()
+
+
+PREPROCESSING = ("mean", "std", "image_size", "crop_fraction")
+
+
+def use_checkpoint_preprocessing(
+    config: ml_collections.ConfigDict, info: dict[str, Any], fields: tuple[str, ...] = PREPROCESSING
+) -> list[str]:
+    """Sets `fields` of ``config.data`` (in place) to the preprocessing the checkpoint's
+    weights were evaluated with (`info`: its metadata, e.g. from a conversion of
+    timm's weights with mean = std = 0.5); returns ``"field old -> new"`` for each change."""
+    changes = []
+    for field in fields:
+        old, new = config.data[field], info["config"]["data"][field]
+        if isinstance(new, list):
+            old, new = tuple(old), tuple(new)
+        if old != new:
+            changes.append(f"{field} {old} -> {new}")
+            config.data[field] = new
+    return changes

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import ml_collections
 from jax.sharding import Mesh
 
 from resnet_jax import parallel
 from resnet_jax.errors import CheckpointMismatchError
-from resnet_jax.training.checkpoint import restore
+from resnet_jax.training.checkpoint import read_metadata, restore, use_checkpoint_preprocessing
 from resnet_jax.training.state import TrainState
 
 
@@ -26,6 +27,17 @@ def merge_pretrained(fresh: Any, pretrained: Any, prefix: str = "") -> tuple[Any
         merged[key], k = merge_pretrained(value, sub, f"{prefix}/{key}" if prefix else key)
         kept += k
     return merged, kept
+
+
+def use_pretrained_normalization(config: ml_collections.ConfigDict) -> None:
+    """Normalises inputs as ``config.init_from``'s weights expect: sets ``config.data.mean``
+    and ``std`` (in place) to its checkpoint's, saying so where they change (timm's
+    weights often use 0.5 and 0.5). Image size and crop fraction stay the config's."""
+    if not config.init_from:
+        return
+    changes = use_checkpoint_preprocessing(config, read_metadata(config.init_from), ("mean", "std"))
+    if changes and jax.process_index() == 0:
+        print(f"Normalising as the weights of {config.init_from} expect: {'; '.join(changes)}.")
 
 
 def load_pretrained(state: TrainState, workdir: str, mesh: Mesh) -> tuple[TrainState, str]:

@@ -21,7 +21,7 @@ from resnet_jax.errors import CheckpointMismatchError, ConfigError
 from resnet_jax.training import optim, seeds, steps
 from resnet_jax.training.checkpoint import Checkpointer, run_metadata
 from resnet_jax.training.evaluator import make_evaluator
-from resnet_jax.training.finetune import load_pretrained
+from resnet_jax.training.finetune import load_pretrained, use_pretrained_normalization
 from resnet_jax.training.metrics import MetricWriter, TrainLog
 from resnet_jax.training.state import TrainState, create_train_state, step_of
 
@@ -110,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config = config.copy_and_resolve_references()
     config.eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
     seeds.check(config)
+    use_pretrained_normalization(config)
     models.create(config.model)  # an unknown name fails here, before any data is read
     pipeline = make_pipeline(config, mesh)
     info = pipeline.info
