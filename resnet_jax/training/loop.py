@@ -119,7 +119,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     is_main = jax.process_index() == 0
     metadata = run_metadata(config, info.class_names)
-    ckpt = Checkpointer(workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
+    ckpt = Checkpointer(workdir, config.keep_checkpoints, async_save=config.async_checkpoints,
+                        data_iterator=getattr(pipeline, "data_iterator", None))  # Grain's: saved and restored too
     state = _resume_or_initialise(state, ckpt, metadata, config, mesh)
     if is_main:
         _announce(config, workdir, state, info, total_steps)
