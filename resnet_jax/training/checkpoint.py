@@ -4,8 +4,9 @@ Layout: ``<workdir>/checkpoints/<step>/{state,metadata}``. ``state`` is the
 train state as a plain nested dict (params, batch_stats, opt_state, step, EMA,
 rng); ``metadata`` is JSON: the model name and its keyword arguments, class
 names, image size, normalisation, the resolved config and the eval metrics of
-that step. A run on the Grain pipeline adds ``data``: its input iterator's state. Orbax writes each step into a temporary folder and renames it only
-once complete, so a save cut off midway is never found by `latest_step`.
+that step. Orbax writes each step into a temporary folder and renames it only
+once complete, so a save cut off midway is never found by `latest_step`. A run
+on the Grain pipeline adds ``data``: its input iterator's state.
 """
 
 from __future__ import annotations
