@@ -147,20 +147,28 @@ def tfds_dir(tmp_path_factory):
     return data_dir
 
 
-NO_TENSORFLOW = textwrap.dedent('''
-    """Hides TensorFlow from every process started with this folder on PYTHONPATH, the workers too."""
+HIDE = textwrap.dedent('''
+    """Hides a package from every process started with this folder on PYTHONPATH, as if not installed."""
     import importlib.machinery
     import sys
 
-    class NoTensorFlow(importlib.machinery.PathFinder):
+    class Hide(importlib.machinery.PathFinder):
         @classmethod
         def find_spec(cls, name, path=None, target=None):
-            if name.partition(".")[0] == "tensorflow":
+            if name.partition(".")[0] == {package!r}:
                 return None
             return importlib.machinery.PathFinder.find_spec(name, path, target)
 
-    sys.meta_path = [NoTensorFlow if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+    sys.meta_path = [Hide if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 ''')
+
+
+def hiding(package, env, tmp_path):
+    """`env` with `package` hidden from Python (the processes it starts too)."""
+    site = tmp_path / f"without_{package}"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HIDE.format(package=package))
+    return dict(env, PYTHONPATH=os.pathsep.join([str(site), ROOT]))
 
 TRAIN_WITHOUT_TF = textwrap.dedent("""
     import sys
@@ -187,14 +195,37 @@ TRAIN_WITHOUT_TF = textwrap.dedent("""
 
 
 def test_tfds_arrayrecord_and_folder_sources_train_without_tensorflow(tfds_dir, image_folder, tmp_path, env):
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(NO_TENSORFLOW)
-    no_tf = dict(env, PYTHONPATH=os.pathsep.join([str(tmp_path / "site"), ROOT]))
     args = [sys.executable, "-c", TRAIN_WITHOUT_TF, tfds_dir, image_folder, str(tmp_path / "run")]
-    proc = subprocess.run(args, env=no_tf, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(args, env=hiding("tensorflow", env, tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[:2] == ["48 6 15", "24 3 7"] and lines[-1] == "trained 7", proc.stdout
+
+
+WITHOUT_GRAIN = textwrap.dedent("""
+    import sys
+    from resnet_jax import parallel
+    from resnet_jax.config import default_config
+    from resnet_jax.data import make_pipeline
+    from resnet_jax.errors import MissingDependencyError
+    from resnet_jax.training.checkpoint import Checkpointer
+
+    Checkpointer(sys.argv[1]).close()
+    c = default_config()
+    c.data.update(pipeline="grain", path=sys.argv[2])
+    try:
+        make_pipeline(c, parallel.make_mesh())
+    except MissingDependencyError as e:
+        print(e)
+    assert "grain" not in sys.modules
+""")
+
+
+def test_without_grain_the_package_imports_and_names_the_extra(image_folder, tmp_path, env):
+    args = [sys.executable, "-c", WITHOUT_GRAIN, str(tmp_path / "run"), image_folder]
+    proc = subprocess.run(args, env=hiding("grain", env, tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "data.pipeline='grain' needs the grain package: pip install 'resnet_jax[grain]'"
 
 
 def test_bad_files_are_named_skipped_or_stop_the_run(tmp_path):

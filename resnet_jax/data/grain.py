@@ -307,8 +307,10 @@ def _tfds_records(cfg: ml_collections.ConfigDict) -> tuple[TfdsRecords, TfdsReco
             raise DatasetError(f"dataset has no split {split!r}; it has {sorted(splits)}")
         try:
             source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-        except (NotImplementedError, ValueError) as e:
-            raise DatasetError(f"TFDS dataset {cfg.name!r} has no ArrayRecord files ({e}); {prepare}") from None
+        except (NotImplementedError, ValueError):
+            stored = getattr(builder.info.file_format, "value", builder.info.file_format)
+            where = f"TFDS dataset {cfg.name!r} in {builder.data_dir!r}"
+            raise DatasetError(f"{where} is stored as {stored} files, not ArrayRecord; {prepare}") from None
         records.append(TfdsRecords(source, f"{cfg.name}/{split}"))
     return records[0], records[1], builder.info.features["label"].names
 
