@@ -104,6 +104,24 @@ def test_jpeg_crops_decode_at_a_reduced_scale(tmp_path):
         np.testing.assert_allclose(c[..., 1], c[..., 0] * 0.5, atol=4)
 
 
+def test_inception_crops_of_photos_of_any_size_and_mode(tmp_path):
+    rng = np.random.default_rng(0)
+    sizes, modes = [(120, 90), (64, 200), (300, 300), (50, 70)], ["RGB", "L", "CMYK", "RGBA"]
+    for split in ("train", "test"):
+        for c, name in enumerate(("cats", "dogs")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i, ((w, h), mode) in enumerate(zip(sizes, modes)):
+                im = Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)).convert(mode)
+                ext = {"RGBA": "png", "CMYK": "jpg"}.get(mode, ("jpg", "png")[c])
+                im.save(tmp_path / split / name / f"{i}.{ext}")
+    p = pipeline(str(tmp_path), batch_size=8, eval_batch_size=8, **{"data.augment": "inception", "data.image_size": 24})
+    (batch,) = list(p.train_epoch(0))
+    assert batch["image"].shape == (8, 24, 24, 3) and batch["image"].dtype == np.uint8
+    assert batch["image"].std() > 10  # real content, not padding
+    (evals,) = list(p.eval_batches())
+    assert evals["image"].shape == (8, 24, 24, 3) and evals["mask"].sum() == 8 and evals["image"].std() > 10
+
+
 def test_shares_are_disjoint_and_complete_and_eval_counts_every_example_once(image_folder):
     train_ids, _ = file_ids(image_folder, "train")
     eval_ids, eval_labels = file_ids(image_folder, "test")
