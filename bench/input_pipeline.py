@@ -1,11 +1,15 @@
 """Input-pipeline throughput for ImageNet-style preprocessing (random-resized
-crop + flip at 224, decoding only the crop window of each JPEG) on a folder of
-full-size JPEGs that this script makes.
+crop + flip at 224) on a folder of full-size JPEGs that this script makes:
+tf.data (decoding only the crop window of each JPEG) and the Grain pipeline
+(decoding each JPEG at the smallest DCT scale its crop allows).
 
-    python bench/input_pipeline.py --images 600 --threads 1 2
+    python bench/input_pipeline.py --images 600 --threads 1 2 --workers 1 2
 
-Reports images/s for each tf.data thread count and images/s per thread
-(a CPU core each, when the machine has that many).
+Reports images/s for each tf.data thread count and each number of Grain worker
+processes, and images/s per thread or worker (a CPU core each, when the machine
+has that many). tf.data reads the files once before timing; Grain reads them
+every epoch (from the page cache), and its rate is timed from its first batch
+on (the seconds to that batch, mostly starting the workers, are reported apart).
 """
 
 from __future__ import annotations
@@ -64,10 +68,33 @@ def measure(root: str, threads: int, batch: int, size: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def measure_grain(root: str, workers: int, batch: int, size: int) -> tuple[float, float]:
+    """Images/s of the Grain pipeline's training batches over two epochs, from the
+    first batch on, and the seconds to that first batch."""
+    import itertools
+
+    from resnet_jax import parallel
+    from resnet_jax.config import default_config
+    from resnet_jax.data.grain import GrainPipeline
+
+    cfg = default_config().data
+    cfg.update(path=root, image_size=size, augment="inception", workers=workers, verify_images=False)
+    pipeline = GrainPipeline(cfg, batch, batch, 0, parallel.make_mesh())
+    t0 = time.perf_counter()
+    batches = itertools.chain(pipeline.train_epoch(0), pipeline.train_epoch(1))
+    next(batches)
+    t1 = time.perf_counter()
+    n = sum(len(b["label"]) for b in batches)
+    rate = n / (time.perf_counter() - t1)
+    pipeline.data_iterator.close()
+    return rate, t1 - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--images", type=int, default=600)
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--threads", type=int, nargs="*", default=[1, 2], help="tf.data threads (none: no tf.data)")
+    p.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="Grain worker processes (none: no Grain)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--size", type=int, default=224)
     args = p.parse_args()
@@ -80,6 +107,11 @@ def main() -> None:
             rate = measure(root, t, args.batch, args.size)
             results[f"images_per_s_{t}_threads"] = round(rate, 1)
             results[f"images_per_s_per_thread_{t}"] = round(rate / t, 1)
+        for w in args.workers:
+            rate, start = measure_grain(root, w, args.batch, args.size)
+            results[f"grain_images_per_s_{w}_workers"] = round(rate, 1)
+            results[f"grain_images_per_s_per_worker_{w}"] = round(rate / w, 1)
+            results[f"grain_seconds_to_first_batch_{w}"] = round(start, 1)
     print(json.dumps(results, indent=1))
 
 

@@ -6,6 +6,10 @@ excluding batch-norm and bias parameters, bfloat16 compute, zero-init of the
 last BN of each residual branch. Inception-style random-resized crops at 224;
 evaluation resizes to 256 and takes the central 224.
 
+Input through tf.data (TFDS imagenet2012 as TFRecord files, or a folder);
+--config.data.pipeline=grain reads an ImageNet folder, or imagenet2012 prepared
+with `tfds build imagenet2012 --file_format=array_record`, without TensorFlow.
+
 Target (not yet a result of this package): 76.1-76.5% top-1, torchvision's
 ResNet-50 v1.5 (76.13%) and the Flax ImageNet example (76.3-76.5%).
 Other depths: configs/imagenet_resnet{18,34,101,152}.py.

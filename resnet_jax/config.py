@@ -66,7 +66,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.async_checkpoints = True
 
     c.data = d = ml_collections.ConfigDict()
-    d.pipeline = "tfds"  # tfds (tf.data) | device (whole dataset on the device)
+    d.pipeline = "tfds"  # tfds (tf.data) | grain (no TensorFlow) | device (whole dataset on the device)
     d.name = "cifar10"  # a TFDS dataset name (ignored when path is set)
     d.data_dir = ""  # TFDS data_dir ("" = TFDS's default)
     d.path = ""  # an image folder root/<split>/<class>/<image>, used instead of name
@@ -79,6 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
     d.cache = True  # cache decoded images in memory (small datasets)
     d.shuffle_buffer = 0  # 0 = the whole split
     d.prefetch = 2
+    d.workers = -1  # grain: decoding processes (-1: one per CPU core less one; 0: in the training process)
     d.mean = CIFAR10_MEAN
     d.std = CIFAR10_STD
     d.verify_images = True  # image folders: decode every file before training

@@ -3,6 +3,8 @@
 * `folder`: image folders laid out ``root/<split>/<class>/<file>`` (Pillow).
 * `tfds`: tf.data pipelines over TFDS datasets and image folders (imports
   TensorFlow: it is imported only when a config asks for it).
+* `grain`: Grain pipelines over image folders and TFDS datasets prepared as
+  ArrayRecord files (no TensorFlow; decoding in worker processes).
 * `device`: whole small datasets kept on the device, augmented inside `jit`.
 * `augment`: the augmentations, as TensorFlow ops and as JAX ops.
 """
@@ -15,16 +17,26 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, MissingDependencyError
 
 
 def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
-    """The pipeline `config.data.pipeline` names: "tfds" (tf.data) or "device"."""
+    """The pipeline `config.data.pipeline` names: "tfds" (tf.data), "grain" or "device"."""
     cfg = config.data
     if cfg.pipeline == "tfds":
         from resnet_jax.data.tfds import TFDataPipeline
 
         return TFDataPipeline(cfg, config.batch_size, config.eval_batch_size, config.seed, mesh)
+    if cfg.pipeline == "grain":
+        try:
+            from resnet_jax.data.grain import GrainPipeline
+        except ModuleNotFoundError as e:
+            if e.name != "grain":
+                raise
+            raise MissingDependencyError(
+                "data.pipeline='grain' needs the grain package: pip install 'resnet_jax[grain]'"
+            ) from None
+        return GrainPipeline(cfg, config.batch_size, config.eval_batch_size, config.seed, mesh)
     if cfg.pipeline == "device":
         from resnet_jax.data.device import DevicePipeline
 
@@ -34,7 +46,7 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
             train, evaluation, names, config.batch_size, config.eval_batch_size, seeds, mesh,
             crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
         )
-    raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds' or 'device'")
+    raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds', 'grain' or 'device'")
 
 
 def load_split_arrays(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

@@ -1,17 +1,22 @@
-"""Augmentations: CIFAR pad-and-crop + flip (TensorFlow and JAX versions with the
-same semantics) and Inception-style crops for ImageNet-scale images (TensorFlow).
+"""Augmentations: CIFAR pad-and-crop + flip (TensorFlow, JAX and NumPy versions
+with the same semantics) and Inception-style crops for ImageNet-scale images
+(TensorFlow, and Pillow for the Grain pipeline).
 
 TensorFlow is imported inside the TF functions only, so this module imports
-where TensorFlow is absent. Every random choice is stateless, keyed by a seed,
-so the same seed gives the same augmentation whatever the parallelism.
+where TensorFlow is absent. Every random choice is stateless, keyed by a seed
+(or drawn from a generator seeded per example), so the same seed gives the same
+augmentation whatever the parallelism.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from PIL import Image
 
 # ---------------------------------------------------------------- JAX (on device)
 
@@ -156,3 +161,74 @@ def _center_crop(image: Any, size: int, crop_fraction: float) -> Any:
     image = _resize_short_side(image, int(round(size / crop_fraction)))
     shape = tf.shape(image)
     return tf.image.crop_to_bounding_box(image, (shape[0] - size) // 2, (shape[1] - size) // 2, size, size)
+
+
+# ---------------------------------------------------------------- Pillow and NumPy (Grain workers)
+
+
+def np_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
+    """`crop_flip` for one [H, W, C] image on the host: zero padding by `pad`, a
+    random crop of the original size, a horizontal flip with probability 1/2."""
+    h, w, _ = image.shape
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    y, x = rng.integers(0, 2 * pad + 1, size=2)
+    crop = padded[y : y + h, x : x + w]
+    return np.ascontiguousarray(crop[:, ::-1]) if rng.random() < 0.5 else crop
+
+
+def pil_inception_crop(
+    image: Image.Image,
+    rng: np.random.Generator,
+    size: int,
+    crop_fraction: float = 224 / 256,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+) -> np.ndarray:
+    """`tf_inception_crop` for an opened, not yet decoded Pillow image: a window of
+    8-100% of the area and aspect 3/4-4/3 (drawn as torchvision's RandomResizedCrop
+    does: area uniform, aspect log-uniform, 10 tries, else `pil_center_crop`),
+    resized to `size` x `size`, flipped with probability 1/2. A JPEG is decoded
+    only at the scale the window needs (`decode_box`)."""
+    width, height = image.size
+    box = None
+    for _ in range(10):
+        area = width * height * rng.uniform(*area_range)
+        aspect = math.exp(rng.uniform(*np.log(aspect_range)))
+        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            box = (x, y, x + w, y + h)
+            break
+    out = pil_center_crop(image, size, crop_fraction) if box is None else decode_box(image, box, size)
+    return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
+
+
+def pil_center_crop(image: Image.Image, size: int, crop_fraction: float = 224 / 256) -> np.ndarray:
+    """`tf_center_crop` for an opened Pillow image: the central `size` x `size`
+    of the image resized so that its short side is ``size / crop_fraction``."""
+    width, height = image.size
+    scale = round(size / crop_fraction) / min(width, height)
+    new_w, new_h = round(width * scale), round(height * scale)
+    x, y = (new_w - size) // 2, (new_h - size) // 2
+    sx, sy = width / new_w, height / new_h
+    return decode_box(image, (x * sx, y * sy, (x + size) * sx, (y + size) * sy), size)
+
+
+def decode_box(image: Image.Image, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """The `box` (left, top, right, bottom, in pixels of the full image) of an
+    opened Pillow image resized to `size` x `size` RGB uint8 (bicubic, antialiased).
+
+    A JPEG is decoded at the smallest of the scales 1, 1/2, 1/4 and 1/8 that keeps
+    the box at least `size` pixels wide and high (Pillow's `Image.draft`: the
+    decoder skips the finer DCT coefficients), so a small crop of a large photo
+    costs a fraction of a full decode.
+    """
+    width, height = image.size
+    left, top, right, bottom = box
+    wanted = (math.ceil(width * size / (right - left)), math.ceil(height * size / (bottom - top)))
+    drafted = image.draft("RGB", wanted)
+    if drafted is not None:  # the box in the coordinates of the reduced image
+        scale = drafted[1][2] / width
+        box = (left * scale, top * scale, right * scale, bottom * scale)
+    image = image.convert("RGB")
+    return np.asarray(image.resize((size, size), Image.BICUBIC, box=box), np.uint8)

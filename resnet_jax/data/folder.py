@@ -8,10 +8,12 @@ on-device pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -81,20 +83,29 @@ def list_split(root: str, split: str, class_names: Sequence[str] | None = None) 
     return FolderSplit(root, split, tuple(paths), np.asarray(labels, np.int32), class_names)
 
 
-def load_rgb(path: str, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decodes any image file into an RGB uint8 array (grayscale, RGBA, palette, CMYK...).
+@contextlib.contextmanager
+def open_image(file: str | IO[bytes], name: str | None = None) -> Iterator[Image.Image]:
+    """`Image.open` of a path or an open binary file; a failure to open or decode
+    it inside the ``with`` block is a `BadImageError` naming `name` (default: the path)."""
+    try:
+        with Image.open(file) as im:
+            yield im
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadImageError(f"{name or file}: not a readable image ({e})") from None
+
+
+def load_rgb(file: str | IO[bytes], size: tuple[int, int] | None = None, name: str | None = None) -> np.ndarray:
+    """Decodes any image (a path or an open binary file) into an RGB uint8 array
+    (grayscale, RGBA, palette, CMYK...), resized to `size` (height, width) if given.
 
     Raises:
       BadImageError: naming the file, when it is not a decodable image.
     """
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise BadImageError(f"{path}: not a readable image ({e})") from None
+    with open_image(file, name) as im:
+        im = im.convert("RGB")
+        if size is not None and im.size != (size[1], size[0]):
+            im = im.resize((size[1], size[0]), Image.BILINEAR)
+        return np.asarray(im, np.uint8)
 
 
 def _decode_all(split: FolderSplit, size: tuple[int, int] | None, num_threads: int, keep: bool) -> list:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,14 +30,31 @@ def pad_batch(batch: Batch, batch_size: int) -> Batch:
     """Pads a (last, partial) batch to `batch_size` and adds a 0/1 ``mask``.
 
     Evaluation counts only ``mask == 1`` examples, so every example of a split is
-    counted exactly once whatever the batch size and number of devices.
+    counted exactly once whatever the batch size and number of devices. A
+    ``mask`` already in `batch` (0 for an example left out) is kept.
     """
     n = len(batch["label"])
     if n > batch_size:
         raise ValueError(f"batch of {n} examples exceeds batch_size {batch_size}")
     out = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
-    out["mask"] = np.concatenate([np.ones(n, np.float32), np.zeros(batch_size - n, np.float32)])
+    mask = np.asarray(batch.get("mask", np.ones(n)), np.float32)
+    out["mask"] = np.concatenate([mask, np.zeros(batch_size - n, np.float32)])
     return out
+
+
+def padded_eval_batches(
+    batches: Iterable[Batch], num_batches: int, batch_size: int, image_shape: tuple[int, ...]
+) -> Iterator[Batch]:
+    """`batches` padded and masked to `batch_size`, then empty (all-masked) batches
+    up to `num_batches`: processes may hold shares of different sizes, and all
+    must run as many evaluation steps."""
+    yielded = 0
+    for batch in batches:
+        yielded += 1
+        yield pad_batch(batch, batch_size)
+    empty = {"image": np.zeros((0, *image_shape), np.uint8), "label": np.zeros((0,), np.int32)}
+    for _ in range(num_batches - yielded):
+        yield pad_batch(empty, batch_size)
 
 
 def array_eval_batches(

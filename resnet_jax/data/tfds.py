@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 
 from resnet_jax import parallel
 from resnet_jax.data import augment, folder
-from resnet_jax.data.pipeline import Batch, DataInfo, check_class_names, pad_batch
+from resnet_jax.data.pipeline import Batch, DataInfo, check_class_names, padded_eval_batches
 from resnet_jax.errors import DatasetError
 
 # Keep TensorFlow off accelerators: JAX owns them.
@@ -184,14 +184,8 @@ class TFDataPipeline:
 
         ds = self._encoded(cfg.eval_split).map(lambda x, y: (decode(x), y), AUTOTUNE)
         ds = ds.batch(self.eval_batch_size).prefetch(cfg.prefetch)
-        yielded = 0
-        for image, label in ds.as_numpy_iterator():
-            yielded += 1
-            yield pad_batch({"image": image, "label": label}, self.eval_batch_size)
-        # Processes may hold shards of different sizes: all must run as many steps.
-        for _ in range(self.num_eval_batches - yielded):
-            empty = {"image": np.zeros((0, size, size, 3), np.uint8), "label": np.zeros((0,), np.int32)}
-            yield pad_batch(empty, self.eval_batch_size)
+        batches = ({"image": image, "label": label} for image, label in ds.as_numpy_iterator())
+        yield from padded_eval_batches(batches, self.num_eval_batches, self.eval_batch_size, (size, size, 3))
 
     @property
     def num_eval_batches(self) -> int:

@@ -5,11 +5,13 @@ train state as a plain nested dict (params, batch_stats, opt_state, step, EMA,
 rng); ``metadata`` is JSON: the model name and its keyword arguments, class
 names, image size, normalisation, the resolved config and the eval metrics of
 that step. Orbax writes each step into a temporary folder and renames it only
-once complete, so a save cut off midway is never found by `latest_step`.
+once complete, so a save cut off midway is never found by `latest_step`. A run
+on the Grain pipeline adds ``data``: its input iterator's state.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from typing import Any
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
 from resnet_jax import models
@@ -52,13 +55,17 @@ def _to_tree(state: Any) -> dict[str, Any]:
 class Checkpointer:
     """Saves and restores train states under ``<workdir>/checkpoints``."""
 
-    def __init__(self, workdir: str, keep: int = 3, keep_best: bool = True, async_save: bool = True):
+    def __init__(
+        self, workdir: str, keep: int = 3, keep_best: bool = True, async_save: bool = True, data_iterator: Any = None
+    ):
         """
         Args:
           workdir: the run's folder.
           keep: how many of the latest checkpoints to keep.
           keep_best: also keep the checkpoint of best eval top-1.
           async_save: write in a background thread (training goes on meanwhile).
+          data_iterator: an input pipeline's Grain iterator, saved with every state
+            (item ``data``, Grain's Orbax handler) and restored with it where saved.
         """
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         policies: list[Any] = [cm.LatestN(n=keep)]
@@ -72,6 +79,11 @@ class Checkpointer:
             create=True,
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+        self.data_iterator = data_iterator
+        if data_iterator is not None or importlib.util.find_spec("grain") is not None:
+            import grain  # its handler also lets a checkpointer without an iterator read past the item
+
+            handlers["data"] = grain.checkpoint.CheckpointHandler()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
@@ -95,7 +107,9 @@ class Checkpointer:
         metadata = {**metadata, "step": step, "metrics": metrics}
         self.manager.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(_to_tree(state)), metadata=ocp.args.JsonSave(metadata)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(_to_tree(state)), metadata=ocp.args.JsonSave(metadata), **self._data("Save")
+            ),
             metrics={"top1": metrics["top1"]} if metrics and "top1" in metrics else None,
             force=True,
         )
@@ -121,10 +135,20 @@ class Checkpointer:
         target_tree = _to_tree(target)
         self._check_shapes(step, target_tree)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target_tree)
+        saved_data = self.data_iterator is not None and (epath.Path(self.directory) / str(step) / "data").exists()
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), **self._data("Restore", saved_data))
         )["state"]
         return flax.serialization.from_state_dict(target, {**flax.serialization.to_state_dict(target), **restored})
+
+    def _data(self, action: str, saved: bool = True) -> dict[str, Any]:
+        """``{"data": Grain's CheckpointSave/CheckpointRestore of the data iterator}``, or
+        nothing without an iterator (or, restoring, when the step holds none)."""
+        if self.data_iterator is None or not saved:
+            return {}
+        import grain
+
+        return {"data": getattr(grain.checkpoint, f"Checkpoint{action}")(self.data_iterator)}
 
     def restore_tree(self, step: int | None = None, sharding: Any = None) -> dict[str, Any]:
         """Restores `step` as the nested dict it was saved as, without a target.

@@ -127,7 +127,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     is_main = jax.process_index() == 0
     metadata = run_metadata(config, info.class_names)
-    ckpt = Checkpointer(workdir, config.keep_checkpoints, async_save=config.async_checkpoints)
+    data_iterator = getattr(pipeline, "data_iterator", None)  # Grain's: saved and restored with the state
+    ckpt = Checkpointer(
+        workdir, config.keep_checkpoints, async_save=config.async_checkpoints, data_iterator=data_iterator
+    )
     state = _resume_or_initialise(state, ckpt, metadata, config, mesh)
     if is_main:
         _announce(config, workdir, state, info, total_steps)
