@@ -85,16 +85,30 @@ def test_study_is_stopped_resumed_reported_and_skipped(image_folder, tmp_path):
     assert "at scale 0.005" in out.stderr and "use another --workdir" in out.stderr
 
 
-def test_parallel_runs_in_their_own_processes(image_folder, tmp_path):
+def test_two_seeds_train_together_and_networks_in_parallel_processes(image_folder, tmp_path):
     workdir = tmp_path / "study"
-    cmd = study_cmd(image_folder, workdir, "--scale=0.0002", "--evals=2", "--parallel=2")
+    cmd = study_cmd(image_folder, workdir, "--scale=0.0002", "--evals=2", "--parallel=2", "--seeds=2")
     out = subprocess.run(cmd, env=env_with_devices(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "cifar_plain20: started (2 seeds together in one step, 13 steps" in out.stdout
     results = json.loads((workdir / "results.json").read_text())
-    assert sorted(r["model"] for r in results["runs"]) == ["cifar_plain20", "cifar_resnet20"]
+    assert sorted((r["model"], r["seed"], r["seed_index"]) for r in results["runs"]) == [
+        ("cifar_plain20", 0, 0), ("cifar_plain20", 1, 1), ("cifar_resnet20", 0, 0), ("cifar_resnet20", 1, 1)
+    ]  # fmt: skip
     assert results["sittings"][0]["parallel"] == 2
+    table = (workdir / "table.md").read_text()
     for model in ("cifar_plain20", "cifar_resnet20"):
-        assert "Done: step 13" in (workdir / model / "train.log").read_text()
+        log = (workdir / model / "train.log").read_text()
+        assert "2 seeds (0, 1) train together in one vmapped step" in log and "Done: step 13" in log
+        errors = []
+        for r in (r for r in results["runs"] if r["model"] == model):
+            evals = [m for m in read_jsonl(workdir / model / f"seed{r['seed_index']}" / "metrics.jsonl")
+                     if m["split"] == "eval"]  # fmt: skip
+            assert r["final_test_error"] == pytest.approx(1 - evals[-1]["top1"]) and r["seeds_together"] == 2
+            errors.append(100 * r["final_test_error"])
+        mean, std = np.mean(errors), np.std(errors, ddof=1)
+        assert f"{mean:.2f} ± {std:.2f} (best {min(errors):.2f})" in table
+    assert "mean ± std over 2 seeds" in table
 
 
 def test_plan_scales_the_recipe_and_applies_overrides_to_every_run(tmp_path):
@@ -105,10 +119,8 @@ def test_plan_scales_the_recipe_and_applies_overrides_to_every_run(tmp_path):
         assert (c.num_train_steps, tuple(c.lr_boundaries), c.eval_every_steps) == (32000, (16000, 24000), 3200)
         assert c.data.path == "/x" and c.seed == 7 and r.workdir == str(tmp_path / r.model)
         assert c.warmup_constant_steps == (200 if r.model == "cifar_resnet110" else 0)  # the paper's 400, halved
-    seeds = study.plan("cifar10", str(tmp_path), only=["cifar_resnet1202"], seeds=3)
-    assert [(r.config.seed, r.workdir) for r in seeds] == [
-        (k, str(tmp_path / "cifar_resnet1202" / f"seed{k}")) for k in range(3)
-    ]
+    [packed] = study.plan("cifar10", str(tmp_path), only=["cifar_resnet1202"], seeds=3)
+    assert (packed.config.seed, packed.num_seeds, packed.workdir) == (0, 3, str(tmp_path / "cifar_resnet1202"))
     with pytest.raises(ConfigError, match="--only"):
         study.plan("cifar10", str(tmp_path), overrides={"model": "cifar_resnet20"})
     with pytest.raises(ConfigError, match="cifar_preact_resnet110"):
@@ -133,7 +145,7 @@ def test_a_run_started_with_another_schedule_is_refused(tmp_path):
 def test_table_shows_mean_std_and_best_over_seeds():
     runs = [
         {"model": "cifar_resnet110", "params": 1_727_962, "final_test_error": e, "best_test_error": e - 0.01,
-         "final_train_error": 0.01, "wall_seconds": 10.0, "seed_index": k}
+         "final_train_error": 0.01, "wall_seconds": 10.0, "seed_index": k, "seeds_together": 3}
         for k, e in enumerate([0.07, 0.08, 0.09])
     ]  # fmt: skip
     results = {"runs": runs, "scale": 1.0, "steps_per_run": 64000, "batch_size": 128, "data": "D", "pending": [],
@@ -141,6 +153,7 @@ def test_table_shows_mean_std_and_best_over_seeds():
     table = report.table_markdown(results)
     assert "| ResNet | 110 | 1.73M | 8.00 ± 1.00 (best 7.00) |" in table
     assert "6.43 (6.61±0.16)" in table and "mean ± std over 3 seeds" in table
+    assert table.splitlines()[-3].endswith("| 10 |")  # 3 seeds trained together: 10 s, not 30
 
 
 def test_layer_responses_of_zero_residuals_are_zero_and_plain_ones_are_not():

@@ -6,7 +6,8 @@
   (`resnet_jax.models.responses`), layers in their original order (top) and
   sorted by magnitude (bottom), plain networks dashed, ResNets solid.
 
-With several seeds, each network is drawn from its first seed.
+With several seeds, Figure 6 draws each network's mean over its seeds with a
+band from the lowest to the highest seed; Figure 7 draws its first seed.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from resnet_jax.plot import read_metrics
 from resnet_jax.reproduce.report import depth
 from resnet_jax.reproduce.study import Run
+from resnet_jax.training.seeds import seed_workdirs
 
 
 def _depth_colors(models: Sequence[str]) -> dict[int, str]:
@@ -24,30 +28,46 @@ def _depth_colors(models: Sequence[str]) -> dict[int, str]:
     return {d: f"C{i % 10}" for i, d in enumerate(depths)}
 
 
+def _over_seeds(curves: list[dict[int, float]]) -> tuple[list[int], np.ndarray, np.ndarray, np.ndarray]:
+    """Steps every seed has, and the mean, lowest and highest value over the seeds at each."""
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    values = np.asarray([[c[s] for s in steps] for c in curves])
+    return steps, values.mean(0), values.min(0), values.max(0)
+
+
+def _error_curves(run: Run, split: str, key: str) -> list[dict[int, float]]:
+    """``{step: error %}`` of each seed of `run` (skipping seeds not started yet)."""
+    curves = []
+    for seed_dir in seed_workdirs(run.workdir, run.num_seeds):
+        try:
+            records = read_metrics(seed_dir).get(split, [])
+        except FileNotFoundError:
+            continue
+        curves.append({r["step"]: 100 * (1 - r[key]) for r in records})
+    return [c for c in curves if c]
+
+
 def figure6(runs: Sequence[Run], title: str, out: str) -> str:
-    """Draws Figure 6 for the runs (first seed of each network) into `out`."""
+    """Draws Figure 6 for the runs (each network's mean over its seeds, with a band) into `out`."""
     from matplotlib.figure import Figure
 
-    firsts = [r for r in runs if r.seed_index == 0]
-    colors = _depth_colors([r.model for r in firsts])
+    colors = _depth_colors([r.model for r in runs])
     fig = Figure(figsize=(12, 4.6), layout="constrained")
     axes = dict(zip(("plain", "resnet"), fig.subplots(1, 2, sharey=True)))
     top = 0.0
-    for run in sorted(firsts, key=lambda r: depth(r.model)):
-        try:
-            records = read_metrics(run.workdir)
-        except FileNotFoundError:
-            continue  # not started yet
+    for run in sorted(runs, key=lambda r: depth(r.model)):
         ax = axes["plain" if "plain" in run.model else "resnet"]
         color = colors[depth(run.model)]
-        train = [(r["step"], 100 * (1 - r["accuracy"])) for r in records.get("train", [])]
-        test = [(r["step"], 100 * (1 - r["top1"])) for r in records.get("eval", [])]
         label = f"{'plain' if 'plain' in run.model else 'ResNet'}-{depth(run.model)}"
-        if train:
-            ax.plot(*zip(*train), "--", color=color, linewidth=1)
-        if test:
-            ax.plot(*zip(*test), "-", color=color, linewidth=2.2, label=label)
-        top = max([top] + [e for _, e in train[len(train) // 5 :] + test[len(test) // 5 :]])
+        for split, key, style, width in (("train", "accuracy", "--", 1.0), ("eval", "top1", "-", 2.2)):
+            curves = _error_curves(run, split, key)
+            if not curves:
+                continue
+            steps, mean, low, high = _over_seeds(curves)
+            ax.plot(steps, mean, style, color=color, linewidth=width, label=label if split == "eval" else None)
+            if len(curves) > 1:
+                ax.fill_between(steps, low, high, color=color, alpha=0.15, linewidth=0)
+            top = max(top, float(np.max(high[len(high) // 5 :], initial=0.0)))
     for name, ax in axes.items():
         ax.set_title("plain networks" if name == "plain" else "ResNets")
         ax.set_xlabel("iterations")

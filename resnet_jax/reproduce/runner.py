@@ -26,7 +26,7 @@ def run_sequentially(runs: Sequence[Run], data_label: str) -> bool:
                 continue
             if stop:
                 return False
-            print(f"== {run.name}: {run.total_steps:,} steps in {run.workdir}", flush=True)
+            print(f"== {run.name}: {run.describe()}", flush=True)
             if finish_run(run.config, run.workdir, data_label) is None:
                 print(f"== {run.name} stopped before its end; run the same command again to resume it.")
                 return False
@@ -64,7 +64,7 @@ def run_in_parallel(runs: Sequence[Run], data_label: str, parallel: int) -> bool
                 log = open(os.path.join(run.workdir, "train.log"), "a")
                 cmd = [sys.executable, "-m", "resnet_jax.reproduce.worker", run.workdir, "--data-label", data_label]
                 running[subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)] = (run, log)
-                print(f"== {run.name}: started ({run.total_steps:,} steps; log {run.workdir}/train.log)", flush=True)
+                print(f"== {run.name}: started ({run.describe()}; log {run.workdir}/train.log)", flush=True)
             if stopped:
                 todo = []
             for proc in [p for p in running if p.poll() is not None]:

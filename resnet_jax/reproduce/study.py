@@ -1,9 +1,11 @@
 """The runs of a study: which networks, with which recipe, in which folders.
 
-Each run is an ordinary training run in ``<study workdir>/<model>/`` (with
-several seeds, ``<model>/seed<k>/``). A finished run holds ``result.json``
-(its errors, parameters and Figure 7 statistic); running the study again skips
-it and resumes any unfinished one from its latest checkpoint.
+Each run is an ordinary training run in ``<study workdir>/<model>/``; with
+several seeds they train together in one step (``config.num_seeds``,
+`resnet_jax.training.seeds`), each seed's metrics in ``<model>/seed<k>/``. A
+finished run holds ``result.json`` (per seed: its errors, parameters and
+Figure 7 statistic); running the study again skips it and resumes any
+unfinished one from its latest checkpoint.
 """
 
 from __future__ import annotations
@@ -36,10 +38,9 @@ RESULT_FILE = "result.json"
 
 @dataclass(frozen=True)
 class Run:
-    """One network and seed of a study."""
+    """One network of a study, with its seeds (trained together in one step)."""
 
     model: str
-    seed_index: int
     workdir: str
     config: ml_collections.ConfigDict
 
@@ -48,8 +49,17 @@ class Run:
         return int(self.config.num_train_steps)
 
     @property
+    def num_seeds(self) -> int:
+        return int(self.config.num_seeds)
+
+    @property
     def name(self) -> str:
-        return os.path.basename(self.workdir) if self.seed_index == 0 else f"{self.model}/seed{self.seed_index}"
+        return os.path.basename(self.workdir)
+
+    def describe(self) -> str:
+        """What the run trains, for the log."""
+        seeds = f"{self.num_seeds} seeds together in one step, " if self.num_seeds > 1 else ""
+        return f"{seeds}{self.total_steps:,} steps in {self.workdir}"
 
 
 def scale_recipe(config: ml_collections.ConfigDict, scale: float) -> None:
@@ -76,7 +86,8 @@ def plan(
 ) -> list[Run]:
     """The runs of `study` (or of the networks in `only`), each with the
     study's recipe at `scale`, `evals` evaluations spread evenly over training,
-    then `overrides` (flattened config fields, e.g. ``{"data.path": ...}``)."""
+    `seeds` seeds trained together (seeds ``seed ... seed + seeds - 1``), then
+    `overrides` (flattened config fields, e.g. ``{"data.path": ...}``)."""
     if study not in STUDIES:
         raise ConfigError(f"unknown study {study!r}; studies: {', '.join(STUDIES)}")
     if seeds < 1 or evals < 1:
@@ -84,6 +95,8 @@ def plan(
     overrides = dict(overrides or {})
     if "model" in overrides:
         raise ConfigError("a study trains several networks: pick them with --only, not --config.model")
+    if "num_seeds" in overrides:
+        raise ConfigError("the study sets num_seeds from --seeds")
     names = list(only) or list(STUDIES[study])
     # Figure 7 measures post-activation networks: plain ones and ResNets.
     usable = [n for n in models.list_models("cifar") if "preact" not in n and "wrn" not in n]
@@ -92,14 +105,12 @@ def plan(
         raise ConfigError(f"network(s) {unknown} cannot be in study {study!r}; it takes: {', '.join(usable)}")
     runs = []
     for model in dict.fromkeys(names):
-        for k in range(seeds):
-            config = RECIPES[study](model)
-            scale_recipe(config, scale)
-            config.eval_every_steps = math.ceil(config.num_train_steps / evals)
-            config.update_from_flattened_dict(overrides)
-            config.seed = config.seed + k
-            path = os.path.join(workdir, model) if seeds == 1 else os.path.join(workdir, model, f"seed{k}")
-            runs.append(Run(model, k, path, config))
+        config = RECIPES[study](model)
+        scale_recipe(config, scale)
+        config.eval_every_steps = math.ceil(config.num_train_steps / evals)
+        config.num_seeds = seeds
+        config.update_from_flattened_dict(overrides)
+        runs.append(Run(model, os.path.join(workdir, model), config))
     return runs
 
 
@@ -126,7 +137,7 @@ def check_schedules(runs: Sequence[Run]) -> None:
     """Refuses to continue a run whose folder was started with another schedule
     (its ``config.json`` names other steps or lr boundaries): resuming it would
     mix two schedules in one curve."""
-    keys = ("num_train_steps", "lr_boundaries", "warmup_constant_steps", "batch_size")
+    keys = ("num_train_steps", "lr_boundaries", "warmup_constant_steps", "batch_size", "num_seeds")
     for run in runs:
         path = os.path.join(run.workdir, "config.json")
         if not os.path.isfile(path):
@@ -134,7 +145,8 @@ def check_schedules(runs: Sequence[Run]) -> None:
         with open(path) as f:
             saved = json.load(f)
         for key in keys:
-            old, new = saved.get(key), json.loads(json.dumps(run.config[key]))  # tuples as JSON lists
+            old = saved.get(key, 1 if key == "num_seeds" else None)  # runs from before num_seeds trained one
+            new = json.loads(json.dumps(run.config[key]))  # tuples as JSON lists
             if old != new:
                 raise ConfigError(
                     f"{run.workdir!r} was started with {key}={old}, this study has {key}={new}; "

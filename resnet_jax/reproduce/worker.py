@@ -3,7 +3,8 @@
     python -m resnet_jax.reproduce.worker <run workdir> [--data-label TEXT]
 
 trains the run whose resolved config is ``<run workdir>/config.json`` (the
-study writes it), resuming from its latest checkpoint, and then summarises it.
+study writes it), resuming from its latest checkpoint, and then summarises
+each of its seeds.
 The study calls `finish_run` in its own process, or this module in a process of
 its own per run with ``--parallel``.
 """
@@ -27,6 +28,7 @@ from resnet_jax.data.augment import normalize
 from resnet_jax.errors import exit_on_user_error
 from resnet_jax.models.responses import response_std
 from resnet_jax.reproduce.study import RESULT_FILE, write_json
+from resnet_jax.training import seeds
 from resnet_jax.training.checkpoint import Checkpointer, restore
 from resnet_jax.training.loop import train_and_evaluate
 
@@ -41,9 +43,8 @@ def test_images(data: ml_collections.ConfigDict) -> np.ndarray:
     return _TEST_IMAGES[key]
 
 
-def layer_responses(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Figure 7's statistic for the run's latest checkpoint, on the evaluation split."""
-    model, variables, _ = restore(workdir, "latest")
+def layer_responses(model: Any, variables: Any, config: ml_collections.ConfigDict) -> dict[str, float]:
+    """Figure 7's statistic for a trained model, on the evaluation split of `config`."""
     images = test_images(config.data)
     size = config.eval_batch_size
     batches = (
@@ -53,27 +54,38 @@ def layer_responses(config: ml_collections.ConfigDict, workdir: str) -> dict[str
     return response_std(model, variables, batches)
 
 
-def summarize(config: ml_collections.ConfigDict, workdir: str, data_label: str) -> dict[str, Any]:
-    """Errors (final and best test, final training), parameters, steps and
-    seconds of a finished run, from its metrics and latest checkpoint."""
-    records = plot.read_metrics(workdir)
-    evals, train = records["eval"], records["train"]
-    responses = layer_responses(config, workdir)
-    _, variables, _ = restore(workdir, "latest")
-    return {
-        "model": config.model,
-        "seed": int(config.seed),
-        "params": models.count_params(variables),
-        "final_test_error": 1.0 - evals[-1]["top1"],
-        "best_test_error": 1.0 - max(r["top1"] for r in evals),
-        "final_train_error": 1.0 - train[-1]["accuracy"],
-        "steps": evals[-1]["step"],
-        "wall_seconds": sum(r["seconds"] for r in train) + sum(r.get("seconds", 0.0) for r in evals),
-        "data": data_label,
-        "layer_response_std": responses,
-    }
+def final_train_error(train: list[dict[str, Any]], last_steps: int) -> float:
+    """The training error over the last `last_steps` steps (the records of every
+    ``log_every_steps`` averaged, each weighted by its steps)."""
+    end = train[-1]["step"]
+    recent = [r for r in train if r["step"] > end - last_steps] or train[-1:]
+    steps = [r.get("steps", 1) for r in recent]
+    return 1.0 - sum(r["accuracy"] * n for r, n in zip(recent, steps)) / sum(steps)
 
 
+def summarize(config: ml_collections.ConfigDict, workdir: str, data_label: str) -> list[dict[str, Any]]:
+    """Per seed: errors (final and best test, final training: over the last
+    evaluation interval), parameters, steps and seconds of a finished run, from
+    its metrics and latest checkpoint."""
+    out = []
+    for k, seed_dir in enumerate(seeds.seed_workdirs(workdir, config.num_seeds)):
+        records = plot.read_metrics(seed_dir)
+        evals, train = records["eval"], records["train"]
+        model, variables, _ = restore(workdir, "latest", seed=k if config.num_seeds > 1 else None)
+        out.append({
+            "model": config.model,
+            "seed": int(config.seed) + k,
+            "params": models.count_params(variables),
+            "final_test_error": 1.0 - evals[-1]["top1"],
+            "best_test_error": 1.0 - max(r["top1"] for r in evals),
+            "final_train_error": final_train_error(train, config.eval_every_steps or evals[-1]["step"]),
+            "steps": evals[-1]["step"],
+            "wall_seconds": sum(r["seconds"] for r in train) + sum(r.get("seconds", 0.0) for r in evals),
+            "seeds_together": int(config.num_seeds),
+            "data": data_label,
+            "layer_response_std": layer_responses(model, variables, config),
+        })  # fmt: skip
+    return out
 def _trained_steps(workdir: str) -> int:
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         return 0
@@ -86,12 +98,13 @@ def _trained_steps(workdir: str) -> int:
 
 def finish_run(config: ml_collections.ConfigDict, workdir: str, data_label: str) -> dict[str, Any] | None:
     """Trains the run to its last step (resuming), then writes and returns its
-    ``result.json``; returns None if training stopped before the end (SIGTERM)."""
+    ``result.json`` (``{"seeds": [per seed]}``); returns None if training
+    stopped before the end (SIGTERM)."""
     if _trained_steps(workdir) < config.num_train_steps:
         train_and_evaluate(config, workdir)
         if _trained_steps(workdir) < config.num_train_steps:
             return None
-    result = summarize(config, workdir, data_label)
+    result = {"model": config.model, "seeds": summarize(config, workdir, data_label)}
     write_json(os.path.join(workdir, RESULT_FILE), result)
     return result
 
