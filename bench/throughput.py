@@ -5,10 +5,17 @@ utilisation (MFU); optionally beside PyTorch on the same machine.
     python bench/throughput.py --model cifar_resnet20 --batch 128 --torch
     python bench/throughput.py --model resnet50 --batch 256 --dtype bfloat16 --resolution 224 --torch
     python bench/throughput.py --model cifar_resnet20 --batch 128 --data <cifar10 folder> --pipeline device
+    python bench/throughput.py --model cifar_resnet20 --batch 128 --seeds 8
+    python bench/throughput.py --model cifar_resnet20 --batch 128 --torch --torch-modes eager default reduce-overhead
 
 With --data, the same train step also runs fed by the real input pipeline
 (`--pipeline device`: the on-device one; `tfds`: tf.data over the folder),
 as the trainer feeds it, and that throughput is reported beside the synthetic one.
+``--seeds K`` trains K seeds together (a stacked state, one vmapped step: what
+``config.num_seeds`` and the study's ``--seeds`` do) and reports the images/s
+of all seeds together and per seed. ``--start-at T`` waits, once compiled, until
+the Unix time T before timing, so that several processes started together
+(bench/gpu_suite.py) time the same seconds.
 
 MFU counts 3 x 2 x MACs FLOPs per training image (forward + backward) against
 --peak-tflops (default: 989 for an H100/H200's dense bf16, 67 for their
@@ -41,8 +48,9 @@ from resnet_jax.training.state import create_train_state  # noqa: E402
 PEAK_TFLOPS = {("gpu", "bfloat16"): 989.0, ("gpu", "float32"): 67.0}
 
 
-def _time(fn, n: int) -> float:
+def _time(fn, n: int, start_at: float = 0.0) -> float:
     jax.block_until_ready(fn())
+    time.sleep(max(0.0, start_at - time.time()))
     t0 = time.perf_counter()
     for _ in range(n):
         out = fn()
@@ -52,13 +60,15 @@ def _time(fn, n: int) -> float:
 
 def measure(
     model_name: str, batch: int, resolution: int, dtype: str, num_steps: int, num_classes: int, steps_per_call: int = 1,
-    model_kwargs: dict | None = None, pipeline: Any = None,
+    model_kwargs: dict | None = None, pipeline: Any = None, seeds: int = 1, start_at: float = 0.0,
 ) -> dict:
     """JAX train/eval images/s, compile seconds, peak memory and MFU.
 
     ``steps_per_call > 1`` runs that many train steps inside one jitted call
     (`lax.scan`), which takes the host's per-step dispatch out of the figure.
-    With a `pipeline` (``make_pipeline``'s), the step is also timed fed by it."""
+    With a `pipeline` (``make_pipeline``'s), the step is also timed fed by it.
+    ``seeds > 1`` trains that many seeds together, each on its own batch; the
+    images/s count the images of all seeds."""
     c = default_config()
     mesh = pipeline.mesh if pipeline is not None else parallel.make_mesh()  # one mesh for the state and the data
     parallel.check_batch_size(batch, mesh)
@@ -66,7 +76,7 @@ def measure(
     model_kwargs = model_kwargs or {}
     model = models.create(model_name, num_classes=num_classes, dtype=compute, **model_kwargs)
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
-    state = create_train_state(model, tx, resolution, 0, mesh)
+    state = create_train_state(model, tx, resolution, 0 if seeds == 1 else list(range(seeds)), mesh)
     rng = np.random.default_rng(0)
     batch_data = parallel.shard_batch(
         {
@@ -79,6 +89,9 @@ def measure(
     one_step = functools.partial(
         steps.train_step, mean=c.data.mean, std=c.data.std, dtype=compute, label_smoothing=0.0, ema_decay=0.0
     )
+    if seeds > 1:  # K seeds, each on its own batch (the synthetic batch shifted by the seed's index)
+        batch_data = {k: jnp.stack([jnp.roll(v, i, axis=0) for i in range(seeds)]) for k, v in batch_data.items()}
+        one_step = jax.vmap(one_step)
 
     def train_steps(state, batch):
         return jax.lax.scan(lambda s, _: one_step(s, batch), state, length=steps_per_call)
@@ -99,18 +112,25 @@ def measure(
         holder["state"], metrics = train_compiled(holder["state"], batch_data)
         return metrics
 
-    train_s = _time(train_once, max(1, num_steps // steps_per_call)) / steps_per_call
+    train_s = _time(train_once, max(1, num_steps // steps_per_call), start_at) / steps_per_call / seeds
+    if pipeline is not None and seeds > 1:
+        raise ValueError("--data times one seed's pipeline; leave out --seeds")
     pipeline_s = _time_pipeline(pipeline, one_step, holder, num_steps) if pipeline is not None else None
-    eval_s = _time(lambda: evaluate(holder["state"].variables(), batch_data), num_steps)
+    variables = holder["state"].variables() if seeds == 1 else jax.tree_util.tree_map(
+        lambda x: x[0], holder["state"].variables()
+    )
+    eval_batch = batch_data if seeds == 1 else {k: v[0] for k, v in batch_data.items()}
+    eval_s = _time(lambda: evaluate(variables, eval_batch), num_steps)
     macs = models.profile(model_name, resolution, num_classes=num_classes)["macs"]
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
     result = {
         "model": model_name, "batch": batch, "resolution": resolution, "dtype": dtype, "steps_per_call": steps_per_call,
-        "model_kwargs": model_kwargs,
+        "model_kwargs": model_kwargs, "seeds": seeds,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "device": f"{jax.device_count()} x {device.device_kind}", "jax": jax.__version__,
-        "train_images_per_s": batch / train_s, "eval_images_per_s": batch / eval_s,
+        "train_images_per_s": batch / train_s, "train_images_per_s_per_seed": batch / train_s / seeds,
+        "eval_images_per_s": batch / eval_s,
         "compile_s": compile_s, "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30 or None,
         "train_tflops": 6 * macs * batch / train_s / 1e12,
     }  # fmt: skip
@@ -147,7 +167,11 @@ def main() -> None:
     p.add_argument("--num-classes", type=int, default=0)
     p.add_argument("--model-kwargs", type=json.loads, default={}, help='e.g. \'{"bn_one_pass": true}\'')
     p.add_argument("--peak-tflops", type=float, default=0.0)
+    p.add_argument("--seeds", type=int, default=1, help="seeds trained together in one vmapped step")
+    p.add_argument("--start-at", type=float, default=0.0, help="Unix time to start timing at, once compiled")
     p.add_argument("--torch", action="store_true", help="also time PyTorch training the same architecture")
+    p.add_argument("--torch-modes", nargs="+", default=["eager"], choices=["eager", "default", "reduce-overhead",
+                   "max-autotune"], help="PyTorch eager and/or torch.compile modes")  # fmt: skip
     p.add_argument("--data", default="", help="an image folder root/{train,test}/<class>/: also time the real pipeline")
     p.add_argument("--pipeline", choices=["device", "tfds"], default="device")
     args = p.parse_args()
@@ -163,7 +187,7 @@ def main() -> None:
         num_classes = pipeline.info.num_classes
     r = measure(
         args.model, args.batch, resolution, args.dtype, args.steps, num_classes, args.steps_per_call, args.model_kwargs,
-        pipeline,
+        pipeline, args.seeds, args.start_at,
     )
     peak = args.peak_tflops or PEAK_TFLOPS.get((jax.devices()[0].platform, args.dtype))
     if peak:
@@ -175,10 +199,12 @@ def main() -> None:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         r["torch"] = torch.__version__
-        r["torch_train_images_per_s"] = torch_peer.train_throughput(
-            args.model, args.batch, resolution, args.steps, args.dtype, num_classes, device
-        )
-        r["ratio_jax_over_torch"] = r["train_images_per_s"] / r["torch_train_images_per_s"]
+        for mode in args.torch_modes:
+            suffix = "" if mode == "eager" else "_compile_" + mode.replace("-", "_")
+            r[f"torch{suffix}_train_images_per_s"] = images_per_s = torch_peer.train_throughput(
+                args.model, args.batch, resolution, args.steps, args.dtype, num_classes, device, mode
+            )
+            r[f"ratio_jax_over_torch{suffix}"] = r["train_images_per_s"] / images_per_s
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, indent=1))
 
 

@@ -13,7 +13,10 @@ the learning rate of every step comes from our own schedule function, then SGD
 with momentum (Nesterov if set), weight decay coupled and optionally excluded
 from 1-D parameters, label smoothing, pad-and-crop + flip, flip test-time
 augmentation. Images are read
-through `resnet_jax.data.folder` (Pillow), as our on-device pipeline reads them.
+through `resnet_jax.data.folder` (Pillow), as our on-device pipeline reads them,
+and cropped as it crops them: the uint8 pixels padded with black, then
+normalised. ``--checkpoint FILE`` saves the run at the end of every epoch and
+resumes from it (for runs spread over several calls of a GPU machine).
 ``--scale`` shortens a step-based recipe as the reproduction study's ``--scale``
 does; ``--init he`` initialises the convolutions as ours are (normal, std
 sqrt(2 / fan_out)) instead of PyTorch's default.
@@ -47,31 +50,37 @@ def _recipe(path: str):
     return module.get_config()
 
 
-def _normalize(images: np.ndarray, mean, std) -> torch.Tensor:
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    return x.contiguous(memory_format=torch.channels_last)
+def _normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 NHWC -> normalised float NCHW (channels-last), on the images' device."""
+    x = images.permute(0, 3, 1, 2).float() / 255.0
+    mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in (mean, std))
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
-def _crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
-    b, _, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    flip = torch.rand(b, generator=gen) < 0.5
-    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
-    out[flip] = out[flip].flip(3)
-    return out.contiguous(memory_format=torch.channels_last)
+def crop_flip(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Random crops of uint8 NHWC images padded by `pad` black pixels, and
+    horizontal flips of half of them (as `resnet_jax.data.augment.crop_flip`)."""
+    b, h, w, _ = images.shape
+    padded = F.pad(images, (0, 0, pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(images.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(images.device)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(images.device)
+    cols = torch.arange(w, device=images.device)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols) + dx[:, None]
+    rows = dy[:, None] + torch.arange(h, device=images.device)
+    return padded[torch.arange(b, device=images.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def train(
     data: str, recipe_path: str, epochs: int, seed: int, threads: int,
-    device: str = "cpu", scale: float = 1.0, init: str = "torch",
+    device: str = "cpu", scale: float = 1.0, init: str = "torch", checkpoint: str = "", batch_size: int = 0,
 ) -> dict:  # fmt: skip
-    """Trains and evaluates; returns test top-1, wall time and images/s."""
+    """Trains and evaluates (resuming from `checkpoint` if it exists); returns
+    test top-1, wall time and images/s."""
     c = _recipe(recipe_path)
     if scale != 1.0:
         scale_recipe(c, scale)
+    c.batch_size = batch_size or c.batch_size
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(seed)
@@ -81,8 +90,8 @@ def train(
     size = (c.data.image_size, c.data.image_size)
     x_train, y_train = folder.load_arrays(train_split, size)
     x_test, y_test = folder.load_arrays(test_split, size)
-    x_train = _normalize(x_train, c.data.mean, c.data.std).to(device)
-    x_test = _normalize(x_test, c.data.mean, c.data.std).to(device)
+    x_train = torch.from_numpy(x_train).to(device)  # uint8: cropped, then normalised per step
+    x_test = _normalize(torch.from_numpy(x_test).to(device), c.data.mean, c.data.std)
     y_train, y_test = torch.from_numpy(y_train).long().to(device), torch.from_numpy(y_test).long().to(device)
 
     model = CifarResNet(int(c.model.removeprefix("cifar_resnet")), len(train_split.class_names))
@@ -102,15 +111,22 @@ def train(
     epochs = -(-total // steps_per_epoch)
     lrs = np.asarray(optim.learning_rate_schedule(c, steps_per_epoch, total)(np.arange(total)), np.float64)
 
-    step, train_s = 0, 0.0
-    for epoch in range(epochs):
+    step, train_s, first_epoch = 0, 0.0, 0
+    if checkpoint and os.path.isfile(checkpoint):
+        saved = torch.load(checkpoint, map_location=device, weights_only=False)  # our own file
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        gen.set_state(saved["gen"])
+        step, train_s, first_epoch, top1 = saved["step"], saved["train_s"], saved["epoch"] + 1, saved["top1"]
+        print(f"resumed from {checkpoint} after epoch {first_epoch} (step {step})", flush=True)
+    for epoch in range(first_epoch, epochs):
         model.train()
         t_epoch = time.time()
         perm = torch.randperm(len(y_train), generator=gen)
         correct = 0
         for i in range(min(steps_per_epoch, total - step)):
-            idx = perm[i * c.batch_size : (i + 1) * c.batch_size]
-            x = _crop_flip(x_train[idx], c.data.crop_padding, gen)
+            idx = perm[i * c.batch_size : (i + 1) * c.batch_size].to(device)
+            x = _normalize(crop_flip(x_train[idx], c.data.crop_padding, gen), c.data.mean, c.data.std)
             for group in opt.param_groups:
                 group["lr"] = float(lrs[step])
             logits = model(x)
@@ -118,11 +134,17 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            correct += int((logits.argmax(1) == y_train[idx]).sum())
+            correct += (logits.argmax(1) == y_train[idx]).sum()
             step += 1
+        correct = int(correct)  # one device sync an epoch, not one a step
         train_s += time.time() - t_epoch
         top1 = evaluate(model, x_test, y_test, c.eval_batch_size, c.eval_flip)
         print(f"epoch {epoch + 1} train acc {correct / ((i + 1) * c.batch_size):.4f} test top-1 {top1:.4f}", flush=True)
+        if checkpoint:
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step,
+                     "train_s": train_s, "epoch": epoch, "top1": top1}  # fmt: skip
+            torch.save(state, checkpoint + ".tmp")
+            os.replace(checkpoint + ".tmp", checkpoint)
     return {
         "torch": torch.__version__, "recipe": recipe_path, "scale": scale, "init": init,
         "steps": step, "seed": seed, "test_top1": top1,
@@ -153,11 +175,18 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies a step-based recipe's iteration counts")
     p.add_argument("--init", choices=("torch", "he"), default="torch", help="conv init: PyTorch's default or ours")
+    p.add_argument("--checkpoint", default="", help="save every epoch to this file and resume from it")
+    p.add_argument("--batch-size", type=int, default=0, help="default: the recipe's")
+    p.add_argument("--out", default="", help="also write the result as JSON to this file")
     args = p.parse_args()
     result = train(
-        args.data, args.recipe, args.epochs, args.seed, args.threads, args.device, args.scale, args.init
+        args.data, args.recipe, args.epochs, args.seed, args.threads, args.device, args.scale, args.init,
+        args.checkpoint, args.batch_size,
     )  # fmt: skip
     print(json.dumps(result, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

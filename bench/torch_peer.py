@@ -59,12 +59,21 @@ def build(name: str, num_classes: int) -> nn.Module:
     return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
 
 
+MODES = ("eager", "default", "reduce-overhead", "max-autotune")
+
+
 def train_throughput(
-    name: str, batch: int, resolution: int, steps: int, dtype: str, num_classes: int, device: str
-) -> float:
-    """Images/s of PyTorch training `name` (channels-last; bf16 autocast if asked)."""
-    model = build(name, num_classes).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    name: str, batch: int, resolution: int, steps: int, dtype: str, num_classes: int, device: str,
+    mode: str = "eager",
+) -> float:  # fmt: skip
+    """Images/s of PyTorch training `name` (channels-last; bf16 autocast if asked),
+    run eagerly or through ``torch.compile`` with `mode` ("default",
+    "reduce-overhead": CUDA graphs, "max-autotune")."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+    net = build(name, num_classes).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    model = net if mode == "eager" else torch.compile(net, mode=None if mode == "default" else mode)
     x = torch.randn(batch, 3, resolution, resolution, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, num_classes, (batch,), device=device)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=dtype == "bfloat16")
@@ -76,7 +85,7 @@ def train_throughput(
         loss.backward()
         opt.step()
 
-    for _ in range(3):
+    for _ in range(3 if mode == "eager" else 6):  # compilation, autotuning and graph capture happen here
         step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()

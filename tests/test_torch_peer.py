@@ -77,3 +77,23 @@ def test_same_loss_and_gradients_as_the_pytorch_peer():
         # float32 against float64: PyTorch's own float32 stem gradient is off by
         # 2.5e-3 of its largest entry here; a wrong network is off by O(1).
         np.testing.assert_allclose(np.asarray(ours, np.float64), theirs, atol=1e-2 * np.abs(theirs).max(), rtol=0)
+
+
+def test_referee_crops_pad_with_black_as_ours_do():
+    """bench/torch_accuracy's crops are windows of the uint8 image padded with
+    black (0), some flipped: what our pipelines feed, before normalisation."""
+    from bench.torch_accuracy import crop_flip
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(1, 256, (64, 8, 8, 3), np.uint8)
+    out = crop_flip(torch.from_numpy(images), 2, torch.Generator().manual_seed(0)).numpy()
+    assert out.shape == images.shape and out.dtype == np.uint8
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    flipped = 0
+    for image, crop in zip(padded, out):
+        windows = [image[y : y + 8, x : x + 8] for y in range(5) for x in range(5)]
+        plain = any(np.array_equal(crop, w) for w in windows)
+        mirrored = any(np.array_equal(crop[:, ::-1], w) for w in windows)
+        assert plain or mirrored
+        flipped += mirrored and not plain
+    assert (out == 0).any() and 10 < flipped < 54  # black borders entered; about half flipped
