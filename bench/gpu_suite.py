@@ -22,7 +22,9 @@ Parts, in order of value (``--parts`` picks some):
    batch 128, float32, the bare step and the step fed by the on-device pipeline.
 
 Each item runs as its own process with a time limit; a finished item is
-skipped by the next call. ``<out>/summary.json`` holds every result and
+skipped by the next call. Each part has a budget of seconds over all calls
+(``--part-budget study=1200``; defaults in `PART_BUDGET_S`), so that a long
+study leaves time for the speed figures of the same session. ``<out>/summary.json`` holds every result and
 ``<out>/summary.md`` a markdown row per figure (for docs/gpu.md), rewritten
 after each item; ``--export DIR`` copies them and the study's report (at most
 8 files, for the device tool's $OUT). ``--tiny`` shrinks every item to a few
@@ -45,6 +47,8 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("packing", "study", "referee", "speed")
+# Seconds each part may take over all calls: about 25 usable minutes of a lent GPU.
+PART_BUDGET_S = {"packing": 480.0, "study": 960.0, "speed": 480.0}  # the referee runs beside the study
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,7 @@ class Scale:
     torch_modes: tuple[str, ...] = ("eager", "default", "reduce-overhead", "max-autotune")
     big_torch_modes: tuple[str, ...] = ("eager", "default", "reduce-overhead", "max-autotune")
     referee_models: tuple[str, ...] = ("cifar_resnet20", "cifar_resnet56")
-    start_delay_s: float = 90.0  # compile time allowed before concurrent processes start timing
+    start_delay_s: float = 40.0  # compile time allowed before concurrent processes start timing
     study_args: tuple[str, ...] = ()
     referee_args: tuple[str, ...] = ("--device", "cuda")
     throughput_args: tuple[str, ...] = ()
@@ -87,14 +91,30 @@ class Suite:
     scale: Scale
     deadline: float
     parts: list[str]
+    budgets: dict[str, float] = field(default_factory=lambda: dict(PART_BUDGET_S))
     state: dict[str, Any] = field(default_factory=dict)
+    part: str = ""  # the part running now
+    part_started: float = 0.0
 
     @property
     def path(self) -> str:
         return os.path.join(self.out, "summary.json")
 
+    def begin(self, part: str) -> None:
+        """Starts the clock of `part`'s budget."""
+        self.part, self.part_started = part, time.time()
+
+    def end(self) -> None:
+        """Adds the running part's seconds to what it has spent over all calls."""
+        spent = self.state.setdefault("spent_s", {})
+        spent[self.part] = spent.get(self.part, 0.0) + time.time() - self.part_started
+        self.part_started = time.time()
+        self.save()
+
     def left(self) -> float:
-        return self.deadline - time.time()
+        """Seconds left to the running part: this call's and the part's budget, whichever ends first."""
+        spent = self.state.get("spent_s", {}).get(self.part, 0.0) + time.time() - self.part_started
+        return min(self.deadline - time.time(), self.budgets.get(self.part, float("inf")) - spent)
 
     def load(self) -> None:
         if os.path.isfile(self.path):
@@ -379,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=540.0, help="seconds this call may take")
     p.add_argument("--parts", default=",".join(PARTS), help=f"a comma-separated subset of {','.join(PARTS)}")
     p.add_argument("--export", default="", help="copy the summary and the study's report into this folder")
+    p.add_argument("--part-budget", action="append", default=[], metavar="PART=SECONDS",
+                   help=f"seconds a part may take over all calls (default {PART_BUDGET_S})")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="a few steps of every item (a CPU check of the suite)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -388,19 +410,29 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(suite.parts) - set(PARTS)
     if unknown:
         p.error(f"unknown parts {sorted(unknown)}; parts: {', '.join(PARTS)}")
+    for budget in args.part_budget:
+        part, _, seconds = budget.partition("=")
+        if part not in PART_BUDGET_S:
+            p.error(f"--part-budget {budget!r}: parts with a budget are {', '.join(PART_BUDGET_S)}")
+        suite.budgets[part] = float(seconds)
     suite.load()
     items = packing_items(suite) if "packing" in parts else []
     speed = speed_items(suite) if "speed" in parts else []
+    suite.begin("packing")
     for name, run in items:
         if not suite.done(name) and suite.left() > 60:
             suite.record(name, run())
+    suite.end()
+    suite.begin("study")
     if {"study", "referee"} & set(suite.parts) and suite.left() > 60:
         for name, result in study_and_referee(suite):
             suite.record(name, result)
+    suite.end()
+    suite.begin("speed")
     for name, run in speed:
         if not suite.done(name) and suite.left() > 60:
             suite.record(name, run())
-    suite.save()
+    suite.end()
     if args.export:
         export(suite, args.export)
     planned = [n for n, _ in items + speed] + ["study"] * ("study" in parts)
