@@ -161,6 +161,11 @@ def run_process(cmd: list[str], seconds: float, log: str, env: dict[str, str] | 
         return proc.returncode, f.read()
 
 
+def shown(cmd: list[str]) -> str:
+    """A command as a person would type it (``python`` for this interpreter)."""
+    return " ".join(["python", *cmd[1:]])
+
+
 def last_json(text: str) -> dict[str, Any]:
     """The last JSON object a benchmark printed (bench/throughput.py prints one)."""
     start = text.rfind("\n{") + 1  # 0 when the output starts with it
@@ -172,8 +177,8 @@ def throughput(suite: Suite, name: str, args: list[str], seconds: float = 480.0)
     cmd = [sys.executable, "bench/throughput.py", *args, *suite.scale.throughput_args]
     code, out = run_process(cmd, min(seconds, suite.left()), _log(suite, name))
     if code != 0:
-        return {"status": "failed", "error": f"exit {code}: {out[-400:]}", "command": " ".join(cmd[1:])}
-    return {"status": "done", "result": last_json(out), "command": " ".join(cmd[1:])}
+        return {"status": "failed", "error": f"exit {code}: {out[-400:]}", "command": shown(cmd)}
+    return {"status": "done", "result": last_json(out), "command": shown(cmd)}
 
 
 def _log(suite: Suite, name: str) -> str:
@@ -225,12 +230,12 @@ def processes(suite: Suite, n: int, mps: bool) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
-        return {"status": "failed", "error": "timed out", "command": " ".join(cmd[1:])}
+        return {"status": "failed", "error": "timed out", "command": shown(cmd)}
     finally:
         if mps:
             subprocess.run([control], input="quit\n", text=True)
     if any(codes):
-        return {"status": "failed", "error": f"exit codes {codes}; see {logs}", "command": " ".join(cmd[1:])}
+        return {"status": "failed", "error": f"exit codes {codes}; see {logs}", "command": shown(cmd)}
     results = []
     for log in logs:
         with open(log) as f:
@@ -239,7 +244,7 @@ def processes(suite: Suite, n: int, mps: bool) -> dict[str, Any]:
     total = sum(r["train_images_per_s"] for r in results)
     return {
         "status": "done", "images_per_s": total, "per_process": [r["train_images_per_s"] for r in results],
-        "late_start": late, "command": f"{n} x " + " ".join(cmd[1:-2]) + (" under MPS" if mps else ""),
+        "late_start": late, "command": f"{n} x " + shown(cmd[:-2]) + (" under MPS" if mps else ""),
         "figure": f"{total:,.0f} img/s in all ({total / n:,.0f} per run)" + (" (one started late)" if late else ""),
     }  # fmt: skip
 
@@ -295,7 +300,7 @@ def _study_result(workdir: str, code: int, log: str, cmd: list[str], seeds: int,
     seconds = sum(s["seconds"] for s in results["sittings"])
     return {
         "status": "done" if done else "partial", "seeds": seeds, "parallel": parallel, "test_errors": errors,
-        "pending": results["pending"], "seconds": seconds, "command": " ".join(cmd[1:]),
+        "pending": results["pending"], "seconds": seconds, "command": shown(cmd),
         "figure": f"test error (%) {errors}; {seconds:,.0f} s" + ("" if done else f"; pending {results['pending']}"),
     }  # fmt: skip
 
@@ -321,11 +326,11 @@ def _referee_result(suite: Suite, name: str, code: int, cmd: list[str]) -> dict[
     path = os.path.join(suite.out, f"referee_{name.split('/')[1]}.json")
     if code != 0 or not os.path.isfile(path):
         error = f"exit {code} (resumes from its checkpoint)"
-        return {"status": "partial", "error": error, "command": " ".join(cmd[1:])}
+        return {"status": "partial", "error": error, "command": shown(cmd)}
     with open(path) as f:
         r = json.load(f)
     return {
-        "status": "done", "result": r, "command": " ".join(cmd[1:]),
+        "status": "done", "result": r, "command": shown(cmd),
         "figure": f"test top-1 {100 * r['test_top1']:.2f}% after {r['steps']:,} steps; {r['wall_s']:,.0f} s; "
                   f"{r['train_images_per_s']:,.0f} img/s (PyTorch {r['torch']})",
     }  # fmt: skip
