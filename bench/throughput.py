@@ -61,6 +61,7 @@ def _time(fn, n: int, start_at: float = 0.0) -> float:
 def measure(
     model_name: str, batch: int, resolution: int, dtype: str, num_steps: int, num_classes: int, steps_per_call: int = 1,
     model_kwargs: dict | None = None, pipeline: Any = None, seeds: int = 1, start_at: float = 0.0,
+    seed_batching: str = "auto",
 ) -> dict:
     """JAX train/eval images/s, compile seconds, peak memory and MFU.
 
@@ -91,7 +92,7 @@ def measure(
     )
     if seeds > 1:  # K seeds, each on its own batch (the synthetic batch shifted by the seed's index)
         batch_data = {k: jnp.stack([jnp.roll(v, i, axis=0) for i in range(seeds)]) for k, v in batch_data.items()}
-        one_step = jax.vmap(one_step)
+        one_step = parallel.over_seeds(one_step, (0, 0), seed_batching)
 
     def train_steps(state, batch):
         return jax.lax.scan(lambda s, _: one_step(s, batch), state, length=steps_per_call)
@@ -126,7 +127,7 @@ def measure(
     stats = device.memory_stats() or {}
     result = {
         "model": model_name, "batch": batch, "resolution": resolution, "dtype": dtype, "steps_per_call": steps_per_call,
-        "model_kwargs": model_kwargs, "seeds": seeds,
+        "model_kwargs": model_kwargs, "seeds": seeds, "seed_batching": seed_batching,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "device": f"{jax.device_count()} x {device.device_kind}", "jax": jax.__version__,
         "train_images_per_s": batch / train_s, "train_images_per_s_per_seed": batch / train_s / seeds,
@@ -168,6 +169,8 @@ def main() -> None:
     p.add_argument("--model-kwargs", type=json.loads, default={}, help='e.g. \'{"bn_one_pass": true}\'')
     p.add_argument("--peak-tflops", type=float, default=0.0)
     p.add_argument("--seeds", type=int, default=1, help="seeds trained together in one vmapped step")
+    p.add_argument("--seed-batching", choices=["auto", "vmap", "loop"], default="auto",
+                   help="several seeds: vmap (the same kernels), loop (one after another in the step)")  # fmt: skip
     p.add_argument("--start-at", type=float, default=0.0, help="Unix time to start timing at, once compiled")
     p.add_argument("--torch", action="store_true", help="also time PyTorch training the same architecture")
     p.add_argument("--torch-modes", nargs="+", default=["eager"], choices=["eager", "default", "reduce-overhead",
@@ -187,7 +190,7 @@ def main() -> None:
         num_classes = pipeline.info.num_classes
     r = measure(
         args.model, args.batch, resolution, args.dtype, args.steps, num_classes, args.steps_per_call, args.model_kwargs,
-        pipeline, args.seeds, args.start_at,
+        pipeline, args.seeds, args.start_at, args.seed_batching,
     )
     peak = args.peak_tflops or PEAK_TFLOPS.get((jax.devices()[0].platform, args.dtype))
     if peak:

@@ -26,6 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
     # > 1: train seeds seed ... seed + num_seeds - 1 together, one vmapped step (data.pipeline="device");
     # each seed's metrics and curves in <workdir>/seed<k>/ (resnet_jax.training.seeds)
     c.num_seeds = 1
+    c.seed_batching = "auto"  # several seeds: vmap (same kernels; GPU/TPU), loop (one after another; CPU), auto
 
     c.batch_size = 128  # global, over all devices and processes
     c.eval_batch_size = 500

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -121,3 +122,31 @@ def gather_from_processes(value: int) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(np.asarray(value)))
+
+
+def over_seeds(fn: Callable[..., Any], in_axes: Sequence[int | None], how: str = "auto") -> Callable[..., Any]:
+    """`fn` applied to each seed of arguments stacked on a leading axis (``in_axes``
+    0) with the others shared (None), inside one compiled function: ``"vmap"``
+    runs the seeds in the same kernels (convolutions with a group per seed),
+    ``"loop"`` one after another (unrolled, results stacked); ``"auto"``: loop on
+    CPUs, vmap on GPUs and TPUs. On XLA:CPU (jax 0.10, 2 cores) grouped
+    convolutions are slow: ResNet-20's forward for 2 seeds took 1,569 ms vmapped
+    against 121 ms for one; a gradient inside `jax.lax.map` (a while loop) took
+    10.9 s against 0.8 s unrolled."""
+    if how == "auto":
+        how = "loop" if jax.default_backend() == "cpu" else "vmap"
+    if how == "vmap":
+        return jax.vmap(fn, in_axes=tuple(in_axes))
+    if how != "loop":
+        raise ConfigError(f"unknown seed_batching {how!r}; use 'auto', 'vmap' or 'loop'")
+
+    def looped(*args: Any) -> Any:
+        stacked = [a for a, axis in zip(args, in_axes) if axis == 0]
+        count = jax.tree_util.tree_leaves(stacked)[0].shape[0]
+        outs = []
+        for k in range(count):
+            it = iter(jax.tree_util.tree_map(lambda x, k=k: x[k], stacked))
+            outs.append(fn(*[next(it) if axis == 0 else a for a, axis in zip(args, in_axes)]))
+        return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
+
+    return looped

@@ -44,7 +44,7 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
         seeds = config.seed if config.num_seeds == 1 else [config.seed + k for k in range(config.num_seeds)]
         return DevicePipeline(
             train, evaluation, names, config.batch_size, config.eval_batch_size, seeds, mesh,
-            crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
+            crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar", seed_batching=config.seed_batching,
         )
     raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds', 'grain' or 'device'")
 

@@ -37,6 +37,7 @@ class DevicePipeline:
         mesh: Mesh,
         crop_padding: int = 4,
         augment_images: bool = True,
+        seed_batching: str = "auto",
     ):
         """
         Args:
@@ -49,6 +50,8 @@ class DevicePipeline:
           mesh: the device mesh.
           crop_padding: zero padding before the random crop (0: no crop).
           augment_images: random crop and flip (False: plain shuffled batches).
+          seed_batching: how several seeds' steps run in one compiled step
+            (`parallel.over_seeds`: "auto", "vmap" or "loop").
         """
         images, labels = train
         if images.dtype != np.uint8 or images.ndim != 4:
@@ -56,6 +59,7 @@ class DevicePipeline:
         self.info = DataInfo(check_class_names(class_names), len(labels), len(eval[1]), images.shape[1])
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.mesh, self.crop_padding, self.augment_images = mesh, crop_padding, augment_images
+        self.seed_batching = seed_batching
         self.num_seeds = 1 if isinstance(seed, int) else len(seed)
         self._key = jax.random.key(seed) if isinstance(seed, int) else jax.vmap(jax.random.key)(jnp.asarray(seed))
         self._data = parallel.replicate({"image": images, "label": labels.astype(np.int32)}, mesh)
@@ -96,7 +100,7 @@ class DevicePipeline:
             return step_fn(state, self.make_batch(data, perm, key, state.step % self.steps_per_epoch))
 
         if self.num_seeds > 1:  # stacked states, permutations and keys; the same data
-            step = jax.vmap(step, in_axes=(0, None, 0, 0))
+            step = parallel.over_seeds(step, (0, None, 0, 0), self.seed_batching)
         jitted = jax.jit(step, donate_argnums=0)
         return lambda state, item: jitted(state, self._data, *item)
 

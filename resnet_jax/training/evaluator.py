@@ -30,7 +30,9 @@ def make_evaluator(
         num_classes=num_classes,
         flip=config.eval_flip,
     )
-    eval_fn = jax.jit(eval_fn if num_seeds == 1 else jax.vmap(eval_fn, in_axes=(0, None)))
+    if num_seeds > 1:
+        eval_fn = parallel.over_seeds(eval_fn, (0, None), config.seed_batching)
+    eval_fn = jax.jit(eval_fn)
 
     def evaluate(variables: Any, batches: Iterable[dict]) -> list[dict[str, Any]]:
         sums = None

@@ -2,7 +2,9 @@
 leading axis of K, one vmapped step, in the same kernels.
 
 ``config.num_seeds = K`` trains seeds ``config.seed, ..., config.seed + K - 1``
-in one process. Each seed gets exactly what its own run would get: its
+in one process (``config.seed_batching``: in the same kernels with `jax.vmap`,
+the default on GPUs and TPUs, or one after another inside the compiled step,
+the default on CPUs: `resnet_jax.parallel.over_seeds`). Each seed gets exactly what its own run would get: its
 initialisation, data order, augmentation and batch-norm statistics. The
 checkpoints in ``<workdir>/checkpoints`` hold all K seeds together; each seed's
 metrics, TensorBoard events and curves go to ``<workdir>/seed<k>/``, and
@@ -37,6 +39,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     the on-device one (each seed needs its own data order), or a start from
     pretrained weights."""
     k = int(config.num_seeds)
+    if config.seed_batching not in ("auto", "vmap", "loop"):
+        raise ConfigError(f"unknown seed_batching {config.seed_batching!r}; use 'auto', 'vmap' or 'loop'")
     if k < 1:
         raise ConfigError(f"num_seeds must be at least 1, got {k}")
     if k > 1 and config.data.pipeline != "device":
