@@ -247,7 +247,7 @@ def _train_epoch(
         save_now = every > 0 and step % every == 0 and done < num_steps
         if step % config.log_every_steps == 0 or done == num_steps or save_now or preemption.requested:
             records = log.flush(step)
-            bar.set_postfix(loss=f"{records[0]['loss']:.4f}", acc=f"{records[0]['accuracy']:.4f}")
+            bar.set_postfix(loss=f"{records[0]['loss']:.4f}", acc=f"{records[0]['accuracy']:.4f}", refresh=False)
         if save_now:
             save(state)
         if done == num_steps or preemption.requested:
