@@ -88,9 +88,10 @@ class TrainLog:
         """
         if not self._steps:
             return self.last
+        per_seed = seeds.per_seed(self._sums, len(self.writers))  # waits for the steps to finish
         seconds = time.time() - self._t0
         records = []
-        for k, sums in enumerate(seeds.per_seed(self._sums, len(self.writers))):
+        for k, sums in enumerate(per_seed):
             loss = float(sums["loss"]) / self._steps
             if not np.isfinite(loss):
                 which = f" (seed index {k})" if len(self.writers) > 1 else ""
