@@ -23,7 +23,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model_kwargs = ml_collections.ConfigDict({"zero_init_residual": False})
     c.half_precision = False  # compute in bfloat16 (parameters and BN statistics stay float32)
     c.seed = 0  # initialisation, data order and augmentation
-    # > 1: train seeds seed ... seed + num_seeds - 1 together, one vmapped step (data.pipeline="device");
+    # > 1: train seeds seed ... seed + num_seeds - 1 together in one compiled step (data.pipeline="device");
     # each seed's metrics and curves in <workdir>/seed<k>/ (resnet_jax.training.seeds)
     c.num_seeds = 1
     c.seed_batching = "auto"  # several seeds: vmap (same kernels; GPU/TPU), loop (one after another; CPU), auto

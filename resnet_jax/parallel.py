@@ -124,6 +124,16 @@ def gather_from_processes(value: int) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(np.asarray(value)))
 
 
+def seed_batching(how: str = "auto") -> str:
+    """``config.seed_batching`` resolved: ``"auto"`` is ``"loop"`` on CPUs and
+    ``"vmap"`` on GPUs and TPUs (see `over_seeds`)."""
+    if how == "auto":
+        return "loop" if jax.default_backend() == "cpu" else "vmap"
+    if how not in ("vmap", "loop"):
+        raise ConfigError(f"unknown seed_batching {how!r}; use 'auto', 'vmap' or 'loop'")
+    return how
+
+
 def over_seeds(fn: Callable[..., Any], in_axes: Sequence[int | None], how: str = "auto") -> Callable[..., Any]:
     """`fn` applied to each seed of arguments stacked on a leading axis (``in_axes``
     0) with the others shared (None), inside one compiled function: ``"vmap"``
@@ -133,12 +143,9 @@ def over_seeds(fn: Callable[..., Any], in_axes: Sequence[int | None], how: str =
     convolutions are slow: ResNet-20's forward for 2 seeds took 1,569 ms vmapped
     against 121 ms for one; a gradient inside `jax.lax.map` (a while loop) took
     10.9 s against 0.8 s unrolled."""
-    if how == "auto":
-        how = "loop" if jax.default_backend() == "cpu" else "vmap"
+    how = seed_batching(how)
     if how == "vmap":
         return jax.vmap(fn, in_axes=tuple(in_axes))
-    if how != "loop":
-        raise ConfigError(f"unknown seed_batching {how!r}; use 'auto', 'vmap' or 'loop'")
 
     def looped(*args: Any) -> Any:
         stacked = [a for a, axis in zip(args, in_axes) if axis == 0]

@@ -1,4 +1,5 @@
-"""bench/gpu_suite.py --tiny: every part of the GPU suite runs a few steps on the CPU, so it cannot rot."""
+"""bench/gpu_suite.py --tiny: every part of the GPU suite runs a few steps on the CPU, as on the GPU
+machine's image (no TensorFlow or TFDS), so it cannot rot."""
 
 import json
 import os
@@ -9,11 +10,24 @@ import time
 from conftest import ROOT, env_with_devices
 
 
+def without_tensorflow(env: dict, folder) -> dict:
+    """`env` whose Pythons (the suite's subprocesses too) cannot import TensorFlow or TFDS."""
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('tensorflow', 'tensorflow_datasets'):\n    sys.modules[name] = None\n"
+    )
+    env = dict(env, PYTHONPATH=f"{folder}{os.pathsep}{env['PYTHONPATH']}")
+    blocked = subprocess.run([sys.executable, "-c", "import tensorflow_datasets"], env=env, capture_output=True)
+    assert blocked.returncode != 0 and b"halted" in blocked.stderr
+    return env
+
+
 def test_tiny_suite_runs_every_part_writes_its_summary_and_skips_what_is_done(image_folder, tmp_path):
     out, export = tmp_path / "suite", tmp_path / "export"
+    env = without_tensorflow(env_with_devices(1), tmp_path / "no_tensorflow")
     cmd = [sys.executable, os.path.join(ROOT, "bench", "gpu_suite.py"), "--tiny", "--data", image_folder,
            "--out", str(out), "--budget-s", "1200", "--export", str(export)]  # fmt: skip
-    run = subprocess.run(cmd, env=env_with_devices(1), capture_output=True, text=True, timeout=1500)
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "not done yet (run the same command again): none" in run.stdout, run.stdout[-3000:]
     items = json.loads((out / "summary.json").read_text())["items"]
@@ -40,6 +54,6 @@ def test_tiny_suite_runs_every_part_writes_its_summary_and_skips_what_is_done(im
     assert exported == ["figure.png", "figure7.png", "study_results.json", "summary.json", "summary.md", "table.md"]
     # The same command again finds everything done and trains nothing.
     t0 = time.time()
-    again = subprocess.run(cmd, env=env_with_devices(1), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "not done yet (run the same command again): none" in again.stdout
     assert time.time() - t0 < 30 and json.loads((out / "summary.json").read_text())["items"] == items

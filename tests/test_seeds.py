@@ -1,4 +1,4 @@
-"""Seeds trained together (config.num_seeds): each seed is its own run, in one vmapped step."""
+"""Seeds trained together (config.num_seeds): each seed is its own run, in one compiled step."""
 
 import json
 import os

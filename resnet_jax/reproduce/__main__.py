@@ -30,7 +30,7 @@ flags.DEFINE_string("workdir", None, "The study's folder: one sub-folder per run
 flags.DEFINE_list("only", [], "Train only these networks (registry names), e.g. cifar_plain20,cifar_resnet1202.")
 flags.DEFINE_float("scale", 1.0, "Multiplies every iteration count of the recipe (steps, lr boundaries, warm-up).")
 flags.DEFINE_integer("parallel", 1, "Networks trained at once, each in its own process.")
-flags.DEFINE_integer("seeds", 1, "Seeds per network (seed, seed+1, ...), trained together in one vmapped step; "
+flags.DEFINE_integer("seeds", 1, "Seeds per network (seed, seed+1, ...), trained together in one compiled step; "
                      "the table shows mean ± std and best.")
 flags.DEFINE_integer("evals", 20, "Evaluations per run, evenly spaced (the points of Figure 6's test curves).")
 flags.DEFINE_string("data_label", "", 'The data set\'s name in the report (default: from the data config, e.g. '

@@ -93,8 +93,10 @@ def _announce(config: ml_collections.ConfigDict, workdir: str, state: TrainState
         f"{jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
     )
     if config.num_seeds > 1:
+        how = {"vmap": "vmapped (the same kernels)", "loop": "looped (one after another)"}
         print(f"{config.num_seeds} seeds ({', '.join(map(str, seeds.seed_values(config)))}) train together in one "
-              f"vmapped step; each seed's metrics and curves go to {workdir}/seed<k>/.")
+              f"step, {how[parallel.seed_batching(config.seed_batching)]}; each seed's metrics and curves go to "
+              f"{workdir}/seed<k>/.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Several seeds of one recipe trained together: one train state stacked on a
-leading axis of K, one vmapped step, in the same kernels.
+leading axis of K, one compiled step.
 
 ``config.num_seeds = K`` trains seeds ``config.seed, ..., config.seed + K - 1``
 in one process (``config.seed_batching``: in the same kernels with `jax.vmap`,
@@ -24,6 +24,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from resnet_jax import parallel
 from resnet_jax.errors import ConfigError
 
 SEED_DIR = "seed{}"
@@ -39,8 +40,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     the on-device one (each seed needs its own data order), or a start from
     pretrained weights."""
     k = int(config.num_seeds)
-    if config.seed_batching not in ("auto", "vmap", "loop"):
-        raise ConfigError(f"unknown seed_batching {config.seed_batching!r}; use 'auto', 'vmap' or 'loop'")
+    parallel.seed_batching(config.seed_batching)  # a wrong name is refused here, before any work
     if k < 1:
         raise ConfigError(f"num_seeds must be at least 1, got {k}")
     if k > 1 and config.data.pipeline != "device":
