@@ -168,7 +168,7 @@ def main() -> None:
     p.add_argument("--num-classes", type=int, default=0)
     p.add_argument("--model-kwargs", type=json.loads, default={}, help='e.g. \'{"bn_one_pass": true}\'')
     p.add_argument("--peak-tflops", type=float, default=0.0)
-    p.add_argument("--seeds", type=int, default=1, help="seeds trained together in one vmapped step")
+    p.add_argument("--seeds", type=int, default=1, help="seeds trained together in one compiled step")
     p.add_argument("--seed-batching", choices=["auto", "vmap", "loop"], default="auto",
                    help="several seeds: vmap (the same kernels), loop (one after another in the step)")  # fmt: skip
     p.add_argument("--start-at", type=float, default=0.0, help="Unix time to start timing at, once compiled")

@@ -148,12 +148,11 @@ def over_seeds(fn: Callable[..., Any], in_axes: Sequence[int | None], how: str =
         return jax.vmap(fn, in_axes=tuple(in_axes))
 
     def looped(*args: Any) -> Any:
-        stacked = [a for a, axis in zip(args, in_axes) if axis == 0]
-        count = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-        outs = []
-        for k in range(count):
-            it = iter(jax.tree_util.tree_map(lambda x, k=k: x[k], stacked))
-            outs.append(fn(*[next(it) if axis == 0 else a for a, axis in zip(args, in_axes)]))
+        count = jax.tree_util.tree_leaves([a for a, axis in zip(args, in_axes) if axis == 0])[0].shape[0]
+        outs = [
+            fn(*[jax.tree_util.tree_map(lambda x, k=k: x[k], a) if axis == 0 else a for a, axis in zip(args, in_axes)])
+            for k in range(count)
+        ]
         return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
 
     return looped
