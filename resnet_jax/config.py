@@ -49,6 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.weight_decay_exclude_bn_bias = False
     c.label_smoothing = 0.0
     c.ema_decay = 0.0  # > 0: also keep and evaluate an EMA of the weights
+    # A training loss above this (or not finite) stops the run as diverged; 0: 100 x ln(num_classes)
+    # (resnet_jax.training.steps.divergence_bound).
+    c.max_train_loss = 0.0
 
     # Fine-tuning: start from another run's (or a converted) checkpoint.
     c.init_from = ""  # a workdir holding checkpoints/ (e.g. from python -m resnet_jax.convert)

@@ -12,7 +12,9 @@ no pickled code is ever run. The output is an Orbax checkpoint in
 and fine-tuning configs (``config.init_from``) load. Its metadata carries the
 preprocessing the weights expect (mean, std, crop fraction, resolution): from
 the weights' tag (`resnet_jax.weights`), or from ``--mean``, ``--std``,
-``--crop-fraction`` and ``--image-size``.
+``--crop-fraction`` and ``--image-size``. ``out_dir`` must be new or empty, or
+hold an earlier conversion and ``--overwrite`` be given: a conversion never
+writes into a training run (its step 0 would push the run's checkpoints out).
 
 Names map one to one. torchvision's (and timm's ResNet, whose keys are the
 same): ``conv1``/``bn1`` -> ``stem_conv``/``stem_bn``,
@@ -37,6 +39,7 @@ import argparse
 import functools
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -248,11 +251,17 @@ def write_checkpoint(
     class_names: list[str] | None = None,
     preprocessing: weights.Preprocessing | None = None,
     source: str = "torchvision",
+    overwrite: bool = False,
 ) -> None:
     """Writes `variables` of model `name` as a step-0 checkpoint that
     `resnet_jax.restore(out_dir)` loads, with the metadata of a run that
     evaluated with `preprocessing` (default: torchvision's IMAGENET1K_V1 one:
-    ImageNet mean and std, 224 of 256) and the weights' `source`."""
+    ImageNet mean and std, 224 of 256) and the weights' `source`.
+
+    Raises:
+      ConfigError: `out_dir` is neither new nor empty nor (with `overwrite`) an
+        earlier conversion; nothing in it is changed.
+    """
     from resnet_jax.config import default_config
     from resnet_jax.training.checkpoint import Checkpointer, run_metadata
 
@@ -268,10 +277,35 @@ def write_checkpoint(
         config.data[field] = getattr(prep, field)
     metadata = {**run_metadata(config, class_names), "source": source}
     state = {"step": np.zeros((), np.int32), **variables}
+    _clear_out_dir(out_dir, overwrite)
     ckpt = Checkpointer(out_dir, async_save=False)
     ckpt.save(_Tree(state), metadata)
     ckpt.wait()
     ckpt.close()
+
+
+def _clear_out_dir(out_dir: str, overwrite: bool) -> None:
+    """Nothing to do for a new or empty `out_dir`; an earlier conversion (only
+    ``checkpoints/0`` from `write_checkpoint`) is removed with `overwrite`; else refuses."""
+    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
+        return
+    from resnet_jax.training.checkpoint import read_metadata
+
+    checkpoints = os.path.join(out_dir, "checkpoints")
+    earlier = None
+    if os.listdir(out_dir) == ["checkpoints"] and os.listdir(checkpoints) == ["0"]:
+        try:
+            earlier = read_metadata(out_dir, 0).get("source")
+        except UserError:
+            earlier = None
+    if earlier is None:
+        raise ConfigError(
+            f"{out_dir!r} is not empty and holds no earlier conversion (a training run?); convert writes only into "
+            "a new or empty folder: choose another"
+        )
+    if not overwrite:
+        raise ConfigError(f"{out_dir!r} holds an earlier conversion ({earlier}); pass --overwrite to replace it")
+    shutil.rmtree(checkpoints)
 
 
 class _Tree(dict):
@@ -297,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         f"resnet50d.ra4_e3600_r224_in1k; torchvision: {', '.join(TORCHVISION_MODELS)}; timm: {', '.join(TIMM_MODELS)}"
     )  # fmt: skip
     parser.add_argument("weights", help="a .safetensors or .pth state dict")
-    parser.add_argument("out_dir")
+    parser.add_argument("out_dir", help="a new or empty folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion in out_dir")
     parser.add_argument("--class-names", help="a text file with one class name per line")
     parser.add_argument("--mean", type=float, nargs=3, help="normalisation mean of RGB in [0, 1] (default: the tag's)")
     parser.add_argument("--std", type=float, nargs=3, help="normalisation std (default: the tag's)")
@@ -312,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         names = _read_class_names(args.class_names) if args.class_names else None
         convert = from_torchvision if args.source == "torchvision" else from_timm
         variables = convert(load_state_dict(args.weights), arch)
-        write_checkpoint(variables, ours, args.out_dir, names, prep, source=f"{args.source} {tagged}")
+        write_checkpoint(
+            variables, ours, args.out_dir, names, prep, source=f"{args.source} {tagged}", overwrite=args.overwrite
+        )
     params = models.count_params(variables)
     print(
         f"wrote {os.path.join(args.out_dir, 'checkpoints')}: {ours} ({args.source} {tagged}), {params:,} parameters; "

@@ -1,12 +1,15 @@
 """Errors that a user's input causes, and how the command-line tools report them.
 
 Every problem a user can fix (a wrong name or config value, a missing or
-unreadable file, a checkpoint of another model, a diverged run) is raised as a
+unreadable file, a checkpoint of another model or a damaged one, a busy
+workdir, a full disk, a diverged run) is raised as a
 `UserError`. Each one also subclasses the built-in exception it refines
 (``ValueError``, ``FileNotFoundError``, ...), so library code can catch either.
 The tools (``train.py``, ``python -m resnet_jax.predict``, ``.convert``,
 ``.reproduce``, ``.plot``) print a `UserError` as one line, ``error: ...``,
 and exit with status 2; any other exception is a bug and keeps its traceback.
+A run stopped by SIGTERM after saving raises `Preempted`: one line and exit
+status 3 (``EXIT_PREEMPTED``), so a scheduler can tell it from success.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 3
 
 
 class UserError(Exception):
@@ -43,7 +47,23 @@ class CheckpointMismatchError(UserError, ValueError):
 
 
 class DivergedError(UserError, FloatingPointError):
-    """Training produced a non-finite loss."""
+    """Training produced a non-finite loss, or one above any healthy run's."""
+
+
+class CheckpointDamagedError(UserError, OSError):
+    """A checkpoint's files cannot be read (truncated, deleted or overwritten)."""
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint could not be written (a full disk, a read-only or lost filesystem)."""
+
+
+class WorkdirBusyError(UserError, RuntimeError):
+    """Another live process is writing into the workdir."""
+
+
+class Preempted(Exception):
+    """SIGTERM stopped training after a checkpoint was saved; the same command resumes."""
 
 
 class MissingDependencyError(UserError, ImportError):
@@ -53,12 +73,21 @@ class MissingDependencyError(UserError, ImportError):
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Inside a tool's ``main``: a `UserError` becomes ``error: <message>`` on
-    stderr and exit status 2; other exceptions propagate with their traceback."""
+    stderr and exit status 2, `Preempted` its message and status 3; other
+    exceptions propagate with their traceback."""
     try:
         yield
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except Preempted as e:
+        print(e, file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+
+
+def warn(message: str) -> None:
+    """One line, ``warning: <message>``, on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def run_app(main: Callable[[list[str]], object], define_flags: Callable[[], object] = lambda: None) -> None:

@@ -51,15 +51,15 @@ def test_resume_gives_the_same_parameters(tiny, tmp_path, pipeline):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(leaves_b[path]), err_msg=jax.tree_util.keystr(path))
 
 
-def test_sigterm_saves_and_exits_cleanly(image_folder, tmp_path):
+def test_sigterm_saves_and_exits_with_status_3(image_folder, tmp_path):
     args = cli_args(image_folder, tmp_path, "--config.num_epochs=1000", "--config.eval_every_epochs=1000")
     proc = subprocess.Popen(args, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = tmp_path / "metrics.jsonl"
     wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2, proc)  # two epochs done
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out[-3000:]
-    assert "SIGTERM: saved a checkpoint" in out
+    assert proc.returncode == 3, out[-3000:]
+    assert "SIGTERM: saved a checkpoint" in out and "Done" not in out
     step = Checkpointer(str(tmp_path)).latest_step()
     assert 6 <= step < 3000  # at least two epochs of 3 steps, far from the end
 
@@ -222,7 +222,19 @@ def test_keeps_the_latest_k_and_the_best(tmp_path):
         ckpt.save(S(jnp.asarray(step), jnp.full(3, step)), {"model": "m"}, {"top1": top1, "loss": 1.0})
     ckpt.wait()
     assert ckpt.all_steps() == [2, 4, 5]
-    assert ckpt.best_step() == 2 and ckpt.latest_step() == 5
+    assert ckpt.by_preference("best")[0] == 2 and ckpt.latest_step() == 5
     assert ckpt.metadata(2)["metrics"]["top1"] == 0.9
     np.testing.assert_array_equal(ckpt.restore_tree(2)["w"], [2, 2, 2])
     ckpt.close()
+
+
+def test_a_device_pipeline_run_needs_no_working_grain(tiny, tmp_path, monkeypatch):
+    """A grain whose own dependency is missing (cloudpickle on the GPU image) stops
+    no run that does not use it: Checkpointer imports it only if it can."""
+    for name in [m for m in sys.modules if m == "grain" or m.startswith("grain.")]:
+        monkeypatch.delitem(sys.modules, name)
+    (tmp_path / "fake" / "grain").mkdir(parents=True)
+    (tmp_path / "fake" / "grain" / "__init__.py").write_text("import cloudpickle_is_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
+    train_and_evaluate(tiny(num_train_steps=3, **{"data.pipeline": "device"}), str(tmp_path / "run"))
+    assert Checkpointer(str(tmp_path / "run")).all_steps() == [3]

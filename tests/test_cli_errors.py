@@ -51,8 +51,8 @@ def test_train_py_user_errors_are_one_line(trained_r20, tmp_path):
     jpeg.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)  # a truncated JPEG
     one_message(cli_args(bad, tmp_path / "d"), "broken.jpg")
     one_message(cli_args(folder, tmp_path / "e", "--config.batch_size=12"), "does not divide over 8 devices", 8)
-    one_message(cli_args(folder, workdir, "--config.model=cifar_plain20"), "holds a checkpoint of model=")
-    one_message(cli_args(folder, tmp_path / "f", "--config.learning_rate=1e30"), "training loss is")
+    one_message(cli_args(folder, workdir, "--config.model=cifar_plain20"), "was trained with model=")
+    one_message(cli_args(folder, tmp_path / "f", "--config.learning_rate=1e30"), "training diverged at step")
     one_message(cli_args(folder, tmp_path / "g", "--mode=eval"), "holds no checkpoints/ folder")
     one_message(cli_args(folder, tmp_path / "h", f"--config.init_from={tmp_path / 'g'}"), "holds no checkpoints/")
     deeper = ("--config.model=cifar_resnet56", f"--config.init_from={workdir}")  # another model's weights

@@ -74,10 +74,13 @@ def list_split(root: str, split: str, class_names: Sequence[str] | None = None) 
         class_dir = os.path.join(root, split, name)
         if not os.path.isdir(class_dir):
             continue
-        for file in sorted(os.listdir(class_dir)):
-            if file.lower().endswith(IMAGE_EXTENSIONS):
-                paths.append(os.path.join(class_dir, file))
-                labels.append(label)
+        files = [f for f in sorted(os.listdir(class_dir)) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not files:
+            raise DatasetError(
+                f"class folder {class_dir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}); fill it or remove it"
+            )
+        paths += [os.path.join(class_dir, f) for f in files]
+        labels += [label] * len(files)
     if not paths:
         raise NotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {os.path.join(root, split)!r}")
     return FolderSplit(root, split, tuple(paths), np.asarray(labels, np.int32), class_names)

@@ -51,6 +51,8 @@ import functools
 import io
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +71,7 @@ from resnet_jax.errors import DatasetError
 
 _ENDLESS = 2**62  # examples in the training stream: it runs until the trainer stops reading
 _ORDER, _EXAMPLE = 0, 1  # tags keeping the seeds of epoch orders and of examples apart
+_PARENT_POLL_S = 0.5  # how often a worker checks that the process that started it still runs
 
 
 def default_workers() -> int:
@@ -260,12 +263,36 @@ class TrainIterator(grain.DatasetIterator):
             self._iterator = None
 
 
+def _exit_with_parent(parent: int, worker: int = 0, count: int = 1) -> None:
+    """Ends this process (a Grain worker; `worker` of `count`) soon after `parent` is gone.
+
+    Grain's workers are daemonic `multiprocessing` processes: a trainer that exits stops them, but one
+    killed with SIGKILL (a preemption, the OOM killer) cannot, and they ran on with parent 1, each
+    holding its memory, and kept multiprocessing's resource tracker alive (it exits at EOF of a pipe
+    the workers hold too). A daemon thread polls the parent's pid every `_PARENT_POLL_S` seconds and
+    calls `os._exit` once this process has been reparented, whatever its main thread is doing; the
+    tracker then sees EOF, unlinks the shared memory left behind and exits. prctl(PR_SET_PDEATHSIG)
+    is not used: it fires when the *thread* that started the worker ends, and Grain starts workers
+    from a thread pool. Where a parent's death does not change the pid seen (Windows) this does nothing.
+    """
+    del worker, count  # Grain's worker_init_fn arguments
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _in_workers(ds: grain.MapDataset, workers: int, prefetch: int) -> grain.IterDataset:
-    """`ds` computed element by element in `workers` processes (0: in a thread of this one)."""
+    """`ds` computed element by element in `workers` processes (0: in a thread of this one),
+    which exit when this process is gone, however it ended (`_exit_with_parent`)."""
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
     if workers == 0:
         return it
-    return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch))
+    options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
+    return it.mp_prefetch(options, worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
 
 
 def _training_stream(

@@ -40,7 +40,9 @@ AUTOTUNE = tf.data.AUTOTUNE
 def _builder(cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
     if cfg.path:
         path = os.path.expanduser(cfg.path)
-        folder.list_classes(path, cfg.train_split)  # names what is missing, if anything
+        # Names what is missing, an empty class folder, or an eval class that training lacks (TFDS's
+        # ImageFolder would take the union of the splits' classes: an output that never trains).
+        folder.list_split(path, cfg.eval_split, folder.list_split(path, cfg.train_split).class_names)
         return tfds.ImageFolder(path)
     try:
         builder = tfds.builder(cfg.name, data_dir=cfg.data_dir or None)

@@ -25,7 +25,7 @@ import numpy as np
 from resnet_jax import models, plot
 from resnet_jax.data import load_split_arrays
 from resnet_jax.data.augment import normalize
-from resnet_jax.errors import exit_on_user_error
+from resnet_jax.errors import EXIT_PREEMPTED, Preempted, exit_on_user_error
 from resnet_jax.models.responses import response_std
 from resnet_jax.reproduce.study import RESULT_FILE, write_json
 from resnet_jax.training import seeds
@@ -101,8 +101,10 @@ def finish_run(config: ml_collections.ConfigDict, workdir: str, data_label: str)
     ``result.json`` (``{"seeds": [per seed]}``); returns None if training
     stopped before the end (SIGTERM)."""
     if _trained_steps(workdir) < config.num_train_steps:
-        train_and_evaluate(config, workdir)
-        if _trained_steps(workdir) < config.num_train_steps:
+        try:
+            train_and_evaluate(config, workdir)
+        except Preempted as e:
+            print(e)
             return None
     result = {"model": config.model, "seeds": summarize(config, workdir, data_label)}
     write_json(os.path.join(workdir, RESULT_FILE), result)
@@ -117,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(os.path.join(args.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     with exit_on_user_error():
-        return 0 if finish_run(config, args.workdir, args.data_label) is not None else 3
+        return 0 if finish_run(config, args.workdir, args.data_label) is not None else EXIT_PREEMPTED
 
 
 if __name__ == "__main__":

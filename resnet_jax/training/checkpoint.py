@@ -7,13 +7,27 @@ names, image size, normalisation, the resolved config and the eval metrics of
 that step. Orbax writes each step into a temporary folder and renames it only
 once complete, so a save cut off midway is never found by `latest_step`. A run
 on the Grain pipeline adds ``data``: its input iterator's state.
+
+Faults: a checkpoint whose files cannot be read (truncated by a full disk or a
+copy cut short, a metadata file lost or overwritten) raises
+`CheckpointDamagedError`. Training sets it aside into
+``<workdir>/checkpoints.damaged/`` and resumes from the newest readable one
+(`restore_newest`); `restore` skips it for "latest" and "best". A save that
+cannot be written (a full disk) raises `CheckpointWriteError` at that save,
+or at the next `check_saved` for an asynchronous one, and removes its partial
+folder; the earlier checkpoints stay as they were.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import glob
 import json
+import logging
 import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import flax.serialization
@@ -25,13 +39,26 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
 from resnet_jax import models
-from resnet_jax.errors import CheckpointMismatchError, ConfigError, NotFoundError
+from resnet_jax.errors import (
+    CheckpointDamagedError,
+    CheckpointMismatchError,
+    CheckpointWriteError,
+    ConfigError,
+    NotFoundError,
+    UserError,
+    warn,
+)
 from resnet_jax.training import seeds
 from resnet_jax.training.state import step_of
 
+DAMAGED_DIR = "checkpoints.damaged"
 
-def run_metadata(config: ml_collections.ConfigDict, class_names: Any) -> dict[str, Any]:
-    """What a checkpoint carries to rebuild its model without the config file."""
+
+def run_metadata(
+    config: ml_collections.ConfigDict, class_names: Any, num_train: int | None = None
+) -> dict[str, Any]:
+    """What a checkpoint carries to rebuild its model without the config file, and
+    what gives its steps and labels their meaning (checked on resume: `RESUME_FIXED`)."""
     return {
         "model": config.model,
         "model_kwargs": json.loads(json.dumps(config.model_kwargs.to_dict())),  # as saved: tuples become lists
@@ -44,7 +71,94 @@ def run_metadata(config: ml_collections.ConfigDict, class_names: Any) -> dict[st
         "mean": list(config.data.mean),
         "std": list(config.data.std),
         "config": json.loads(config.to_json_best_effort()),
+        "batch_size": int(config.batch_size),
+        "num_train_examples": num_train,
     }
+
+
+# What a resumed run may not change: the model and its shapes, and what a step
+# and a label mean (the batch size and the examples per epoch fix the epoch of a
+# step and the schedule; the class names in order fix what each output is). A
+# checkpoint written before a field existed is not checked on that field.
+RESUME_FIXED = (
+    "model", "model_kwargs", "num_classes", "num_seeds", "seeds", "class_names", "batch_size", "num_train_examples",
+)  # fmt: skip
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
+    """Raises `CheckpointMismatchError` naming the first field of `RESUME_FIXED`
+    that differs between a checkpoint's metadata and this run's."""
+    saved = {"num_seeds": 1, **saved}
+    for key in RESUME_FIXED:
+        if key in saved and saved[key] is not None and current.get(key) is not None and saved[key] != current[key]:
+            raise CheckpointMismatchError(
+                f"{where} was trained with {key}={_short(saved[key])}, but this run has {key}={_short(current[key])}; "
+                f"resuming would change what its steps or labels mean: use the saved value or another --workdir"
+            )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:200] + "...]"
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of `error`, on one short line (TensorStore's outer
+    messages are a page of JSON; the cause says e.g. OUT_OF_RANGE)."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = " ".join(str(error).split()) or type(error).__name__
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _quiet_abandoned_io() -> None:
+    """After a failed Orbax read or write, its other array reads or writes end in
+    the background and report through `sys.unraisablehook` ("Event loop is
+    closed", "Encountered error while reading array index"), a page of
+    tracebacks each: this process drops those (the one-line warning or error
+    says what happened) and passes every other to the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiet_abandoned_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        text = str(unraisable.exc_value)
+        if text == "Event loop is closed" or text.startswith("Encountered error while reading array index"):
+            return
+        previous(unraisable)
+
+    hook.quiet_abandoned_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+class _NoOrbaxTracebacks(logging.Filter):
+    """Drops Orbax's log records that carry a traceback (a failed background
+    save logs one per array, hundreds of lines): the failure reaches the
+    trainer as an exception, which `Checkpointer` turns into one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _drop_orbax_tracebacks() -> None:
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _NoOrbaxTracebacks) for f in logger.filters):
+        logger.addFilter(_NoOrbaxTracebacks())
+
+
+def _grain(required: bool) -> Any:
+    """The grain module where a run needs it (`required`: its pipeline's iterator
+    is saved), else where it imports; a missing or broken grain (a dependency of
+    its own missing) stops no run that does not use it."""
+    if required:
+        import grain
+
+        return grain
+    try:
+        import grain
+    except Exception:  # an optional package that fails to import is as good as absent
+        return None
+    return grain
 
 
 def _to_tree(state: Any) -> dict[str, Any]:
@@ -80,11 +194,14 @@ class Checkpointer:
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
         self.data_iterator = data_iterator
-        if data_iterator is not None or importlib.util.find_spec("grain") is not None:
-            import grain  # its handler also lets a checkpointer without an iterator read past the item
-
+        grain = _grain(required=data_iterator is not None)
+        if grain is not None:  # its handler also lets a checkpointer without an iterator read past the item
             handlers["data"] = grain.checkpoint.CheckpointHandler()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        _drop_orbax_tracebacks()
+        _quiet_abandoned_io()
+        self._saving: int | None = None  # the step of the last save started
+        self._failed: set[int | None] = set()  # steps whose save failed
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -92,34 +209,124 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def best_step(self) -> int | None:
-        """The kept step with the highest eval top-1 (the latest if none has metrics)."""
-        scored = []
-        for step in self.all_steps():
-            top1 = (self.metadata(step).get("metrics") or {}).get("top1")
-            if top1 is not None:
-                scored.append((top1, step))
-        return max(scored)[1] if scored else self.latest_step()
+    def by_preference(self, which: str) -> list[int]:
+        """The steps in the order "latest" or "best" (highest eval top-1 first, then
+        the steps without metrics, latest first) would pick them; a step whose
+        metadata cannot be read is left out with a warning."""
+        steps = sorted(self.all_steps(), reverse=True)
+        if which == "latest":
+            return steps
+        scored, unscored = [], []
+        for step in steps:
+            try:
+                top1 = (self.metadata(step).get("metrics") or {}).get("top1")
+            except CheckpointDamagedError as e:
+                warn(f"{e}; skipped")
+                continue
+            (unscored if top1 is None else scored).append((top1, step))
+        return [step for _, step in sorted(scored, reverse=True)] + [step for _, step in unscored]
 
     def save(self, state: Any, metadata: dict[str, Any], metrics: dict[str, float] | None = None) -> None:
-        """Saves `state` at its step (asynchronously), with `metadata` and eval `metrics`."""
+        """Saves `state` at its step (asynchronously), with `metadata` and eval `metrics`.
+
+        Raises:
+          CheckpointWriteError: this save (or an earlier asynchronous one) could
+            not be written, or the disk has less free space than the state's size.
+        """
+        self.wait()  # Orbax would wait for the previous save anyway; this names its step if it failed
         step = step_of(state)
+        tree = _to_tree(state)
+        self._check_free_space(step, tree)
         metadata = {**metadata, "step": step, "metrics": metrics}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_to_tree(state)), metadata=ocp.args.JsonSave(metadata), **self._data("Save")
-            ),
-            metrics={"top1": metrics["top1"]} if metrics and "top1" in metrics else None,
-            force=True,
+        self._saving = step
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(metadata), **self._data("Save")
+                ),
+                metrics={"top1": metrics["top1"]} if metrics and "top1" in metrics else None,
+                force=True,
+            )
+        except Exception as e:
+            raise self._write_error(step, e) from e
+
+    def check_saved(self) -> None:
+        """Raises `CheckpointWriteError` if an asynchronous save has failed
+        (cheap: the trainer calls it at every log step)."""
+        try:
+            self.manager.check_for_errors()
+        except Exception as e:
+            raise self._write_error(self._saving, e) from e
+
+    def _check_free_space(self, step: int, tree: dict[str, Any]) -> None:
+        """Refuses a save that cannot fit: its arrays' size (an upper bound, as Orbax
+        compresses) against the free space, so a full disk stops the run here."""
+        needed = sum(x.nbytes for x in jax.tree_util.tree_leaves(tree) if hasattr(x, "nbytes"))
+        free = shutil.disk_usage(self.directory).free
+        if free < needed:
+            raise CheckpointWriteError(
+                f"cannot save step {step} into {self.directory}: it needs up to {needed / 2**20:.1f} MiB and "
+                f"{free / 2**20:.1f} MiB are free; {self._advice(step)}"
+            )
+
+    def _write_error(self, step: int | None, error: BaseException) -> CheckpointWriteError:
+        """The one-line error of a failed save, after removing its partial folder."""
+        self._failed.add(step)
+        self._remove_partial()
+        free = shutil.disk_usage(self.directory).free / 2**20
+        return CheckpointWriteError(
+            f"could not save step {step} into {self.directory} ({_reason(error)}; {free:.1f} MiB free); "
+            f"{self._advice(step)}"
         )
+
+    def _remove_partial(self) -> None:
+        """Removes the temporary folders of failed saves (again at `close`, as
+        Orbax's threads may still be making them when the error comes)."""
+        if jax.process_index() == 0:
+            for step in self._failed:
+                for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
+                    shutil.rmtree(partial, ignore_errors=True)
+
+    def _advice(self, failed: int | None) -> str:
+        self.manager.reload()
+        kept = [s for s in self.all_steps() if s != failed]
+        where = f"steps {kept} are intact" if kept else "no earlier checkpoint exists"
+        return f"{where}: free space and run the same command to resume"
+
+    def _read(self, step: int, read: Callable[[], Any]) -> Any:
+        """`read()`, with any failure to read the step's files raised as `CheckpointDamagedError`."""
+        try:
+            return read()
+        except UserError:
+            raise
+        except Exception as e:
+            raise CheckpointDamagedError(f"checkpoint {self.directory}/{step} cannot be read ({_reason(e)})") from e
+
+    def set_aside(self, step: int) -> str:
+        """Moves a damaged step out of the checkpoints (into ``checkpoints.damaged/``,
+        so that keep-N neither counts nor overwrites it); returns where it went."""
+        target = os.path.join(os.path.dirname(self.directory), DAMAGED_DIR, f"{step}.{int(time.time())}")
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.move(os.path.join(self.directory, str(step)), target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+        self.manager.reload()
+        return target
 
     def metadata(self, step: int | None = None) -> dict[str, Any]:
         """The JSON metadata saved with `step` (default: the latest)."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise NotFoundError(f"no checkpoint in {self.directory}")
-        return self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+        args = ocp.args.Composite(metadata=ocp.args.JsonRestore())
+        info = self._read(step, lambda: self.manager.restore(step, args=args)["metadata"])
+        if not isinstance(info, dict) or "model" not in info:
+            raise CheckpointDamagedError(f"checkpoint {self.directory}/{step} cannot be read (metadata is not ours)")
+        return info
 
     def restore(self, target: Any, step: int | None = None) -> Any:
         """Restores `step` (default: the latest) into the structure, shapes and
@@ -136,9 +343,8 @@ class Checkpointer:
         self._check_shapes(step, target_tree)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target_tree)
         saved_data = self.data_iterator is not None and (epath.Path(self.directory) / str(step) / "data").exists()
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), **self._data("Restore", saved_data))
-        )["state"]
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), **self._data("Restore", saved_data))
+        restored = self._read(step, lambda: self.manager.restore(step, args=args)["state"])
         return flax.serialization.from_state_dict(target, {**flax.serialization.to_state_dict(target), **restored})
 
     def _data(self, action: str, saved: bool = True) -> dict[str, Any]:
@@ -160,12 +366,20 @@ class Checkpointer:
         if step is None:
             raise NotFoundError(f"no checkpoint in {self.directory}")
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        saved = self.manager.item_metadata(step)["state"]
+        saved = self._state_metadata(step)
         abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved)
-        return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        return self._read(step, lambda: self.manager.restore(step, args=args)["state"])
+
+    def _state_metadata(self, step: int) -> Any:
+        """The saved arrays' shapes and dtypes (Orbax's tree metadata of ``state``)."""
+        saved = self._read(step, lambda: self.manager.item_metadata(step)["state"])
+        if not saved:
+            raise CheckpointDamagedError(f"checkpoint {self.directory}/{step} cannot be read (no state/_METADATA)")
+        return saved
 
     def _check_shapes(self, step: int, target_tree: dict[str, Any]) -> None:
-        saved = self.manager.item_metadata(step)["state"]
+        saved = self._state_metadata(step)
         saved_shapes = {
             jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_flatten_with_path(saved)[0]
         }
@@ -183,25 +397,79 @@ class Checkpointer:
             )
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk.
+
+        Raises:
+          CheckpointWriteError: one of them could not be written.
+        """
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_error(self._saving, e) from e
+        self.check_saved()
 
     def close(self) -> None:
         self.manager.close()
+        self._remove_partial()
 
 
-def _resolve_step(ckpt: Checkpointer, step: int | str | None) -> int:
-    if step in (None, "latest"):
-        found = ckpt.latest_step()
-    elif step == "best":
-        found = ckpt.best_step()
-    else:
-        found = int(step)
-        if found not in ckpt.all_steps():
-            raise NotFoundError(f"no checkpoint of step {found} in {ckpt.directory}; it has {ckpt.all_steps()}")
-    if found is None:
-        raise NotFoundError(f"no checkpoint in {ckpt.directory}")
-    return found
+def restore_newest(ckpt: Checkpointer, target: Any, check: Callable[[dict[str, Any]], None]) -> Any | None:
+    """Restores the newest readable checkpoint into `target` (None when there is
+    none), after `check` of its metadata (which raises to refuse it). A damaged
+    one is set aside, with a one-line warning, and the next newest tried.
+
+    Raises:
+      CheckpointDamagedError: checkpoints exist but none can be read.
+    """
+    damaged = []
+    for step in sorted(ckpt.all_steps(), reverse=True):
+        try:
+            check(ckpt.metadata(step))
+            return ckpt.restore(target, step)
+        except CheckpointDamagedError as e:
+            moved = ckpt.set_aside(step)
+            damaged.append(step)
+            if jax.process_index() == 0:
+                warn(f"{e}; set aside in {moved}, trying the previous checkpoint")
+    if damaged:
+        raise CheckpointDamagedError(
+            f"no checkpoint of {ckpt.directory} can be read (steps {damaged}, set aside in "
+            f"{os.path.join(os.path.dirname(ckpt.directory), DAMAGED_DIR)}); run the same command again to start "
+            f"from step 0"
+        )
+    return None
+
+
+def _candidates(ckpt: Checkpointer, step: int | str | None) -> list[int]:
+    """The steps that `step` ("latest", "best" or a number) may be, in order of preference."""
+    if step in (None, "latest", "best"):
+        found = ckpt.by_preference("best" if step == "best" else "latest")
+        if not found:
+            raise NotFoundError(f"no checkpoint in {ckpt.directory}")
+        return found
+    try:
+        number = int(step)
+    except ValueError:
+        raise ConfigError(f'step {step!r} is not "latest", "best" or a step number') from None
+    if number not in ckpt.all_steps():
+        raise NotFoundError(f"no checkpoint of step {number} in {ckpt.directory}; it has {ckpt.all_steps()}")
+    return [number]
+
+
+def _first_readable(ckpt: Checkpointer, step: int | str | None, read: Callable[[int], Any]) -> Any:
+    """`read(s)` of the first of `step`'s candidates that can be read; those that
+    cannot are skipped with a warning (left in place: this only reads). An
+    explicit step that cannot be read is an error naming the other steps."""
+    candidates = _candidates(ckpt, step)
+    for s in candidates:
+        try:
+            return read(s)
+        except CheckpointDamagedError as e:
+            if len(candidates) == 1:
+                others = [o for o in ckpt.all_steps() if o != s]
+                raise CheckpointDamagedError(f"{e}; the other checkpoints: {others or 'none'}") from None
+            warn(f"{e}; skipped")
+    raise CheckpointDamagedError(f"none of the checkpoints {candidates} of {ckpt.directory} can be read")
 
 
 def restore(
@@ -231,11 +499,10 @@ def restore(
         raise NotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
     ckpt = Checkpointer(workdir, async_save=False)
     try:
-        step = _resolve_step(ckpt, step)
-        info = ckpt.metadata(step)
-        tree = ckpt.restore_tree(step)
+        info, tree = _first_readable(ckpt, step, lambda s: (ckpt.metadata(s), ckpt.restore_tree(s)))
     finally:
         ckpt.close()
+    step = info["step"]
     tree, info = _one_seed(tree, info, workdir, seed)
     dtype = jnp.bfloat16 if info.get("half_precision") else jnp.float32
     model = models.create(info["model"], num_classes=info["num_classes"], dtype=dtype, **info["model_kwargs"])
@@ -271,7 +538,7 @@ def read_metadata(workdir: str, step: int | str | None = None) -> dict[str, Any]
         raise NotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
     ckpt = Checkpointer(workdir, async_save=False)
     try:
-        return ckpt.metadata(_resolve_step(ckpt, step))
+        return _first_readable(ckpt, step, ckpt.metadata)
     finally:
         ckpt.close()
 

@@ -17,11 +17,12 @@ from tqdm import tqdm
 
 from resnet_jax import models, parallel, plot
 from resnet_jax.data import make_pipeline
-from resnet_jax.errors import CheckpointMismatchError, ConfigError
+from resnet_jax.errors import ConfigError, DivergedError, Preempted
 from resnet_jax.training import optim, seeds, steps
-from resnet_jax.training.checkpoint import Checkpointer, run_metadata
+from resnet_jax.training.checkpoint import Checkpointer, check_resumable, restore_newest, run_metadata
 from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.finetune import load_pretrained, use_pretrained_normalization
+from resnet_jax.training.lock import WorkdirLock
 from resnet_jax.training.metrics import MetricWriter, TrainLog
 from resnet_jax.training.state import TrainState, create_train_state, step_of
 
@@ -54,24 +55,16 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_resumable(ckpt: Checkpointer, metadata: dict[str, Any]) -> None:
-    saved = {"num_seeds": 1, **ckpt.metadata()}
-    for key in ("model", "num_classes", "model_kwargs", "num_seeds"):
-        if saved.get(key) != metadata[key]:
-            raise CheckpointMismatchError(
-                f"{ckpt.directory} holds a checkpoint of {key}={saved.get(key)!r}, but this run has "
-                f"{key}={metadata[key]!r}; use another --workdir or the same model settings"
-            )
-
-
 def _resume_or_initialise(
     state: TrainState, ckpt: Checkpointer, metadata: dict[str, Any], config: ml_collections.ConfigDict, mesh: Any
 ) -> TrainState:
-    """The latest checkpoint of the workdir if any (it must be of the same model),
+    """The newest readable checkpoint of the workdir if any (of the same model,
+    batch size, classes and data: `check_resumable`; damaged ones are set aside),
     else ``config.init_from``'s variables if set, else `state` itself."""
-    if ckpt.latest_step() is not None:
-        _check_resumable(ckpt, metadata)
-        state = ckpt.restore(state)
+    check = functools.partial(check_resumable, current=metadata, where=ckpt.directory)
+    resumed = restore_newest(ckpt, state, check)
+    if resumed is not None:
+        state = resumed
         if jax.process_index() == 0:
             print(f"Resumed from {ckpt.directory} at step {step_of(state)}.")
     elif config.init_from:
@@ -106,7 +99,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns the last evaluation metrics (with ``"ema"`` ones when EMA is on);
     for several seeds, their means with each seed's own under ``"per_seed"``.
+
+    Raises:
+      Preempted: SIGTERM stopped training before its last step (after a save).
+      WorkdirBusyError: another process is training in `workdir`.
+      DivergedError: the training loss went above the divergence bound or is
+        not finite; nothing after it was saved.
+      CheckpointWriteError: a checkpoint could not be written (a full disk).
     """
+    with WorkdirLock(workdir):
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     config = config.copy_and_resolve_references()
@@ -128,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = create_train_state(model, tx, info.image_size, seed, mesh, use_ema=config.ema_decay > 0)
 
     is_main = jax.process_index() == 0
-    metadata = run_metadata(config, info.class_names)
+    metadata = run_metadata(config, info.class_names, info.num_train)
     data_iterator = getattr(pipeline, "data_iterator", None)  # Grain's: saved and restored with the state
     ckpt = Checkpointer(
         workdir, config.keep_checkpoints, async_save=config.async_checkpoints, data_iterator=data_iterator
@@ -137,6 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:
         _announce(config, workdir, state, info, total_steps)
 
+    max_loss = config.max_train_loss if config.max_train_loss > 0 else steps.divergence_bound(info.num_classes)
     train_step = pipeline.compile_step(
         functools.partial(
             steps.train_step,
@@ -145,13 +151,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             dtype=model.dtype,
             label_smoothing=config.label_smoothing,
             ema_decay=config.ema_decay,
+            max_loss=max_loss,
             freeze_bn=config.freeze_bn,
         )
     )
     evaluate = make_evaluator(model, config, info.num_classes, mesh, config.num_seeds)
     seed_dirs = seeds.seed_workdirs(workdir, config.num_seeds)
     writers = [MetricWriter(d) for d in seed_dirs]
-    log = TrainLog(writers, config.batch_size, schedule)
+    log = TrainLog(writers, config.batch_size, schedule, max_loss)
     results: dict[str, Any] = {}
     start_time = last_curves = time.time()
     try:
@@ -160,10 +167,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             while step < total_steps and not preemption.requested:
                 epoch, start = divmod(step, steps_per_epoch)
                 todo = _steps_to_next_stop(step, steps_per_epoch, total_steps, config.eval_every_steps)
-                state = _train_epoch(
-                    state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption, log,
-                    save=lambda s: ckpt.save(s, metadata),
-                )
+                try:
+                    state = _train_epoch(
+                        state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption,
+                        log, ckpt, save=lambda s: ckpt.save(s, metadata),
+                    )
+                except DivergedError as e:
+                    ckpt.wait()
+                    kept = ckpt.latest_step()
+                    where = f"step {kept} stays the latest checkpoint" if kept is not None else "no checkpoint exists"
+                    raise DivergedError(f"{e}; {where}") from None
                 step = step_of(state)
                 if _evaluates_at(step, steps_per_epoch, total_steps, config):
                     per_seed = _evaluate_all(state, evaluate, pipeline, config)
@@ -181,8 +194,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     log.restart_clock()
                 elif preemption.requested:
                     ckpt.save(state, metadata)
-            if preemption.requested and is_main:
-                print(f"SIGTERM: saved a checkpoint at step {step} in {ckpt.directory}; exiting.")
+            if preemption.requested and step < total_steps:
+                ckpt.wait()
+                raise Preempted(
+                    f"SIGTERM: saved a checkpoint at step {step} of {total_steps} in {ckpt.directory}; "
+                    "the same command resumes from it"
+                )
     finally:
         ckpt.wait()
         ckpt.close()
@@ -227,11 +244,13 @@ def _train_epoch(
     config: ml_collections.ConfigDict,
     preemption: _Preemption,
     log: TrainLog,
+    ckpt: Checkpointer,
     save: Callable[[TrainState], None],
 ) -> TrainState:
     """Runs up to `num_steps` steps with a progress bar, writing the training
-    metrics every ``config.log_every_steps`` and at the end, and saving every
-    ``config.checkpoint_every_steps`` (after the finite-loss check of the log)."""
+    metrics every ``config.log_every_steps`` and at the end (where the log stops
+    a diverged run, and a failed asynchronous save stops it too), and saving
+    every ``config.checkpoint_every_steps`` (after the log's check)."""
     done = 0
     bar = tqdm(
         total=num_steps,
@@ -249,6 +268,7 @@ def _train_epoch(
         save_now = every > 0 and step % every == 0 and done < num_steps
         if step % config.log_every_steps == 0 or done == num_steps or save_now or preemption.requested:
             records = log.flush(step)
+            ckpt.check_saved()
             bar.set_postfix(loss=f"{records[0]['loss']:.4f}", acc=f"{records[0]['accuracy']:.4f}", refresh=False)
         if save_now:
             save(state)

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -54,26 +56,64 @@ class MetricWriter:
                 self._tb.close()
 
 
+@jax.jit
+def _start(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """A window's running sums from its first step's metrics."""
+    return _accumulate(None, metrics)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _add(window: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return _accumulate(window, metrics)
+
+
+def _accumulate(window: dict[str, jax.Array] | None, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Sums of loss and accuracy, the step count, and the first diverged step of
+    the window (1-based, 0 if none) with its loss; per seed where [K]."""
+    if window is None:
+        zero = jnp.zeros_like(metrics["loss"])
+        window = {"loss": zero, "accuracy": zero, "steps": jnp.zeros((), jnp.int32),
+                  "diverged_at": jnp.zeros(zero.shape, jnp.int32), "diverged_loss": zero}  # fmt: skip
+    steps = window["steps"] + 1
+    first = (window["diverged_at"] == 0) & metrics["diverged"]
+    return {
+        "loss": window["loss"] + metrics["loss"],
+        "accuracy": window["accuracy"] + metrics["accuracy"],
+        "steps": steps,
+        "diverged_at": jnp.where(first, steps, window["diverged_at"]),
+        "diverged_loss": jnp.where(first, metrics["loss"], window["diverged_loss"]),
+    }
+
+
 class TrainLog:
     """The training loss and accuracy of each step, averaged over the steps
     since the last `flush` and written as one ``train`` record per seed (with
     the learning rate, images/s and seconds), as the Flax examples do every
-    ``log_every_steps``."""
+    ``log_every_steps``. Each step adds one compiled call (no host round trip);
+    the flush reads the window back and stops a diverged run."""
 
-    def __init__(self, writers: list[MetricWriter], batch_size: int, learning_rate: Callable[[int], Any]):
+    def __init__(
+        self,
+        writers: list[MetricWriter],
+        batch_size: int,
+        learning_rate: Callable[[int], Any],
+        max_loss: float = math.inf,
+    ):
         """
         Args:
           writers: one per seed trained together (one for an ordinary run).
           batch_size: images per step and seed.
           learning_rate: the schedule, step -> lr.
+          max_loss: the divergence bound the train step checked (for the message).
         """
         self.writers, self.batch_size, self.learning_rate = writers, batch_size, learning_rate
+        self.max_loss = max_loss
         self.last: list[dict[str, float]] = []  # the records of the last flush, one per seed
-        self._sums, self._steps, self._t0 = None, 0, time.time()
+        self._window, self._steps, self._t0 = None, 0, time.time()
 
     def add(self, metrics: dict[str, jax.Array]) -> None:
-        """Adds one step's ``{"loss", "accuracy"}`` (device arrays, [K] for K seeds)."""
-        self._sums = metrics if self._sums is None else jax.tree_util.tree_map(jnp.add, self._sums, metrics)
+        """Adds one step's ``{"loss", "accuracy", "diverged"}`` (device arrays, [K] for K seeds)."""
+        self._window = _start(metrics) if self._window is None else _add(self._window, metrics)
         self._steps += 1
 
     def restart_clock(self) -> None:
@@ -84,23 +124,21 @@ class TrainLog:
         """Writes the mean since the last flush as the records of `step` and returns them.
 
         Raises:
-          DivergedError: a seed's loss is not finite (before anything is saved).
+          DivergedError: a step of the window had a loss that is not finite or
+            above ``max_loss`` (raised before anything of the window is written).
         """
         if not self._steps:
             return self.last
-        per_seed = seeds.per_seed(self._sums, len(self.writers))  # waits for the steps to finish
+        window = {k: v for k, v in self._window.items() if k != "steps"}
+        per_seed = seeds.per_seed(window, len(self.writers))  # waits for the steps to finish
         seconds = time.time() - self._t0
-        records = []
         for k, sums in enumerate(per_seed):
-            loss = float(sums["loss"]) / self._steps
-            if not np.isfinite(loss):
-                which = f" (seed index {k})" if len(self.writers) > 1 else ""
-                raise DivergedError(
-                    f"training loss is {loss} at step {step}{which}; stopping without saving: the last good "
-                    "checkpoint is kept. Lower the learning rate or check the data."
-                )
+            if sums["diverged_at"]:
+                self._diverged(step - self._steps + int(sums["diverged_at"]), float(sums["diverged_loss"]), k)
+        records = []
+        for sums in per_seed:
             records.append({
-                "loss": loss,
+                "loss": float(sums["loss"]) / self._steps,
                 "accuracy": float(sums["accuracy"]) / self._steps,
                 "lr": float(self.learning_rate(step - 1)),
                 "images_per_sec": self._steps * self.batch_size / seconds,
@@ -109,5 +147,13 @@ class TrainLog:
             })  # fmt: skip
         for writer, record in zip(self.writers, records):
             writer.write(step, "train", record)
-        self.last, self._sums, self._steps, self._t0 = records, None, 0, time.time()
+        self.last, self._window, self._steps, self._t0 = records, None, 0, time.time()
         return records
+
+    def _diverged(self, step: int, loss: float, seed_index: int) -> None:
+        which = f" (seed index {seed_index})" if len(self.writers) > 1 else ""
+        why = "is not finite" if not np.isfinite(loss) else f"exceeds {self.max_loss:.4g}, which no healthy run reaches"
+        raise DivergedError(
+            f"training diverged at step {step}{which}: loss {loss:.4g} {why}; nothing after it is saved. Lower the "
+            f"learning rate (now {float(self.learning_rate(step - 1)):.4g}) or check the data"
+        )

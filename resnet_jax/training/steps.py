@@ -3,6 +3,7 @@ comes from their arguments (bind them with `functools.partial`, then `jax.jit`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +25,18 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits, targets)
 
 
+def divergence_bound(num_classes: int) -> float:
+    """The training loss above which a run has diverged: 100 x ln(num_classes).
+
+    A network that outputs the uniform distribution has loss ln(C); a healthy run
+    starts near it (or a few times above it, with large initial logits) and goes
+    down, label smoothing included. 100 x ln(C) means the labelled class gets a
+    probability of C^-100 on average: logits of hundreds, which only a run whose
+    weights have blown up produces (a learning rate of 1e4 reaches 1e18).
+    """
+    return 100.0 * math.log(max(num_classes, 2))
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -33,11 +46,14 @@ def train_step(
     dtype: Any,
     label_smoothing: float,
     ema_decay: float,
+    max_loss: float = math.inf,
     freeze_bn: bool = False,
 ) -> tuple[TrainState, Metrics]:
     """One SGD step on a global batch of uint8 images; returns the new state and
-    ``{"loss", "accuracy"}`` averaged over the batch. With `freeze_bn`, batch
-    norm uses (and keeps) its running statistics, as when fine-tuning."""
+    ``{"loss", "accuracy"}`` averaged over the batch, and ``"diverged"``: whether
+    the loss is not finite or above `max_loss` (checked here, on the device, at
+    every step). With `freeze_bn`, batch norm uses (and keeps) its running
+    statistics, as when fine-tuning."""
     images = normalize(batch["image"], mean, std, dtype)
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
@@ -53,7 +69,8 @@ def train_step(
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     state = state.apply_gradients(grads, batch_stats, ema_decay)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    return state, {"loss": loss, "accuracy": accuracy}
+    diverged = ~(loss <= max_loss)  # NaN compares false
+    return state, {"loss": loss, "accuracy": accuracy, "diverged": diverged}
 
 
 def eval_step(
