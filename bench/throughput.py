@@ -43,6 +43,7 @@ from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.data import make_pipeline  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
 from resnet_jax.training import optim, steps  # noqa: E402
+from resnet_jax.training.compiled import compile_train_step  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
 PEAK_TFLOPS = {("gpu", "bfloat16"): 989.0, ("gpu", "float32"): 67.0}
@@ -143,7 +144,7 @@ def measure(
 def _time_pipeline(pipeline: Any, one_step: Any, holder: dict, num_steps: int) -> float:
     """Seconds per train step fed by `pipeline`, as the trainer's loop feeds it
     (after 2 steps of warm-up and compilation)."""
-    train = pipeline.compile_step(one_step)
+    train = compile_train_step(one_step, pipeline)
     items = pipeline.train_epoch(0)
     if pipeline.steps_per_epoch < num_steps + 2:
         raise ValueError(f"the data has {pipeline.steps_per_epoch} batches per epoch; --steps needs {num_steps + 2}")

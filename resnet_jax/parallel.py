@@ -140,12 +140,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(put, tree)
 
 
-def compile_host_step(step_fn: Callable[[Any, Any], Any], mesh: Mesh) -> Callable[[Any, dict[str, np.ndarray]], Any]:
-    """``jit(step_fn)`` with the state donated, fed this process's host batches."""
-    jitted = jax.jit(step_fn, donate_argnums=0)
-    return lambda state, batch: jitted(state, shard_batch(batch, mesh))
-
-
 def gather_from_processes(value: int) -> np.ndarray:
     """`value` of every process, as an array indexed by process (no-op on one process)."""
     if jax.process_count() == 1:

@@ -12,6 +12,7 @@ import numpy as np
 
 from resnet_jax import parallel
 from resnet_jax.data.device import DevicePipeline
+from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.loop import train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,7 @@ def test_epochs_are_permutations_and_batches_are_augmented():
     assert p.steps_per_epoch == 4
     seen = []
     for i, (perm, key) in enumerate(p.train_epoch(0)):
-        batch = p.make_batch({"image": p._data["image"], "label": p._data["label"]}, perm, key, i)
+        batch = p.make_batch(p.data, perm, key, i)
         imgs = np.asarray(batch["image"])
         ids = imgs.max(axis=(1, 2, 3)).astype(int) - 1
         np.testing.assert_array_equal(np.asarray(batch["label"]), ids % 4)
@@ -61,7 +62,7 @@ def test_compiled_step_takes_the_batch_of_the_states_step():
     def step_fn(state, batch):  # the batch's labels come back as the "metrics"
         return state.replace(step=state.step + 1), batch["label"]
 
-    run = p.compile_step(step_fn)
+    run = compile_train_step(step_fn, p)
     perm, key = next(p.train_epoch(1))
     state, taken = Counter(step=jnp.int32(4)), []  # step 4 = epoch 1, batch 0
     for item in p.train_epoch(1):
@@ -91,6 +92,7 @@ def test_imports_and_trains_without_tensorflow():
         from resnet_jax.config import default_config
         from resnet_jax.data.device import DevicePipeline
         from resnet_jax.training import optim, steps
+        from resnet_jax.training.compiled import compile_train_step
         from resnet_jax.training.state import create_train_state
         c = default_config()
         mesh = parallel.make_mesh()
@@ -99,8 +101,9 @@ def test_imports_and_trains_without_tensorflow():
         p = DevicePipeline(data, data, tuple("abcdefghij"), 16, 16, 0, mesh)
         tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 2, 2))
         state = create_train_state(models.create("cifar_resnet20"), tx, 8, 0, mesh)
-        step = p.compile_step(functools.partial(
-            steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.0, ema_decay=0.0))
+        step = compile_train_step(functools.partial(
+            steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.0, ema_decay=0.0),
+            p)
         for item in p.train_epoch(0):
             state, m = step(state, item)
         assert "tensorflow" not in sys.modules

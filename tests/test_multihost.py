@@ -24,6 +24,7 @@ WORKER = textwrap.dedent("""
     from resnet_jax import models, parallel
     from resnet_jax.config import default_config
     from resnet_jax.training import optim, steps
+    from resnet_jax.training.compiled import compile_host_step
     from resnet_jax.training.state import create_train_state
 
     out, num_processes = sys.argv[1], int(sys.argv[2])
@@ -35,7 +36,7 @@ WORKER = textwrap.dedent("""
     mesh = parallel.make_mesh()
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 10, 100))
     state = create_train_state(models.create("cifar_resnet20"), tx, 8, 0, mesh)
-    step = parallel.compile_host_step(functools.partial(
+    step = compile_host_step(functools.partial(
         steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.0,
         ema_decay=0.0), mesh)
     rng = np.random.default_rng(0)

@@ -17,6 +17,7 @@ from resnet_jax.data.pipeline import array_eval_batches
 from resnet_jax.data.tfds import DatasetError, TFDataPipeline
 from resnet_jax.training import optim, steps
 from resnet_jax.training.checkpoint import Checkpointer
+from resnet_jax.training.compiled import compile_host_step
 from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.loop import train_and_evaluate
 from resnet_jax.training.state import create_train_state
@@ -74,7 +75,7 @@ def test_one_and_eight_devices_agree():
         mesh = parallel.make_mesh(devices)
         tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 10, 100))
         state = create_train_state(model, tx, 16, 0, mesh)
-        train = parallel.compile_host_step(step, mesh)
+        train = compile_host_step(step, mesh)
         losses = []
         for b in batches:
             state, m = train(state, b)

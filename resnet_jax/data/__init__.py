@@ -17,10 +17,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from resnet_jax.data.pipeline import Pipeline
 from resnet_jax.errors import ConfigError, MissingDependencyError
 
 
-def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
+def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Pipeline:
     """The pipeline `config.data.pipeline` names: "tfds" (tf.data), "grain" or "device"."""
     cfg = config.data
     if cfg.pipeline == "tfds":
@@ -44,7 +45,7 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Any:
         seeds = config.seed if config.num_seeds == 1 else [config.seed + k for k in range(config.num_seeds)]
         return DevicePipeline(
             train, evaluation, names, config.batch_size, config.eval_batch_size, seeds, mesh,
-            crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar", seed_batching=config.seed_batching,
+            crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
         )
     raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds', 'grain' or 'device'")
 

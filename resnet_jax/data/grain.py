@@ -64,7 +64,6 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh
 
-from resnet_jax import parallel
 from resnet_jax.data import augment, folder
 from resnet_jax.data.pipeline import Batch, DataInfo, check_class_names, padded_eval_batches
 from resnet_jax.errors import DatasetError
@@ -387,10 +386,6 @@ class GrainPipeline:
     def steps_per_epoch(self) -> int:
         """Full training batches per epoch (the rest of the share is not trained on in that epoch)."""
         return len(self._train) // self.batch_size
-
-    def compile_step(self, step_fn: Callable) -> Callable:
-        """``fn(state, batch)``: the jitted `step_fn` fed this process's host batches."""
-        return parallel.compile_host_step(step_fn, self.mesh)
 
     def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """This process's training batches of `epoch`, from batch `start_step` on."""

@@ -1,15 +1,53 @@
-"""What every input pipeline provides, and the pieces they share."""
+"""What every input pipeline provides (`Pipeline`, `OnDevicePipeline`), and the
+pieces they share. Pipelines compile nothing: `resnet_jax.training.compiled`
+builds the one train step over either kind."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from jax.sharding import Mesh
 
 from resnet_jax.errors import DatasetError
 
 Batch = dict[str, np.ndarray]
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """An input pipeline. Host pipelines (tf.data, Grain) yield from `train_epoch`
+    this process's numpy share of each global training batch."""
+
+    info: DataInfo
+    mesh: Mesh
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps per epoch (full global batches)."""
+
+    def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Any]:
+        """One item per training step of `epoch` from `start_step`: what the compiled step takes."""
+
+    def eval_batches(self) -> Iterator[Batch]:
+        """This process's share of every evaluation example once, padded and masked."""
+
+
+@runtime_checkable
+class OnDevicePipeline(Pipeline, Protocol):
+    """A pipeline whose batches are made inside the compiled step: `train_epoch`
+    yields the epoch's inputs (the same device arrays at every step), and
+    `make_batch(data, *inputs, step)`, a pure function traced inside the step,
+    gathers and augments batch `step` of the epoch from `data` (device arrays).
+    With ``num_seeds > 1`` the inputs are stacked per seed (the data is shared)."""
+
+    data: Batch
+    num_seeds: int
+
+    def make_batch(self, data: Batch, *inputs_and_step: Any) -> Batch:
+        """Batch `step` of the epoch (the last argument), traced inside the step."""
 
 
 @dataclass(frozen=True)

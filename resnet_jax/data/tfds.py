@@ -16,7 +16,7 @@ This module imports TensorFlow; the rest of the package does not.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -139,10 +139,6 @@ class TFDataPipeline:
     def steps_per_epoch(self) -> int:
         """Full training batches per epoch (the last partial batch is dropped)."""
         return self._num_local_train // self.batch_size
-
-    def compile_step(self, step_fn: Callable) -> Callable:
-        """``fn(state, batch)``: the jitted `step_fn` fed this process's host batches."""
-        return parallel.compile_host_step(step_fn, self.mesh)
 
     def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """This process's training batches of `epoch`, from batch `start_step` on."""

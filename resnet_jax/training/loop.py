@@ -20,6 +20,7 @@ from resnet_jax.data import make_pipeline
 from resnet_jax.errors import ConfigError, DivergedError, Preempted
 from resnet_jax.training import optim, seeds, steps
 from resnet_jax.training.checkpoint import Checkpointer, check_resumable, restore_newest, run_metadata
+from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.finetune import load_pretrained, use_pretrained_normalization
 from resnet_jax.training.lock import WorkdirLock
@@ -143,7 +144,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         _announce(config, workdir, state, info, total_steps)
 
     max_loss = config.max_train_loss if config.max_train_loss > 0 else steps.divergence_bound(info.num_classes)
-    train_step = pipeline.compile_step(
+    train_step = compile_train_step(
         functools.partial(
             steps.train_step,
             mean=tuple(config.data.mean),
@@ -153,7 +154,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
             ema_decay=config.ema_decay,
             max_loss=max_loss,
             freeze_bn=config.freeze_bn,
-        )
+        ),
+        pipeline,
+        config.seed_batching,
     )
     evaluate = make_evaluator(model, config, info.num_classes, mesh, config.num_seeds)
     seed_dirs = seeds.seed_workdirs(workdir, config.num_seeds)
@@ -168,7 +171,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                 epoch, start = divmod(step, steps_per_epoch)
                 todo = _steps_to_next_stop(step, steps_per_epoch, total_steps, config.eval_every_steps)
                 try:
-                    state = _train_epoch(
+                    state, done = _train_epoch(
                         state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption,
                         log, ckpt, save=lambda s: ckpt.save(s, metadata),
                     )
@@ -177,7 +180,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
                     kept = ckpt.latest_step()
                     where = f"step {kept} stays the latest checkpoint" if kept is not None else "no checkpoint exists"
                     raise DivergedError(f"{e}; {where}") from None
-                step = step_of(state)
+                step += done  # counted here: reading the state's step back would wait for the device
                 if _evaluates_at(step, steps_per_epoch, total_steps, config):
                     per_seed = _evaluate_all(state, evaluate, pipeline, config)
                     for writer, seed_results in zip(writers, per_seed):
@@ -208,7 +211,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     if is_main and results:
         ev = results["eval"]
         print(
-            f"Done: step {step_of(state)}, eval top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}, "
+            f"Done: step {step}, eval top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}, "
             f"loss {ev['loss']:.4f}{' (means over seeds)' if config.num_seeds > 1 else ''}, "
             f"{time.time() - start_time:.0f}s. Workdir: {workdir}"
         )
@@ -246,11 +249,12 @@ def _train_epoch(
     log: TrainLog,
     ckpt: Checkpointer,
     save: Callable[[TrainState], None],
-) -> TrainState:
+) -> tuple[TrainState, int]:
     """Runs up to `num_steps` steps with a progress bar, writing the training
     metrics every ``config.log_every_steps`` and at the end (where the log stops
     a diverged run, and a failed asynchronous save stops it too), and saving
-    every ``config.checkpoint_every_steps`` (after the log's check)."""
+    every ``config.checkpoint_every_steps`` (after the log's check); returns the
+    state and the number of steps run."""
     done = 0
     bar = tqdm(
         total=num_steps,
@@ -275,7 +279,7 @@ def _train_epoch(
         if done == num_steps or preemption.requested:
             break
     bar.close()
-    return state
+    return state, done
 
 
 def _evaluate_all(
