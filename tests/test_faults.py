@@ -28,6 +28,7 @@ from resnet_jax.errors import (
     ConfigError,
     DatasetError,
     DivergedError,
+    Preempted,
     WorkdirBusyError,
 )
 from resnet_jax.training.checkpoint import DAMAGED_DIR, Checkpointer
@@ -227,3 +228,20 @@ def test_a_full_disk_stops_the_run_at_that_save(tiny, tmp_path, monkeypatch):
     assert sorted(os.listdir(f"{workdir}/checkpoints")) == ["3"]  # no partial folder left
     train_and_evaluate(tiny(num_train_steps=6, **FAST), workdir)  # space freed: resumes
     assert Checkpointer(workdir).all_steps() == [3, 6]
+
+
+def test_sigterm_while_the_run_starts_stops_it_before_training(tiny, tmp_path, monkeypatch):
+    """A SIGTERM that comes while the data loads (before the first step) is not lost."""
+    import resnet_jax.training.loop as loop
+
+    original = loop.make_pipeline
+
+    def load_then_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "make_pipeline", load_then_sigterm)
+    with pytest.raises(Preempted, match=r"stopped before training \(at step 0 of 30\); nothing new to save"):
+        train_and_evaluate(tiny(num_train_steps=30, **FAST), str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints") or not os.listdir(tmp_path / "run" / "checkpoints")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back

@@ -108,11 +108,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         not finite; nothing after it was saved.
       CheckpointWriteError: a checkpoint could not be written (a full disk).
     """
-    with WorkdirLock(workdir):
-        return _train_and_evaluate(config, workdir)
+    with WorkdirLock(workdir), _Preemption() as preemption:  # from the start: SIGTERM while loading is kept
+        return _train_and_evaluate(config, workdir, preemption)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preemption: _Preemption) -> dict[str, Any]:
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     config = config.copy_and_resolve_references()
@@ -165,44 +165,45 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     results: dict[str, Any] = {}
     start_time = last_curves = time.time()
     try:
-        with _Preemption() as preemption:
-            step = step_of(state)
-            while step < total_steps and not preemption.requested:
-                epoch, start = divmod(step, steps_per_epoch)
-                todo = _steps_to_next_stop(step, steps_per_epoch, total_steps, config.eval_every_steps)
-                try:
-                    state, done = _train_epoch(
-                        state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption,
-                        log, ckpt, save=lambda s: ckpt.save(s, metadata),
-                    )
-                except DivergedError as e:
-                    ckpt.wait()
-                    kept = ckpt.latest_step()
-                    where = f"step {kept} stays the latest checkpoint" if kept is not None else "no checkpoint exists"
-                    raise DivergedError(f"{e}; {where}") from None
-                step += done  # counted here: reading the state's step back would wait for the device
-                if _evaluates_at(step, steps_per_epoch, total_steps, config):
-                    per_seed = _evaluate_all(state, evaluate, pipeline, config)
-                    for writer, seed_results in zip(writers, per_seed):
-                        for split, metrics in seed_results.items():
-                            writer.write(step, split, metrics)
-                    results = {split: seeds.combine([r[split] for r in per_seed]) for split in per_seed[0]}
-                    if is_main:
-                        tqdm.write(_summary_line(epoch, step, log.last, results))
-                    if is_main and (step >= total_steps or time.time() - last_curves >= config.curves_every_seconds):
-                        for d in seed_dirs:  # ~1 s with 164 evaluations: not at each one of a fast GPU run
-                            plot.write_curves(d)
-                        last_curves = time.time()
-                    ckpt.save(state, metadata, results["eval"])
-                    log.restart_clock()
-                elif preemption.requested:
-                    ckpt.save(state, metadata)
-            if preemption.requested and step < total_steps:
-                ckpt.wait()
-                raise Preempted(
-                    f"SIGTERM: saved a checkpoint at step {step} of {total_steps} in {ckpt.directory}; "
-                    "the same command resumes from it"
+        step = step_of(state)
+        while step < total_steps and not preemption.requested:
+            epoch, start = divmod(step, steps_per_epoch)
+            todo = _steps_to_next_stop(step, steps_per_epoch, total_steps, config.eval_every_steps)
+            try:
+                state, done = _train_epoch(
+                    state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption,
+                    log, ckpt, save=lambda s: ckpt.save(s, metadata),
                 )
+            except DivergedError as e:
+                ckpt.wait()
+                kept = ckpt.latest_step()
+                where = f"step {kept} stays the latest checkpoint" if kept is not None else "no checkpoint exists"
+                raise DivergedError(f"{e}; {where}") from None
+            step += done  # counted here: reading the state's step back would wait for the device
+            if _evaluates_at(step, steps_per_epoch, total_steps, config):
+                per_seed = _evaluate_all(state, evaluate, pipeline, config)
+                for writer, seed_results in zip(writers, per_seed):
+                    for split, metrics in seed_results.items():
+                        writer.write(step, split, metrics)
+                results = {split: seeds.combine([r[split] for r in per_seed]) for split in per_seed[0]}
+                if is_main:
+                    tqdm.write(_summary_line(epoch, step, log.last, results))
+                if is_main and (step >= total_steps or time.time() - last_curves >= config.curves_every_seconds):
+                    for d in seed_dirs:  # ~1 s with 164 evaluations: not at each one of a fast GPU run
+                        plot.write_curves(d)
+                    last_curves = time.time()
+                ckpt.save(state, metadata, results["eval"])
+                log.restart_clock()
+            elif preemption.requested:
+                ckpt.save(state, metadata)
+        if preemption.requested and step < total_steps:
+            ckpt.wait()
+            saved = ckpt.latest_step()
+            if saved == step:
+                what = f"saved a checkpoint at step {step} of {total_steps} in {ckpt.directory}"
+            else:  # SIGTERM came while the run was starting: nothing trained, nothing to save
+                what = f"stopped before training (at step {step} of {total_steps}); nothing new to save"
+            raise Preempted(f"SIGTERM: {what}; the same command resumes")
     finally:
         ckpt.wait()
         ckpt.close()
