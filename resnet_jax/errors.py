@@ -9,7 +9,8 @@ The tools (``train.py``, ``python -m resnet_jax.predict``, ``.convert``,
 ``.reproduce``, ``.plot``) print a `UserError` as one line, ``error: ...``,
 and exit with status 2; any other exception is a bug and keeps its traceback.
 A run stopped by SIGTERM after saving raises `Preempted`: one line and exit
-status 3 (``EXIT_PREEMPTED``), so a scheduler can tell it from success.
+status 3 (``EXIT_PREEMPTED``), so a scheduler can tell it from success; the
+survivors of a lost process exit with status 75 (``EXIT_LOST_PEER``, `resnet_jax.peers`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
+EXIT_LOST_PEER = 75  # EX_TEMPFAIL: a process of a multi-process run was lost; restart all (resnet_jax.peers)
 
 
 class UserError(Exception):
@@ -63,7 +65,7 @@ class WorkdirBusyError(UserError, RuntimeError):
 
 
 class Preempted(Exception):
-    """SIGTERM stopped training after a checkpoint was saved; the same command resumes."""
+    """SIGTERM stopped training (after saving, or before its first step); the same command resumes."""
 
 
 class MissingDependencyError(UserError, ImportError):

@@ -9,7 +9,6 @@ means are over the global batch (synchronised BN) without any `axis_name`.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax.errors import ConfigError
+from resnet_jax.errors import ConfigError, warn
 
 DATA_AXIS = "data"
 
@@ -72,7 +71,7 @@ def _watch_peers(timeout: float | None) -> None:
         client, process_id, num_processes = state.client, int(state.process_id), int(state.num_processes)
         address = getattr(state, "coordinator_address", None) or os.environ.get("JAX_COORDINATOR_ADDRESS")
     except (ImportError, AttributeError, TypeError) as e:  # another jax: run without the watch
-        print(f"warning: no lost-process watch ({e})", file=sys.stderr)
+        warn(f"no lost-process watch ({e})")
         return
     if client is not None:
         peers.start(client, address, process_id, num_processes, timeout)

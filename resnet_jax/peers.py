@@ -55,10 +55,11 @@ import threading
 import time
 from typing import Any
 
+from resnet_jax.errors import EXIT_LOST_PEER, warn
+
 PEER_TIMEOUT_S = 20.0
 """A peer from which nothing has come for this long is lost (connections that close are seen at once)."""
 HEARTBEAT_INTERVAL_S = 1.0
-EXIT_LOST_PEER = 75  # EX_TEMPFAIL: restart (all processes) to resume
 TIMEOUT_ENV = "RESNET_JAX_PEER_TIMEOUT_S"
 """Overrides `PEER_TIMEOUT_S` (seconds; 0 turns the watch off)."""
 
@@ -135,7 +136,7 @@ class PeerWatch:
             self._loop()
         except Exception as e:  # a bug here must not take the run down: it only loses the watch
             with contextlib.suppress(Exception):
-                print(f"warning: the lost-process watch stopped ({type(e).__name__}: {e})", file=sys.stderr)
+                warn(f"the lost-process watch stopped ({type(e).__name__}: {e})")
 
     def _loop(self) -> None:
         next_beat = 0.0

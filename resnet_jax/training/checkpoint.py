@@ -118,7 +118,7 @@ def _quiet_abandoned_io() -> None:
     tracebacks each: this process drops those (the one-line warning or error
     says what happened) and passes every other to the previous hook."""
     previous = sys.unraisablehook
-    if getattr(previous, "quiet_abandoned_reads", False):
+    if getattr(previous, "quiet_abandoned_io", False):
         return
 
     def hook(unraisable: Any) -> None:
@@ -127,7 +127,7 @@ def _quiet_abandoned_io() -> None:
             return
         previous(unraisable)
 
-    hook.quiet_abandoned_reads = True  # type: ignore[attr-defined]
+    hook.quiet_abandoned_io = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
 
 
