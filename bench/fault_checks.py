@@ -10,8 +10,8 @@ and the train step and its log with and without the on-device divergence check.
   errors turned into one line) against ``CheckpointManager.restore`` alone;
 * step: `steps.train_step` with its ``diverged`` output against the same step
   with that output dropped (XLA then removes the comparison), batch 128 (32 for
-  ImageNet-sized models), and `TrainLog.add` (one compiled call per step) against
-  the two eager adds it replaced.
+  ImageNet-sized models). (The log's sums, measured here until 860d72c, are now
+  added inside the compiled step: bench/loop_overhead.py.)
 
 Prints one JSON line per model; docs/faults.md holds the figures.
 """
@@ -40,7 +40,6 @@ from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
 from resnet_jax.training import optim, steps  # noqa: E402
 from resnet_jax.training.checkpoint import Checkpointer, _to_tree, check_resumable, restore_newest  # noqa: E402
-from resnet_jax.training.metrics import TrainLog  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
 
@@ -110,25 +109,6 @@ def _step_costs(model_name: str, state: Any, batch: dict[str, Any], repeats: int
             jax.block_until_ready([fn(state, batch) for _ in range(5)])
 
         out[name] = _median_seconds(run, repeats) / 5 * 1e3
-    _, metrics = checked(state, batch)
-    log = TrainLog([], 1, lambda s: 0.0)
-    sums = {k: v for k, v in metrics.items() if k != "diverged"}
-
-    def log_new() -> None:
-        for _ in range(200):
-            log.add(metrics)
-        jax.block_until_ready(log._window)
-        log._window, log._steps = None, 0
-
-    def log_old() -> None:
-        acc = sums
-        for _ in range(200):
-            acc = jax.tree_util.tree_map(jnp.add, acc, sums)
-        jax.block_until_ready(acc)
-
-    log_new(), log_old()
-    out["log_add_us"] = _median_seconds(log_new, repeats) / 200 * 1e6
-    out["log_add_eager_us"] = _median_seconds(log_old, repeats) / 200 * 1e6
     return out
 
 

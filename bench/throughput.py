@@ -44,6 +44,7 @@ from resnet_jax.data import make_pipeline  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
 from resnet_jax.training import optim, steps  # noqa: E402
 from resnet_jax.training.compiled import compile_train_step  # noqa: E402
+from resnet_jax.training.metrics import empty_window  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
 PEAK_TFLOPS = {("gpu", "bfloat16"): 989.0, ("gpu", "float32"): 67.0}
@@ -148,13 +149,14 @@ def _time_pipeline(pipeline: Any, one_step: Any, holder: dict, num_steps: int) -
     items = pipeline.train_epoch(0)
     if pipeline.steps_per_epoch < num_steps + 2:
         raise ValueError(f"the data has {pipeline.steps_per_epoch} batches per epoch; --steps needs {num_steps + 2}")
+    window = empty_window(1)
     for _ in range(2):
-        holder["state"], metrics = train(holder["state"], next(items))
-    jax.block_until_ready(metrics)
+        holder["state"], window = train(holder["state"], window, next(items))
+    jax.block_until_ready(window)
     t0 = time.perf_counter()
     for _ in range(num_steps):
-        holder["state"], metrics = train(holder["state"], next(items))
-    jax.block_until_ready(metrics)
+        holder["state"], window = train(holder["state"], window, next(items))
+    jax.block_until_ready(window)
     return (time.perf_counter() - t0) / num_steps
 
 

@@ -24,9 +24,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.half_precision = False  # compute in bfloat16 (parameters and BN statistics stay float32)
     c.seed = 0  # initialisation, data order and augmentation
     # > 1: train seeds seed ... seed + num_seeds - 1 together in one compiled step (data.pipeline="device");
-    # each seed's metrics and curves in <workdir>/seed<k>/ (resnet_jax.training.seeds)
+    # each seed's metrics and curves in <workdir>/seed<k>/ (resnet_jax.training.population)
     c.num_seeds = 1
-    c.seed_batching = "auto"  # several seeds: vmap (same kernels; GPU/TPU), loop (one after another; CPU), auto
+    c.seed_batching = "auto"  # several members: vmap (same kernels; GPU/TPU), loop (one after another; CPU), auto
+    # A grid of per-run scalars trained together with num_seeds seeds each, e.g.
+    # "learning_rate=0.05,0.1 weight_decay=1e-4,5e-4" (resnet_jax.training.population).
+    c.sweep = ""
 
     c.batch_size = 128  # global, over all devices and processes
     c.eval_batch_size = 500
@@ -36,22 +39,41 @@ def default_config() -> ml_collections.ConfigDict:
     c.learning_rate = 0.1
     c.lr_linear_scaling = False  # lr *= batch_size / lr_reference_batch
     c.lr_reference_batch = 256
-    c.lr_schedule = "piecewise"  # piecewise | cosine | onecycle | constant
+    c.optimizer = "sgd"  # sgd | lars | lamb (resnet_jax.training.optim.make_optimizer)
+    c.lr_schedule = "piecewise"  # piecewise | cosine | onecycle | polynomial | constant
     c.lr_boundaries = (32000, 48000)  # piecewise: steps (or epochs, see below)
     c.lr_boundaries_in_epochs = False
     c.lr_decay_factor = 0.1
-    c.warmup_epochs = 0.0  # cosine / onecycle: linear warmup length
+    c.warmup_epochs = 0.0  # cosine / onecycle / polynomial: linear warmup length
+    c.lr_power = 2.0  # polynomial: (lr - lr_end) * (1 - t / T) ** lr_power + lr_end after the warm-up
+    c.lr_end = 0.0
     c.warmup_constant_steps = 0  # > 0: hold warmup_constant_lr first (the paper's ResNet-110)
     c.warmup_constant_lr = 0.01
     c.momentum = 0.9
     c.nesterov = False
+    c.lars_trust_coefficient = 0.001
+    c.lars_eps = 0.0
+    c.lamb_b1, c.lamb_b2, c.lamb_eps = 0.9, 0.999, 1e-6
     c.weight_decay = 1e-4  # coupled (added to the gradient), as in the paper
     c.weight_decay_exclude_bn_bias = False
     c.label_smoothing = 0.0
+    c.loss = "ce"  # ce (softmax cross entropy) | bce (per-class sigmoid, timm's BinaryCrossEntropy)
     c.ema_decay = 0.0  # > 0: also keep and evaluate an EMA of the weights
+    c.ema_every_steps = 1  # update the EMA every N steps (torchvision's V2 recipe: 32)
     # A training loss above this (or not finite) stops the run as diverged; 0: 100 x ln(num_classes)
     # (resnet_jax.training.steps.divergence_bound).
     c.max_train_loss = 0.0
+
+    # Augmentations on the accelerator, inside the train step, on any pipeline (resnet_jax.data.batch_augment).
+    c.auto_augment = ""  # "" | trivial (torchvision's TrivialAugmentWide) | rand (timm's RandAugment)
+    c.randaugment_magnitude = 9.0  # rand: timm's rand-m{magnitude}-mstd{std}-inc1, `layers` ops an image
+    c.randaugment_std = 0.5
+    c.randaugment_layers = 2
+    c.random_erasing = 0.0  # probability of erasing a box of each image (torchvision's RandomErasing), to the mean
+    c.mixup_alpha = 0.0  # > 0: mixup with lambda ~ Beta(alpha, alpha) (timm's Mixup, one lambda a batch)
+    c.cutmix_alpha = 0.0  # > 0: cutmix; with both on, cutmix with probability mixup_switch_prob
+    c.mixup_prob = 1.0  # probability of mixing a batch at all
+    c.mixup_switch_prob = 0.5
 
     # Fine-tuning: start from another run's (or a converted) checkpoint.
     c.init_from = ""  # a workdir holding checkpoints/ (e.g. from python -m resnet_jax.convert)
@@ -65,7 +87,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every_epochs = 1
     c.eval_every_steps = 0  # > 0: evaluate every N steps instead (and at the last step)
     c.curves_every_seconds = 30.0  # curves.png at an evaluation at most this often (and at the last step)
-    c.checkpoint_every_steps = 0  # > 0: also checkpoint every N steps (epoch ends with eval always save)
+    # Checkpoints: every N steps and/or every M minutes, and always at the end and on SIGTERM.
+    c.checkpoint_every_steps = 0
+    c.checkpoint_every_minutes = 10.0
+    c.checkpoint_on_eval = False  # also save at every evaluation (keeps the best by eval top-1 among them)
     c.keep_checkpoints = 3  # the latest K, plus the best by eval top-1
     c.async_checkpoints = True
 
@@ -80,6 +105,12 @@ def default_config() -> ml_collections.ConfigDict:
     d.augment = "cifar"  # cifar (pad + crop + flip) | inception (random-resized crop + flip) | none
     d.crop_padding = 4
     d.crop_fraction = 0.875  # inception eval: resize to image_size / crop_fraction, center crop
+    # FixRes: side of the random-resized training crops (0 = image_size); evaluation keeps image_size / crop_fraction
+    d.train_image_size = 0
+    # FFCV's progressive resizing: "min:max:start_ramp:end_ramp" (e.g. "160:192:65:76"), the training crop size
+    # rising over epochs (resnet_jax.data.resolution; one compile per size); "" = off
+    d.progressive_resizing = ""
+    d.repeated_augmentations = 1  # copies of each image per epoch, each augmented on its own (RASampler); 1 = off
     d.cache = True  # cache decoded images in memory (small datasets)
     d.shuffle_buffer = 0  # 0 = the whole split
     d.prefetch = 2

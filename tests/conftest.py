@@ -62,6 +62,7 @@ def tiny_config(path: str, **overrides):
     c.lr_schedule = "constant"
     c.log_every_steps = 1
     c.async_checkpoints = False
+    c.checkpoint_on_eval = True  # a checkpoint at every evaluation, as the tests of faults and resumes expect
     for key, value in overrides.items():
         target = c
         *parents, leaf = key.split(".")

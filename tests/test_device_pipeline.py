@@ -14,6 +14,7 @@ from resnet_jax import parallel
 from resnet_jax.data.device import DevicePipeline
 from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.loop import train_and_evaluate
+from resnet_jax.training.metrics import empty_window
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,9 +47,10 @@ def test_epochs_are_permutations_and_batches_are_augmented():
 
 
 class Counter(flax.struct.PyTreeNode):
-    """The one field of a train state that the on-device pipeline reads."""
+    """The one field of a train state that the on-device pipeline reads, and the labels of its last batch."""
 
     step: jax.Array
+    labels: jax.Array = None
 
 
 def test_compiled_step_takes_the_batch_of_the_states_step():
@@ -59,12 +61,17 @@ def test_compiled_step_takes_the_batch_of_the_states_step():
     labels = np.arange(n, dtype=np.int32)
     p = DevicePipeline((images, labels), (images[:8], labels[:8]), tuple("abcd"), 16, 16, 0, mesh, augment_images=False)
 
-    def step_fn(state, batch):  # the batch's labels come back as the "metrics"
-        return state.replace(step=state.step + 1), batch["label"]
+    def step_fn(state, batch, hp):  # the batch's labels are kept in the state
+        zero = jnp.zeros(())
+        return state.replace(step=state.step + 1, labels=batch["label"]), {"loss": zero, "accuracy": zero,
+                                                                           "diverged": zero > 1}
 
-    run = compile_train_step(step_fn, p)
+    def run(state, item):
+        state, _ = compile_train_step(step_fn, p)(state, empty_window(1), item)
+        return state, state.labels
+
     perm, key = next(p.train_epoch(1))
-    state, taken = Counter(step=jnp.int32(4)), []  # step 4 = epoch 1, batch 0
+    state, taken = Counter(step=jnp.int32(4), labels=jnp.zeros(16, jnp.int32)), []  # step 4 = epoch 1, batch 0
     for item in p.train_epoch(1):
         state, batch_labels = run(state, item)
         taken.append(np.asarray(batch_labels))
@@ -72,7 +79,8 @@ def test_compiled_step_takes_the_batch_of_the_states_step():
     np.testing.assert_array_equal(np.stack(taken), np.stack(want))
     resumed = list(p.train_epoch(1, start_step=2))
     assert len(resumed) == 2
-    _, batch_labels = run(Counter(step=jnp.int32(6)), resumed[0])  # resumed at step 6 = batch 2 of epoch 1
+    # resumed at step 6 = batch 2 of epoch 1
+    _, batch_labels = run(Counter(step=jnp.int32(6), labels=jnp.zeros(16, jnp.int32)), resumed[0])
     np.testing.assert_array_equal(np.asarray(batch_labels), want[2])
 
 
@@ -93,6 +101,7 @@ def test_imports_and_trains_without_tensorflow():
         from resnet_jax.data.device import DevicePipeline
         from resnet_jax.training import optim, steps
         from resnet_jax.training.compiled import compile_train_step
+        from resnet_jax.training.metrics import empty_window
         from resnet_jax.training.state import create_train_state
         c = default_config()
         mesh = parallel.make_mesh()
@@ -105,9 +114,9 @@ def test_imports_and_trains_without_tensorflow():
             steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.0, ema_decay=0.0),
             p)
         for item in p.train_epoch(0):
-            state, m = step(state, item)
+            state, window = step(state, empty_window(1), item)
         assert "tensorflow" not in sys.modules
-        print("ok", int(state.step), float(m["loss"]))
+        print("ok", int(state.step), float(window["loss"]))
     """)
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)

@@ -66,7 +66,7 @@ def test_seeds_trained_together_equal_each_seed_trained_alone(image_folder, tmp_
         assert info["seed"] == k and info["metrics"]["top1"] == pytest.approx(alone["eval"]["top1"])
         for key, x in leaves(alone_variables).items():
             np.testing.assert_allclose(leaves(variables)[key], x, rtol=1e-4, atol=5e-5, err_msg=key)
-    with pytest.raises(ConfigError, match="holds 2 seeds trained together: restore one with seed=k"):
+    with pytest.raises(ConfigError, match="holds 2 networks trained together: restore one with member=k"):
         resnet_jax.restore(str(tmp_path / "k2"))
     with pytest.raises(CheckpointMismatchError, match="num_seeds=2, but this run has num_seeds=3"):
         train_and_evaluate(tiny_config(image_folder, num_train_steps=8, num_seeds=3, **DEVICE), str(tmp_path / "k2"))
@@ -81,9 +81,9 @@ def test_seeds_need_the_device_pipeline_and_their_own_initialisation(image_folde
         train_and_evaluate(tiny_config(image_folder, num_seeds=2, init_from="x", **DEVICE), str(tmp_path / "b"))
 
 
-def test_seeds_killed_with_sigkill_and_restarted_end_where_the_uninterrupted_run_does(image_folder, tmp_path):
-    """2 seeds, killed by SIGKILL in step 5 (checkpoint at step 4, mid-epoch),
-    then the same run again: bit-identical to an uninterrupted run."""
+def test_a_population_killed_with_sigkill_and_restarted_ends_where_the_uninterrupted_run_does(image_folder, tmp_path):
+    """2 learning rates x 2 seeds, killed by SIGKILL in step 5 (checkpoint at
+    step 4, mid-epoch), then the same run again: bit-identical to an uninterrupted run."""
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""
         import os, signal, sys
@@ -102,7 +102,8 @@ def test_seeds_killed_with_sigkill_and_restarted_end_where_the_uninterrupted_run
                 os.kill(os.getpid(), signal.SIGKILL)
 
         checkpoint.Checkpointer.save = save_then_kill
-        cfg = dict(num_train_steps=8, num_seeds=2, checkpoint_every_steps=2, **{DEVICE!r})
+        cfg = dict(num_train_steps=8, num_seeds=2, sweep="learning_rate=0.01,0.02", checkpoint_every_steps=2,
+                   **{DEVICE!r})
         train_and_evaluate(tiny_config({image_folder!r}, **cfg), workdir)
     """))
 
@@ -119,6 +120,6 @@ def test_seeds_killed_with_sigkill_and_restarted_end_where_the_uninterrupted_run
     assert "Resumed from" in resumed.stdout and "at step 4" in resumed.stdout
     a = leaves(Checkpointer(str(tmp_path / "straight")).restore_tree(8))
     b = leaves(Checkpointer(str(tmp_path / "resumed")).restore_tree(8))
-    assert a.keys() == b.keys() and a["['params']['head']['kernel']"].shape[0] == 2
+    assert a.keys() == b.keys() and a["['params']['head']['kernel']"].shape[0] == 4
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)

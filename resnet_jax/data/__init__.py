@@ -21,8 +21,12 @@ from resnet_jax.data.pipeline import Pipeline
 from resnet_jax.errors import ConfigError, MissingDependencyError
 
 
-def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Pipeline:
-    """The pipeline `config.data.pipeline` names: "tfds" (tf.data), "grain" or "device"."""
+def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: int | list[int] | None = None) -> Pipeline:
+    """The pipeline `config.data.pipeline` names: "tfds" (tf.data), "grain" or "device".
+
+    `seeds`: the data seed of each network trained together (the on-device
+    pipeline draws each one's batches; default ``config.seed``); the host
+    pipelines serve one stream, shared by networks of the same seed."""
     cfg = config.data
     if cfg.pipeline == "tfds":
         from resnet_jax.data.tfds import TFDataPipeline
@@ -41,10 +45,16 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh) -> Pipeline:
     if cfg.pipeline == "device":
         from resnet_jax.data.device import DevicePipeline
 
+        host_only = {"train_image_size": 0, "progressive_resizing": "", "repeated_augmentations": 1}
+        for field, off in host_only.items():
+            if cfg.get(field, off) != off:
+                raise ConfigError(f"data.{field} is for the random-resized crops of the tfds and grain pipelines; "
+                                  "data.pipeline='device' has one image size and no sampler")  # fmt: skip
+
         train, evaluation, names = _load_arrays(cfg)
-        seeds = config.seed if config.num_seeds == 1 else [config.seed + k for k in range(config.num_seeds)]
         return DevicePipeline(
-            train, evaluation, names, config.batch_size, config.eval_batch_size, seeds, mesh,
+            train, evaluation, names, config.batch_size, config.eval_batch_size,
+            config.seed if seeds is None else seeds, mesh,
             crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
         )
     raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds', 'grain' or 'device'")

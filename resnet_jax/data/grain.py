@@ -28,7 +28,12 @@ Order and randomness: training batch ``k`` (counted from the run's first step)
 is a function of (seed, k) only. Epoch ``e = k // steps_per_epoch`` reads this
 process's share in the order of a permutation drawn from (seed, e, share); each
 example's crop and flip come from a generator seeded by (seed, e, share, its
-position in the epoch); the number of workers changes no batch. The training
+position in the epoch); the number of workers changes no batch. With
+``repeated_augmentations`` r > 1, position p reads the (p // r)-th example of the
+order: r copies, each augmented with its own draw, of the epoch's first
+examples (`resnet_jax.data.repeated`). Training crops of epoch ``e`` are
+``resolution.train_resolution(e)`` pixels (FixRes's ``train_image_size`` or
+FFCV's ``progressive_resizing``); evaluation stays at ``image_size``. The training
 stream is one Grain iterator (`TrainIterator`) that runs on across epochs; the
 trainer saves its state with every checkpoint (Grain's Orbax handler) and
 restores it on resume, so a run killed mid-epoch continues with exactly the
@@ -64,7 +69,7 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh
 
-from resnet_jax.data import augment, folder
+from resnet_jax.data import augment, folder, repeated, resolution
 from resnet_jax.data.pipeline import Batch, DataInfo, check_class_names, padded_eval_batches
 from resnet_jax.errors import DatasetError
 
@@ -135,12 +140,13 @@ class Decoder:
     crop_padding: int
     crop_fraction: float
 
-    def __call__(self, file: Any, name: str, rng: np.random.Generator | None) -> np.ndarray:
+    def __call__(self, file: Any, name: str, rng: np.random.Generator | None, crop_size: int = 0) -> np.ndarray:
+        """`crop_size` (> 0): the size of a training crop, instead of ``size`` (`resolution`)."""
         if self.augment == "inception":
             with folder.open_image(file, name) as image:
                 if rng is None:
                     return augment.pil_center_crop(image, self.size, self.crop_fraction)
-                return augment.pil_inception_crop(image, rng, self.size, self.crop_fraction)
+                return augment.pil_inception_crop(image, rng, crop_size or self.size, self.crop_fraction)
         image = folder.load_rgb(file, (self.size, self.size), name)
         if self.augment == "cifar" and rng is not None:
             return augment.np_crop_flip(image, rng, self.crop_padding)
@@ -150,13 +156,17 @@ class Decoder:
 @dataclass
 class TrainExamples:
     """Example ``i`` of the training stream, decoded and augmented: position
-    ``i % epoch_length`` of epoch ``i // epoch_length``. Runs in the workers."""
+    ``i % epoch_length`` of epoch ``i // epoch_length``, which reads example
+    ``order(epoch)[position // repeats]`` of the share (`repeated`) and crops it
+    to ``sizes.at(epoch)`` (`resolution`). Runs in the workers."""
 
     share: Share
     decoder: Decoder
     epoch_length: int  # steps_per_epoch * batch size: the rest of the share serves as stand-ins
     seed: int
     skip_bad: bool
+    sizes: resolution.TrainSizes | None = None  # None: the decoder's size in every epoch
+    repeats: int = 1  # copies of each example in an epoch (repeated augmentation)
     _order: tuple[int, np.ndarray] | None = field(default=None, repr=False)
 
     def order(self, epoch: int) -> np.ndarray:
@@ -170,10 +180,12 @@ class TrainExamples:
         epoch, position = divmod(int(i), self.epoch_length)
         order = self.order(epoch)
         rng = np.random.default_rng([self.seed, _EXAMPLE, epoch, self.share.options.shard_index, position])
+        crop_size = 0 if self.sizes is None else self.sizes.at(epoch)
+        selected = position // self.repeats
         for attempt in range(len(order)):  # an unreadable file's stand-in: the next example of the order
-            file, label, name = self.share[int(order[(position + attempt) % len(order)])]
+            file, label, name = self.share[int(order[(selected + attempt) % len(order)])]
             try:
-                return {"image": self.decoder(file, name, rng), "label": np.int32(label)}
+                return {"image": self.decoder(file, name, rng, crop_size), "label": np.int32(label)}
             except folder.BadImageError as e:
                 if not self.skip_bad:
                     raise _named(e) from None
@@ -364,6 +376,8 @@ class GrainPipeline:
         if not flags.FLAGS.is_parsed():  # grain 0.2 reads an absl flag when it starts a worker
             flags.FLAGS.mark_as_parsed()
         self.cfg, self.mesh = cfg, mesh
+        self.train_sizes = resolution.train_sizes(cfg)  # checks the options before any file is read
+        repeats = repeated.repeats(cfg)
         self.batch_size = batch_size // jax.process_count()
         self.eval_batch_size = eval_batch_size // jax.process_count()
         self.workers = default_workers() if cfg.workers < 0 else cfg.workers
@@ -377,7 +391,9 @@ class GrainPipeline:
         self.num_eval_batches = -(-largest_share // self.eval_batch_size)
         decoder = Decoder(cfg.image_size, cfg.augment, cfg.crop_padding, cfg.crop_fraction)
         length = self.steps_per_epoch * self.batch_size
-        train_examples = TrainExamples(self._train, decoder, max(length, 1), seed, cfg.skip_bad_images)
+        train_examples = TrainExamples(
+            self._train, decoder, max(length, 1), seed, cfg.skip_bad_images, self.train_sizes, repeats
+        )
         self._eval_examples = EvalExamples(self._eval, decoder, cfg.skip_bad_images)
         stream = functools.partial(_training_stream, train_examples, self.batch_size, self.workers, cfg.prefetch)
         self.data_iterator = TrainIterator(stream, self.workers)

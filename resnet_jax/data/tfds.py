@@ -10,6 +10,13 @@ Determinism: the order of epoch ``e`` depends only on (seed, e), and each
 example's augmentation on (seed, e, position), so a run restarted at step ``k``
 of an epoch sees exactly the batches the uninterrupted run would have seen.
 
+Options of today's ImageNet recipes: training crops of epoch ``e`` are
+``resolution.train_resolution(e)`` pixels (FixRes's ``train_image_size``, FFCV's
+``progressive_resizing``) while evaluation stays at ``image_size``; with
+``repeated_augmentations`` r > 1 (`resnet_jax.data.repeated`), each epoch draws
+``ceil(length / r)`` examples of the share from (seed, e), shuffles them and
+repeats each r times in a row, every copy augmented with its own position's seed.
+
 This module imports TensorFlow; the rest of the package does not.
 """
 
@@ -27,7 +34,7 @@ import tensorflow_datasets as tfds
 from jax.sharding import Mesh
 
 from resnet_jax import parallel
-from resnet_jax.data import augment, folder
+from resnet_jax.data import augment, folder, repeated, resolution
 from resnet_jax.data.pipeline import Batch, DataInfo, check_class_names, padded_eval_batches
 from resnet_jax.errors import DatasetError
 
@@ -80,6 +87,8 @@ class TFDataPipeline:
         """
         self.cfg, self.mesh = cfg, mesh
         self.seed = seed
+        self.train_sizes = resolution.train_sizes(cfg)  # checks the options before any file is read
+        self.repeats = repeated.repeats(cfg)
         self.batch_size = batch_size // jax.process_count()
         self.eval_batch_size = eval_batch_size // jax.process_count()
         self.builder = _builder(cfg)
@@ -89,7 +98,8 @@ class TFDataPipeline:
                 raise DatasetError(f"dataset has no split {split!r}; it has {sorted(splits)}")
         self._bad_files = self._verify_folder() if cfg.path else frozenset()
         self._train = self._encoded(cfg.train_split)
-        train_counts = parallel.gather_from_processes(self._count(self._train))
+        self._local_train = self._count(self._train)  # this process's share, perhaps larger than the smallest
+        train_counts = parallel.gather_from_processes(self._local_train)
         self._eval_counts = parallel.gather_from_processes(self._count(self._encoded(cfg.eval_split)))
         # Every process must run as many steps: the smallest shard sets the epoch length.
         self._num_local_train = int(train_counts.min())
@@ -99,7 +109,9 @@ class TFDataPipeline:
             num_eval=int(self._eval_counts.sum()),
             image_size=cfg.image_size,
         )
-        if cfg.cache:
+        if cfg.cache and cfg.augment == "inception":  # crops are cut from the encoded file: cache that
+            self._train = self._train.cache()
+        elif cfg.cache:
             size = (cfg.image_size, cfg.image_size)
             self._train = self._train.map(lambda x, y: (augment.tf_decode(x, size), y), AUTOTUNE).cache()
 
@@ -141,13 +153,18 @@ class TFDataPipeline:
         return self._num_local_train // self.batch_size
 
     def train_epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
-        """This process's training batches of `epoch`, from batch `start_step` on."""
-        cfg, size = self.cfg, self.cfg.image_size
-        epoch_seed = np.random.SeedSequence([self.seed, epoch]).generate_state(2)
-        ds = self._train.shuffle(
-            cfg.shuffle_buffer or self._num_local_train, seed=int(epoch_seed[0]), reshuffle_each_iteration=False
-        )
-        ds = ds.take(self.steps_per_epoch * self.batch_size).enumerate().skip(start_step * self.batch_size)
+        """This process's training batches of `epoch`, from batch `start_step` on, with
+        crops of ``train_resolution(epoch)`` pixels."""
+        cfg, size = self.cfg, self.train_sizes.at(epoch)
+        epoch_seed = np.random.SeedSequence([self.seed, epoch]).generate_state(3)  # shuffle, crops, selection
+        length = self.steps_per_epoch * self.batch_size
+        if self.repeats == 1:
+            ds = self._train.shuffle(
+                cfg.shuffle_buffer or self._num_local_train, seed=int(epoch_seed[0]), reshuffle_each_iteration=False
+            )
+        else:
+            ds = self._repeated(length, int(epoch_seed[0]), int(epoch_seed[2]))
+        ds = ds.take(length).enumerate().skip(start_step * self.batch_size)
         base_seed = tf.constant([int(epoch_seed[1]) % 2**31, 0], tf.int64)
 
         def preprocess(i: Any, example: tuple[Any, Any]) -> tuple[Any, Any]:
@@ -167,6 +184,18 @@ class TFDataPipeline:
         ds = ds.batch(self.batch_size, drop_remainder=True).prefetch(cfg.prefetch)
         for image, label in ds.as_numpy_iterator():
             yield {"image": image, "label": label}
+
+    def _repeated(self, length: int, shuffle_seed: int, select_seed: int) -> tf.data.Dataset:
+        """An epoch of repeated augmentation: ``ceil(length / r)`` examples of the share drawn
+        with `select_seed` (from all of it, whatever ``shuffle_buffer``), shuffled, each r times
+        in a row (`resnet_jax.data.repeated`)."""
+        r, selected = self.repeats, repeated.num_selected(length, self.repeats)
+        keep = np.zeros(self._local_train, bool)
+        keep[np.random.default_rng(select_seed).permutation(self._local_train)[:selected]] = True
+        keep_t = tf.constant(keep)
+        ds = self._train.enumerate().filter(lambda i, _: keep_t[i]).map(lambda _, example: example)
+        ds = ds.shuffle(self.cfg.shuffle_buffer or selected, seed=shuffle_seed, reshuffle_each_iteration=False)
+        return ds.flat_map(lambda image, label: tf.data.Dataset.from_tensors((image, label)).repeat(r))
 
     def eval_batches(self) -> Iterator[Batch]:
         """This process's share of every evaluation example once, padded and masked."""

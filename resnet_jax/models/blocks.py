@@ -26,6 +26,14 @@ so that the projection sees every input pixel instead of one in four.
 
 In pre-activation blocks a projection is a bare 1x1 convolution applied to the
 pre-activated input, as in the authors' code and in Wide ResNets.
+
+Stochastic depth ("Deep Networks with Stochastic Depth", Huang et al. 2016):
+a block's ``drop_path_rate`` > 0 multiplies its residual branch, before the
+shortcut is added, by a per-example Bernoulli(1 - rate) mask divided by
+1 - rate (`drop_path`, timm's ``drop_path(..., scale_by_keep=True)``). It is
+active only when ``deterministic=False`` (training) and draws from the Flax rng
+stream ``"dropout"``; otherwise the block is unchanged. A block without a
+shortcut (plain network) has no branch to drop and refuses a rate > 0.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from resnet_jax.errors import ConfigError
 from resnet_jax.models.conv import conv_general_dilated
 
 ModuleDef = Any
@@ -142,6 +151,18 @@ def avg_pool_ceil(x: jax.Array, size: int) -> jax.Array:
     return y.astype(x.dtype)  # the divisor is float32
 
 
+def drop_path(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Stochastic depth per example: zero whole examples of `x` with probability `rate`, scale the rest by 1/(1-rate).
+
+    timm's ``drop_path(x, rate, training=True, scale_by_keep=True)``; the identity when `rate` is 0 (`key` unused).
+    """
+    if rate == 0.0:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1)).astype(x.dtype)
+    return x * (mask * (1.0 / keep) if keep > 0.0 else mask)
+
+
 def _zero_pad_shortcut(x: jax.Array, features: int, strides: int) -> jax.Array:
     """Option A: subsample spatially, zero-pad the extra channels (no parameters)."""
     if strides > 1:
@@ -167,6 +188,8 @@ class _Block(nn.Module):
     act: Callable = nn.relu
     zero_init_residual: bool = False
     avg_down: bool = False
+    drop_path_rate: float = 0.0
+    deterministic: bool | None = None  # no stochastic depth when True; must be set when drop_path_rate > 0
 
     def project(self, x: jax.Array, features: int) -> jax.Array:
         """The 1x1 projection of a shortcut: strided, or ResNet-D's average pool then stride 1."""
@@ -199,7 +222,22 @@ class _Block(nn.Module):
         return nn.initializers.zeros if self.zero_init_residual else conv_init
 
     def add(self, branch: jax.Array, shortcut: Callable[[], jax.Array]) -> jax.Array:
-        return branch if self.shortcut is None else branch + shortcut()
+        """``branch + shortcut()``, stochastic depth applied to the branch (the branch alone in a plain block)."""
+        if self.shortcut is None:
+            if self.drop_path_rate > 0.0:
+                raise ConfigError("drop_path_rate > 0 needs a shortcut: a plain block (shortcut=None) has no residual")
+            return branch
+        return self.drop_branch(branch) + shortcut()
+
+    def drop_branch(self, branch: jax.Array) -> jax.Array:
+        """`drop_path` of the residual branch when training with a rate > 0, with a key of the "dropout" stream."""
+        if self.drop_path_rate == 0.0:
+            return branch
+        if self.deterministic is None:
+            raise ValueError("a block with drop_path_rate > 0 needs deterministic=True (eval) or False (training)")
+        if self.deterministic:
+            return branch
+        return drop_path(branch, self.drop_path_rate, self.make_rng("dropout"))
 
 
 class BasicBlock(_Block):

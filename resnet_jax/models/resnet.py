@@ -49,18 +49,37 @@ STEMS = ("imagenet", "deep", "cifar")
 head_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+def drop_path_rates(stage_sizes: Sequence[int], rate: float) -> tuple[tuple[float, ...], ...]:
+    """Stochastic-depth rate of every block, per stage: ``rate * k / (num_blocks - 1)`` for block k of the network.
+
+    Linear in depth, from 0 (first block) to `rate` (last block), over all blocks in order, as timm's
+    ``resnet.make_blocks``: ``block_dpr = drop_path_rate * net_block_idx / (net_num_blocks - 1)``
+    (a one-block network, where timm divides by zero, gets 0).
+    """
+    num_blocks = sum(stage_sizes)
+    rates = [rate * k / max(num_blocks - 1, 1) for k in range(num_blocks)]
+    starts = [sum(stage_sizes[:i]) for i in range(len(stage_sizes))]
+    return tuple(tuple(rates[start : start + size]) for start, size in zip(starts, stage_sizes))
+
+
 class Stage(nn.Module):
-    """`size` blocks of the same width; the first one applies `strides`."""
+    """`size` blocks of the same width; the first one applies `strides`.
+
+    `drop_path_rates`: each block's stochastic-depth rate (default: none).
+    """
 
     block: ModuleDef
     size: int
     filters: int
     strides: int
+    drop_path_rates: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        rates = self.drop_path_rates or (0.0,) * self.size
         for j in range(self.size):
-            x = self.block(filters=self.filters, strides=self.strides if j == 0 else 1, name=f"block{j}")(x)
+            strides = self.strides if j == 0 else 1
+            x = self.block(filters=self.filters, strides=strides, drop_path_rate=rates[j], name=f"block{j}")(x)
         return x
 
 
@@ -86,6 +105,13 @@ class ResNet(nn.Module):
         statistics stay float32, and logits are returned as float32.
       bn_momentum, bn_epsilon: torchvision's numerics by default.
       bn_one_pass: batch-norm variance in one pass (faster, less exact; see `BatchNorm`).
+      drop_path_rate: stochastic depth (timm's ``drop_path_rate``): in training,
+        block k of the network's n blocks drops its residual branch per example
+        with probability ``drop_path_rate * k / (n - 1)`` (see `drop_path_rates`
+        and `blocks.drop_path`). With a rate > 0, training needs a "dropout" rng:
+        ``model.apply(variables, x, train=True, mutable=["batch_stats"],
+        rngs={"dropout": key})``. No new variables; a plain network
+        (shortcut=None) refuses a rate > 0.
     """
 
     stage_sizes: Sequence[int]
@@ -104,6 +130,7 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_one_pass: bool = False
+    drop_path_rate: float = 0.0
 
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         """Logits (float32) of a batch of normalised NHWC images."""
@@ -126,6 +153,13 @@ class ResNet(nn.Module):
             raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         if self.stem not in STEMS:
             raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if not 0.0 <= self.drop_path_rate <= 1.0:
+            raise ConfigError(f"drop_path_rate must be in [0, 1], got {self.drop_path_rate!r}")
+        if self.drop_path_rate > 0.0 and self.shortcut is None:
+            raise ConfigError(
+                f"drop_path_rate={self.drop_path_rate} needs residual blocks: a plain network (shortcut=None) "
+                "has no residual branch to drop"
+            )
         conv_ = functools.partial(conv, dtype=self.dtype)
         norm = functools.partial(
             BatchNorm,
@@ -143,6 +177,7 @@ class ResNet(nn.Module):
             shortcut=self.shortcut,
             zero_init_residual=self.zero_init_residual,
             avg_down=self.avg_down,
+            deterministic=not train,
         )
         if self.block in (Bottleneck, PreActBottleneck):
             block = functools.partial(
@@ -165,8 +200,9 @@ class ResNet(nn.Module):
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         features = {"stem": x}
 
+        rates = drop_path_rates(self.stage_sizes, self.drop_path_rate)
         for i, (size, filters) in enumerate(zip(self.stage_sizes, self.stage_widths)):
-            x = Stage(block, size, filters, strides=1 if i == 0 else 2, name=f"stage{i + 1}")(x)
+            x = Stage(block, size, filters, 1 if i == 0 else 2, drop_path_rates=rates[i], name=f"stage{i + 1}")(x)
             features[f"stage{i + 1}"] = x
 
         if preact:

@@ -20,7 +20,7 @@ import numpy as np
 from resnet_jax.plot import read_metrics
 from resnet_jax.reproduce.report import depth
 from resnet_jax.reproduce.study import Run
-from resnet_jax.training.seeds import seed_workdirs
+from resnet_jax.training import population
 
 
 def _depth_colors(models: Sequence[str]) -> dict[int, str]:
@@ -38,7 +38,7 @@ def _over_seeds(curves: list[dict[int, float]]) -> tuple[list[int], np.ndarray, 
 def _error_curves(run: Run, split: str, key: str) -> list[dict[int, float]]:
     """``{step: error %}`` of each seed of `run` (skipping seeds not started yet)."""
     curves = []
-    for seed_dir in seed_workdirs(run.workdir, run.num_seeds):
+    for seed_dir in population.member_dirs(run.workdir, population.from_config(run.config)):
         try:
             records = read_metrics(seed_dir).get(split, [])
         except FileNotFoundError:

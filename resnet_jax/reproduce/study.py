@@ -2,7 +2,7 @@
 
 Each run is an ordinary training run in ``<study workdir>/<model>/``; with
 several seeds they train together in one step (``config.num_seeds``,
-`resnet_jax.training.seeds`), each seed's metrics in ``<model>/seed<k>/``. A
+`resnet_jax.training.population`: a population of seeds), each seed's metrics in ``<model>/seed<k>/``. A
 finished run holds ``result.json`` (per seed: its errors, parameters and
 Figure 7 statistic); running the study again skips it and resumes any
 unfinished one from its latest checkpoint.

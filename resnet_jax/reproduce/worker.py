@@ -28,7 +28,7 @@ from resnet_jax.data.augment import normalize
 from resnet_jax.errors import EXIT_PREEMPTED, Preempted, exit_on_user_error
 from resnet_jax.models.responses import response_std
 from resnet_jax.reproduce.study import RESULT_FILE, write_json
-from resnet_jax.training import seeds
+from resnet_jax.training import population
 from resnet_jax.training.checkpoint import Checkpointer, restore
 from resnet_jax.training.loop import train_and_evaluate
 
@@ -68,10 +68,11 @@ def summarize(config: ml_collections.ConfigDict, workdir: str, data_label: str) 
     evaluation interval), parameters, steps and seconds of a finished run, from
     its metrics and latest checkpoint."""
     out = []
-    for k, seed_dir in enumerate(seeds.seed_workdirs(workdir, config.num_seeds)):
+    members = population.from_config(config)
+    for k, seed_dir in enumerate(population.member_dirs(workdir, members)):
         records = plot.read_metrics(seed_dir)
         evals, train = records["eval"], records["train"]
-        model, variables, _ = restore(workdir, "latest", seed=k if config.num_seeds > 1 else None)
+        model, variables, _ = restore(workdir, "latest", member=k if members.size > 1 else None)
         out.append({
             "model": config.model,
             "seed": int(config.seed) + k,

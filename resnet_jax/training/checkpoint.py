@@ -48,7 +48,7 @@ from resnet_jax.errors import (
     UserError,
     warn,
 )
-from resnet_jax.training import seeds
+from resnet_jax.training import population as pop
 from resnet_jax.training.state import step_of
 
 DAMAGED_DIR = "checkpoints.damaged"
@@ -59,11 +59,15 @@ def run_metadata(
 ) -> dict[str, Any]:
     """What a checkpoint carries to rebuild its model without the config file, and
     what gives its steps and labels their meaning (checked on resume: `RESUME_FIXED`)."""
+    members = pop.from_config(config)
     return {
         "model": config.model,
         "model_kwargs": json.loads(json.dumps(config.model_kwargs.to_dict())),  # as saved: tuples become lists
-        "num_seeds": int(config.num_seeds),  # > 1: the arrays stack the seeds on a leading axis
-        "seeds": seeds.seed_values(config),
+        "num_seeds": int(config.num_seeds),  # seeds of each point of the sweep
+        "seeds": [int(config.seed) + k for k in range(int(config.num_seeds))],
+        "num_members": members.size,  # > 1: the arrays stack the members on a leading axis
+        "members": members.describe(),  # each member's seed and swept values
+        "member_names": [os.path.basename(d) for d in pop.member_dirs("", members)] if members.size > 1 else [],
         "half_precision": bool(config.half_precision),
         "num_classes": len(class_names),
         "class_names": list(class_names),
@@ -81,7 +85,8 @@ def run_metadata(
 # step and the schedule; the class names in order fix what each output is). A
 # checkpoint written before a field existed is not checked on that field.
 RESUME_FIXED = (
-    "model", "model_kwargs", "num_classes", "num_seeds", "seeds", "class_names", "batch_size", "num_train_examples",
+    "model", "model_kwargs", "num_classes", "num_seeds", "seeds", "members", "class_names", "batch_size",
+    "num_train_examples",
 )  # fmt: skip
 
 
@@ -473,28 +478,31 @@ def _first_readable(ckpt: Checkpointer, step: int | str | None, read: Callable[[
 
 
 def restore(
-    workdir: str, step: int | str | None = None, ema: bool = False, seed: int | None = None
+    workdir: str, step: int | str | None = None, ema: bool = False, member: int | None = None
 ) -> tuple[Any, dict, dict]:
     """Rebuilds the model of a training run and loads its variables.
 
     Args:
-      workdir: the run's workdir (holding ``checkpoints/``), or the ``seed<k>``
-        folder of a run that trained several seeds together.
+      workdir: the run's workdir (holding ``checkpoints/``), or a member's
+        folder of a run that trained a population (``seed<k>``, or one named by
+        its swept values).
       step: a step number, "latest" (default) or "best" (highest eval top-1;
-        the mean over seeds for several).
+        the mean over the members of a population).
       ema: load the EMA weights (if the run kept them).
-      seed: which of the seeds trained together (0 ... num_seeds - 1); needed
-        for such a run unless `workdir` is a ``seed<k>`` folder.
+      member: which member of a population (0 ... K - 1, in the order of its
+        checkpoint's ``members``); needed for such a run unless `workdir` is a
+        member's folder.
 
     Returns:
       ``(model, variables, info)``: a Flax module, ``{"params", "batch_stats"}``
       for ``model.apply(variables, images, train=False)`` (images normalised
       with ``info["mean"]``/``info["std"]``; see `preprocess`), and the
-      checkpoint's metadata (class names, image size, metrics, step, config).
+      checkpoint's metadata (class names, image size, metrics, step, config;
+      a member's own seed, values and metrics).
     """
-    parent = seeds.packed_parent(workdir)
-    if parent is not None and seed is None:
-        workdir, seed = parent
+    parent = pop.member_folder(workdir, read_metadata)
+    if parent is not None and member is None:
+        workdir, member = parent
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise NotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
     ckpt = Checkpointer(workdir, async_save=False)
@@ -503,7 +511,7 @@ def restore(
     finally:
         ckpt.close()
     step = info["step"]
-    tree, info = _one_seed(tree, info, workdir, seed)
+    tree, info = _one_member(tree, info, workdir, member)
     dtype = jnp.bfloat16 if info.get("half_precision") else jnp.float32
     model = models.create(info["model"], num_classes=info["num_classes"], dtype=dtype, **info["model_kwargs"])
     prefix = "ema_" if ema else ""
@@ -513,23 +521,25 @@ def restore(
     return model, variables, info
 
 
-def _one_seed(tree: dict, info: dict, workdir: str, seed: int | None) -> tuple[dict, dict]:
-    """Seed `seed` of a checkpoint of seeds trained together, with its own
-    metrics and seed in the metadata; a checkpoint of one seed as it is."""
-    num_seeds = info.get("num_seeds", 1)
-    if num_seeds == 1:
-        if seed not in (None, 0):
-            raise ConfigError(f"{workdir!r} trained one seed; there is no seed index {seed}")
+def _one_member(tree: dict, info: dict, workdir: str, member: int | None) -> tuple[dict, dict]:
+    """Member `member` of a checkpoint of a population, with its own metrics,
+    seed and values in the metadata; a checkpoint of one member as it is."""
+    size = pop.stacked_size(info)
+    if size == 1:
+        if member not in (None, 0):
+            raise ConfigError(f"{workdir!r} trained one network; there is no member {member}")
         return tree, info
-    if seed is None or not 0 <= seed < num_seeds:
+    if member is None or not 0 <= member < size:
+        names = info.get("member_names") or [pop.SEED_DIR.format(k) for k in range(size)]
         raise ConfigError(
-            f"{workdir!r} holds {num_seeds} seeds trained together: restore one with seed=k (0 to {num_seeds - 1}) "
-            f"or from its folder {os.path.join(workdir, seeds.SEED_DIR.format(0))!r}"
+            f"{workdir!r} holds {size} networks trained together: restore one with member=k (0 to {size - 1}) "
+            f"or from its folder {os.path.join(workdir, names[0])!r}"
         )
     metrics = info.get("metrics") or {}
-    info = {**info, "seed": info["seeds"][seed], "seed_index": seed, "num_seeds": 1}
-    info["metrics"] = metrics["per_seed"][seed] if "per_seed" in metrics else None
-    return seeds.take(tree, seed), info
+    described = info.get("members") or [{"seed": s} for s in info["seeds"]]
+    info = {**info, **described[member], "member": member, "num_members": 1, "num_seeds": 1}
+    info["metrics"] = metrics["per_seed"][member] if "per_seed" in metrics else None
+    return pop.take(tree, member), info
 
 
 def read_metadata(workdir: str, step: int | str | None = None) -> dict[str, Any]:

@@ -9,8 +9,12 @@ by either kind of pipeline (`resnet_jax.data.pipeline`):
   per epoch)`: nothing goes from the host per step, and a restored state
   resumes at its own batch.
 
-Seeds trained together (a state stacked on a leading axis) run in the same
-step, vmapped or looped (`parallel.over_seeds`).
+The members of a population (a state stacked on a leading axis, with their
+own hyperparameters) run in the same step, vmapped or looped
+(`population.over_members`); host batches are shared by the members (they
+share a seed), an on-device pipeline draws each member's own. The step also
+adds its metrics to the log window's running sums (`metrics.accumulate`), so
+that logging costs the loop no call of its own.
 """
 
 from __future__ import annotations
@@ -23,32 +27,52 @@ from jax.sharding import Mesh
 
 from resnet_jax import parallel
 from resnet_jax.data.pipeline import Batch, OnDevicePipeline, Pipeline
+from resnet_jax.training import population
+from resnet_jax.training.metrics import Window, accumulate
 
-StepFn = Callable[[Any, Batch], tuple[Any, dict[str, jax.Array]]]
-TrainStep = Callable[[Any, Any], tuple[Any, dict[str, jax.Array]]]
+StepFn = Callable[[Any, Batch, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]
+TrainStep = Callable[[Any, Window, Any], tuple[Any, Window]]
 
 
-def compile_train_step(step_fn: StepFn, pipeline: Pipeline, seed_batching: str = "auto") -> TrainStep:
-    """``train(state, item)`` for each item of ``pipeline.train_epoch``: `step_fn`
-    (a pure ``(state, batch) -> (state, metrics)``) compiled once with the state donated."""
+def compile_train_step(
+    step_fn: StepFn,
+    pipeline: Pipeline,
+    hp: dict[str, jax.Array] | None = None,
+    size: int = 1,
+    seed_batching: str = "auto",
+) -> TrainStep:
+    """``train(state, window, item) -> (state, window)`` for each item of
+    ``pipeline.train_epoch``: `step_fn` (a pure ``(state, batch, hp) -> (state,
+    metrics)``) compiled once, over the `size` members of a population with
+    their hyperparameters `hp` (per-member arrays; empty for one member), with
+    the state and the log window donated."""
+    hp = hp or {}
     if isinstance(pipeline, OnDevicePipeline):
-        return _on_device(step_fn, pipeline, seed_batching)
-    return compile_host_step(step_fn, pipeline.mesh)
+        steps_per_epoch = pipeline.steps_per_epoch
+
+        def one(state: Any, hp: dict, data: Batch, *inputs: Any) -> tuple[Any, dict[str, jax.Array]]:
+            return step_fn(state, pipeline.make_batch(data, *inputs, state.step % steps_per_epoch), hp)
+
+        member = population.over_members(one, (0, 0, None, 0, 0), size, seed_batching)
+    else:
+        member = population.over_members(lambda s, h, b: step_fn(s, b, h), (0, 0, None), size, seed_batching)
+
+    def step(state: Any, window: Window, *args: Any) -> tuple[Any, Window]:
+        state, metrics = member(state, hp, *args)
+        return state, accumulate(window, metrics)
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    if isinstance(pipeline, OnDevicePipeline):
+        return lambda state, window, inputs: jitted(state, window, pipeline.data, *inputs)
+    return _host(jitted, pipeline.mesh)
 
 
-def compile_host_step(step_fn: StepFn, mesh: Mesh) -> TrainStep:
-    """``jit(step_fn)`` with the state donated, fed this process's host batches."""
+def _host(jitted: Callable, mesh: Mesh) -> TrainStep:
+    return lambda state, window, batch: jitted(state, window, parallel.shard_batch(batch, mesh))
+
+
+def compile_host_step(step_fn: Callable[[Any, Batch], tuple[Any, Any]], mesh: Mesh) -> Callable[[Any, Batch], Any]:
+    """A bare ``jit(step_fn)`` over host batches, the state donated: one network,
+    no log window (tests and benchmarks compare the loop against it)."""
     jitted = jax.jit(step_fn, donate_argnums=0)
     return lambda state, batch: jitted(state, parallel.shard_batch(batch, mesh))
-
-
-def _on_device(step_fn: StepFn, pipeline: OnDevicePipeline, seed_batching: str) -> TrainStep:
-    steps_per_epoch = pipeline.steps_per_epoch
-
-    def step(state: Any, data: Batch, *inputs: Any) -> tuple[Any, dict[str, jax.Array]]:
-        return step_fn(state, pipeline.make_batch(data, *inputs, state.step % steps_per_epoch))
-
-    if pipeline.num_seeds > 1:  # stacked states and epoch inputs; the same data
-        step = parallel.over_seeds(step, (0, None, 0, 0), seed_batching)
-    jitted = jax.jit(step, donate_argnums=0)
-    return lambda state, inputs: jitted(state, pipeline.data, *inputs)

@@ -12,15 +12,15 @@ import jax.numpy as jnp
 import ml_collections
 
 from resnet_jax import parallel
-from resnet_jax.training import seeds, steps
+from resnet_jax.training import population, steps
 
 
 def make_evaluator(
-    model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any, num_seeds: int = 1
+    model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any, size: int = 1
 ) -> Callable[[Any, Iterable[dict]], list[dict[str, Any]]]:
-    """``evaluate(variables, batches) -> [metrics of each seed]`` over padded,
-    masked host batches. With ``num_seeds > 1`` the variables are stacked
-    seeds (`resnet_jax.training.seeds`), all evaluated on each batch in one step."""
+    """``evaluate(variables, batches) -> [metrics of each member]`` over padded,
+    masked host batches. With ``size > 1`` the variables are stacked population
+    members (`resnet_jax.training.population`), all evaluated on each batch in one step."""
     eval_fn = functools.partial(
         steps.eval_step,
         apply_fn=model.apply,
@@ -30,15 +30,13 @@ def make_evaluator(
         num_classes=num_classes,
         flip=config.eval_flip,
     )
-    if num_seeds > 1:
-        eval_fn = parallel.over_seeds(eval_fn, (0, None), config.seed_batching)
-    eval_fn = jax.jit(eval_fn)
+    eval_fn = jax.jit(population.over_members(eval_fn, (0, None), size, config.seed_batching))
 
     def evaluate(variables: Any, batches: Iterable[dict]) -> list[dict[str, Any]]:
         sums = None
         for batch in batches:
             out = eval_fn(variables, parallel.shard_batch(batch, mesh))
             sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-        return [steps.summarize_eval(s) for s in seeds.per_seed(sums, num_seeds)]
+        return [steps.summarize_eval(s) for s in population.per_member(sums, size)]
 
     return evaluate

@@ -13,12 +13,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from tqdm import tqdm
 
 from resnet_jax import models, parallel, plot
-from resnet_jax.data import make_pipeline
+from resnet_jax.data import batch_augment, make_pipeline
 from resnet_jax.errors import ConfigError, DivergedError, Preempted
-from resnet_jax.training import optim, seeds, steps
+from resnet_jax.training import optim, population, population_report, steps
 from resnet_jax.training.checkpoint import Checkpointer, check_resumable, restore_newest, run_metadata
 from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.evaluator import make_evaluator
@@ -75,31 +76,33 @@ def _resume_or_initialise(
     return state
 
 
-def _announce(config: ml_collections.ConfigDict, workdir: str, state: TrainState, info: Any, total_steps: int) -> None:
+def _announce(
+    config: ml_collections.ConfigDict, workdir: str, state: TrainState, info: Any, total_steps: int, members: Any
+) -> None:
     """Saves the resolved config into the workdir and prints what will run."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    variables = state.variables() if config.num_seeds == 1 else seeds.take(state.variables(), 0)
     print(
-        f"{config.model}: {models.count_params(variables):,} parameters, {info.num_classes} classes, "
-        f"{info.num_train:,} train / {info.num_eval:,} eval examples, {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
+        f"{config.model}: {models.count_params(population.first(state.variables(), members.size)):,} parameters, "
+        f"{info.num_classes} classes, {info.num_train:,} train / {info.num_eval:,} eval examples, "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
     )
-    if config.num_seeds > 1:
+    if members.size > 1:
         how = {"vmap": "vmapped (the same kernels)", "loop": "looped (one after another)"}
-        print(f"{config.num_seeds} seeds ({', '.join(map(str, seeds.seed_values(config)))}) train together in one "
-              f"step, {how[parallel.seed_batching(config.seed_batching)]}; each seed's metrics and curves go to "
-              f"{workdir}/seed<k>/.")
+        print(f"{members.size} networks ({', '.join(members.names())}) train together in one step, "
+              f"{how[parallel.seed_batching(config.seed_batching)]}; each one's metrics and curves go to its "
+              f"folder in {workdir}.")  # fmt: skip
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config.model` on `config.data`, evaluating every epoch and
     checkpointing into `workdir`; resumes from the latest checkpoint there.
-    With ``config.num_seeds > 1`` the seeds train together (`resnet_jax.training.seeds`).
+    A population (``config.sweep`` and/or ``config.num_seeds > 1``) trains
+    together (`resnet_jax.training.population`).
 
     Returns the last evaluation metrics (with ``"ema"`` ones when EMA is on);
-    for several seeds, their means with each seed's own under ``"per_seed"``.
+    for a population, their means with each member's own under ``"per_seed"``.
 
     Raises:
       Preempted: SIGTERM stopped training before its last step (after a save).
@@ -117,10 +120,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
     parallel.check_batch_size(config.batch_size, mesh)
     config = config.copy_and_resolve_references()
     config.eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
-    seeds.check(config)
+    members = population.from_config(config)
     use_pretrained_normalization(config)
     models.create(config.model)  # an unknown name fails here, before any data is read
-    pipeline = make_pipeline(config, mesh)
+    pipeline = make_pipeline(config, mesh, population.seeds_arg(members))
     info = pipeline.info
     model = model_from_config(config, info.num_classes)
 
@@ -128,21 +131,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {info.num_train} training examples")
     total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-    schedule = optim.learning_rate_schedule(config, steps_per_epoch, total_steps)
-    tx = optim.make_optimizer(config, schedule)
-    seed = config.seed if config.num_seeds == 1 else seeds.seed_values(config)
-    state = create_train_state(model, tx, info.image_size, seed, mesh, use_ema=config.ema_decay > 0)
+    schedules = [
+        optim.learning_rate_schedule(config, steps_per_epoch, total_steps, hp) for hp in _member_values(members)
+    ]
 
-    is_main = jax.process_index() == 0
+    def make_tx(hp: dict[str, Any]) -> optax.GradientTransformation:
+        return optim.make_optimizer(config, optim.learning_rate_schedule(config, steps_per_epoch, total_steps, hp), hp)
+
+    use_ema = max((config.ema_decay, *members.swept.get("ema_decay", ()))) > 0
+    state = create_train_state(
+        model, make_tx(_member_values(members)[0]), info.image_size, population.seeds_arg(members), mesh, use_ema
+    )
     metadata = run_metadata(config, info.class_names, info.num_train)
     data_iterator = getattr(pipeline, "data_iterator", None)  # Grain's: saved and restored with the state
     ckpt = Checkpointer(
         workdir, config.keep_checkpoints, async_save=config.async_checkpoints, data_iterator=data_iterator
     )
     state = _resume_or_initialise(state, ckpt, metadata, config, mesh)
-    if is_main:
-        _announce(config, workdir, state, info, total_steps)
+    if jax.process_index() == 0:
+        _announce(config, workdir, state, info, total_steps, members)
 
+    if config.loss not in steps.LOSSES:
+        raise ConfigError(f"unknown loss {config.loss!r}; use {' or '.join(steps.LOSSES)}")
     max_loss = config.max_train_loss if config.max_train_loss > 0 else steps.divergence_bound(info.num_classes)
     train_step = compile_train_step(
         functools.partial(
@@ -154,78 +164,138 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
             ema_decay=config.ema_decay,
             max_loss=max_loss,
             freeze_bn=config.freeze_bn,
+            make_tx=make_tx,
+            ema_every=config.ema_every_steps,
+            loss=config.loss,
+            transform=batch_augment.batch_transform(config, info.num_classes),
+            dropout=config.model_kwargs.get("drop_path_rate", 0.0) > 0,
         ),
         pipeline,
+        members.hyperparameters(),
+        members.size,
         config.seed_batching,
     )
-    evaluate = make_evaluator(model, config, info.num_classes, mesh, config.num_seeds)
-    seed_dirs = seeds.seed_workdirs(workdir, config.num_seeds)
-    writers = [MetricWriter(d) for d in seed_dirs]
-    log = TrainLog(writers, config.batch_size, schedule, max_loss)
-    results: dict[str, Any] = {}
-    start_time = last_curves = time.time()
+    run = _Run(
+        config, workdir, members, pipeline, ckpt, metadata, total_steps, preemption,
+        evaluate=make_evaluator(model, config, info.num_classes, mesh, members.size),
+        log=TrainLog([MetricWriter(d) for d in population.member_dirs(workdir, members)], config.batch_size,
+                     lambda step: [float(s(step)) for s in schedules], max_loss),
+    )  # fmt: skip
     try:
-        step = step_of(state)
-        while step < total_steps and not preemption.requested:
-            epoch, start = divmod(step, steps_per_epoch)
-            todo = _steps_to_next_stop(step, steps_per_epoch, total_steps, config.eval_every_steps)
-            try:
-                state, done = _train_epoch(
-                    state, train_step, pipeline.train_epoch(epoch, start), step, todo, epoch, config, preemption,
-                    log, ckpt, save=lambda s: ckpt.save(s, metadata),
-                )
-            except DivergedError as e:
-                ckpt.wait()
-                kept = ckpt.latest_step()
-                where = f"step {kept} stays the latest checkpoint" if kept is not None else "no checkpoint exists"
-                raise DivergedError(f"{e}; {where}") from None
-            step += done  # counted here: reading the state's step back would wait for the device
-            if _evaluates_at(step, steps_per_epoch, total_steps, config):
-                per_seed = _evaluate_all(state, evaluate, pipeline, config)
-                for writer, seed_results in zip(writers, per_seed):
-                    for split, metrics in seed_results.items():
-                        writer.write(step, split, metrics)
-                results = {split: seeds.combine([r[split] for r in per_seed]) for split in per_seed[0]}
-                if is_main:
-                    tqdm.write(_summary_line(epoch, step, log.last, results))
-                if is_main and (step >= total_steps or time.time() - last_curves >= config.curves_every_seconds):
-                    for d in seed_dirs:  # ~1 s with 164 evaluations: not at each one of a fast GPU run
-                        plot.write_curves(d)
-                    last_curves = time.time()
-                ckpt.save(state, metadata, results["eval"])
-                log.restart_clock()
-            elif preemption.requested:
-                ckpt.save(state, metadata)
-        if preemption.requested and step < total_steps:
-            ckpt.wait()
-            saved = ckpt.latest_step()
-            if saved == step:
-                what = f"saved a checkpoint at step {step} of {total_steps} in {ckpt.directory}"
-            else:  # SIGTERM came while the run was starting: nothing trained, nothing to save
-                what = f"stopped before training (at step {step} of {total_steps}); nothing new to save"
-            raise Preempted(f"SIGTERM: {what}; the same command resumes")
+        return run.train(state, train_step)
     finally:
         ckpt.wait()
         ckpt.close()
-        for writer in writers:
+        for writer in run.log.writers:
             writer.close()
-    if is_main and results:
-        ev = results["eval"]
-        print(
-            f"Done: step {step}, eval top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}, "
-            f"loss {ev['loss']:.4f}{' (means over seeds)' if config.num_seeds > 1 else ''}, "
-            f"{time.time() - start_time:.0f}s. Workdir: {workdir}"
+
+
+def _member_values(members: population.Population) -> list[dict[str, float]]:
+    """Each member's swept values (empty dicts where nothing is swept)."""
+    return [{f: v[k] for f, v in members.swept.items()} for k in range(members.size)]
+
+
+class _Run:
+    """The flat training loop: one compiled step per iteration and periodic
+    actions, each on its own cadence: the log (``log_every_steps``), evaluation
+    (``eval_every_epochs`` or ``eval_every_steps``), checkpoints
+    (``checkpoint_every_steps`` / ``checkpoint_every_minutes``, at evaluations
+    with ``checkpoint_on_eval``, and always at the end and on SIGTERM), curves
+    (at an evaluation, at most every ``curves_every_seconds``)."""
+
+    def __init__(self, config, workdir, members, pipeline, ckpt, metadata, total_steps, preemption, evaluate, log):
+        self.config, self.workdir, self.members, self.pipeline = config, workdir, members, pipeline
+        self.ckpt, self.metadata, self.total_steps, self.preemption = ckpt, metadata, total_steps, preemption
+        self.evaluate, self.log = evaluate, log
+        self.dirs = population.member_dirs(workdir, members)
+        self.results: dict[str, Any] = {}
+        self.last_save = self.last_curves = time.time()
+
+    def train(self, state: TrainState, train_step: Callable) -> dict[str, Any]:
+        spe, total = self.pipeline.steps_per_epoch, self.total_steps
+        step, start_time = step_of(state), time.time()
+        while step < total and not self.preemption.requested:
+            epoch = step // spe
+            bar = _progress(epoch, min((epoch + 1) * spe, total) - step)
+            for item in self.pipeline.train_epoch(epoch, step % spe):
+                state, self.log.window = train_step(state, self.log.window, item)
+                self.log.added()
+                step += 1  # counted here: reading the state's step back would wait for the device
+                bar.update(1)
+                self._periodic(state, step)
+                if step == total or step % spe == 0 or self.preemption.requested:
+                    break
+            bar.close()
+        if self.preemption.requested and step < total:
+            self.ckpt.wait()
+            if self.ckpt.latest_step() == step:
+                what = f"saved a checkpoint at step {step} of {total} in {self.ckpt.directory}"
+            else:  # SIGTERM came while the run was starting: nothing trained, nothing to save
+                what = f"stopped before training (at step {step} of {total}); nothing new to save"
+            raise Preempted(f"SIGTERM: {what}; the same command resumes")
+        if jax.process_index() == 0 and self.members.size > 1:
+            print("Population report: " + ", ".join(population_report.write_report(self.workdir, self.members)))
+        if jax.process_index() == 0 and self.results:
+            ev = self.results["eval"]
+            print(
+                f"Done: step {step}, eval top-1 {ev['top1']:.4f}, top-5 {ev['top5']:.4f}, loss {ev['loss']:.4f}"
+                f"{' (means over the members)' if self.members.size > 1 else ''}, {time.time() - start_time:.0f}s. "
+                f"Workdir: {self.workdir}"
+            )
+        return self.results
+
+    def _periodic(self, state: TrainState, step: int) -> None:
+        """The actions due after `step`."""
+        config, last = self.config, step == self.total_steps
+        evaluates = _evaluates_at(step, self.pipeline.steps_per_epoch, self.total_steps, config)
+        every_steps, every_minutes = config.checkpoint_every_steps, config.checkpoint_every_minutes
+        saves = (
+            last
+            or self.preemption.requested
+            or (every_steps > 0 and step % every_steps == 0)
+            or (every_minutes > 0 and time.time() - self.last_save >= 60 * every_minutes)
+            or (evaluates and config.checkpoint_on_eval)
         )
-    return results
+        if step % config.log_every_steps == 0 or evaluates or saves:
+            try:
+                self.log.flush(step, now=evaluates or saves)  # before a save: nothing diverged is kept
+            except DivergedError as e:
+                self.ckpt.wait()
+                kept = self.ckpt.latest_step()
+                where = f"step {kept} stays the latest checkpoint" if kept is not None else "no checkpoint exists"
+                raise DivergedError(f"{e}; {where}") from None
+            self.ckpt.check_saved()
+        if evaluates:
+            self._evaluate(state, step)
+        if saves:
+            self.ckpt.save(state, self.metadata, self.results.get("eval") if evaluates else None)
+            self.last_save = time.time()
+        if evaluates:
+            self.log.restart_clock()
+
+    def _evaluate(self, state: TrainState, step: int) -> None:
+        per_member = _evaluate_all(state, self.evaluate, self.pipeline, self.config)
+        for writer, member_results in zip(self.log.writers, per_member):
+            for split, metrics in member_results.items():
+                writer.write(step, split, metrics)
+        self.results = {split: population.combine([r[split] for r in per_member]) for split in per_member[0]}
+        if jax.process_index() != 0:
+            return
+        tqdm.write(_summary_line(step // self.pipeline.steps_per_epoch, step, self.log.last, self.results))
+        if step >= self.total_steps or time.time() - self.last_curves >= self.config.curves_every_seconds:
+            for d in self.dirs:  # ~1 s with 164 evaluations: not at each one of a fast GPU run
+                plot.write_curves(d)
+            self.last_curves = time.time()
 
 
-def _steps_to_next_stop(step: int, steps_per_epoch: int, total_steps: int, eval_every_steps: int) -> int:
-    """Steps from `step` to the end of its epoch, the end of training or the
-    next multiple of `eval_every_steps` (when > 0), whichever comes first."""
-    stop = min((step // steps_per_epoch + 1) * steps_per_epoch, total_steps)
-    if eval_every_steps > 0:
-        stop = min(stop, (step // eval_every_steps + 1) * eval_every_steps)
-    return stop - step
+def _progress(epoch: int, steps: int) -> tqdm:
+    return tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}",
+        leave=False,
+        disable=jax.process_index() != 0,
+        mininterval=0.5 if sys.stderr.isatty() else 60,  # a log file gets a line a minute, not one a step
+    )
 
 
 def _evaluates_at(step: int, steps_per_epoch: int, total_steps: int, config: ml_collections.ConfigDict) -> bool:
@@ -238,55 +308,10 @@ def _evaluates_at(step: int, steps_per_epoch: int, total_steps: int, config: ml_
     return step % steps_per_epoch == 0 and (step // steps_per_epoch) % config.eval_every_epochs == 0
 
 
-def _train_epoch(
-    state: TrainState,
-    train_step: Callable,
-    items: Any,
-    first_step: int,
-    num_steps: int,
-    epoch: int,
-    config: ml_collections.ConfigDict,
-    preemption: _Preemption,
-    log: TrainLog,
-    ckpt: Checkpointer,
-    save: Callable[[TrainState], None],
-) -> tuple[TrainState, int]:
-    """Runs up to `num_steps` steps with a progress bar, writing the training
-    metrics every ``config.log_every_steps`` and at the end (where the log stops
-    a diverged run, and a failed asynchronous save stops it too), and saving
-    every ``config.checkpoint_every_steps`` (after the log's check); returns the
-    state and the number of steps run."""
-    done = 0
-    bar = tqdm(
-        total=num_steps,
-        desc=f"epoch {epoch + 1}",
-        leave=False,
-        disable=jax.process_index() != 0,
-        mininterval=0.5 if sys.stderr.isatty() else 60,  # a log file gets a line a minute, not one a step
-    )
-    for item in items:
-        state, metrics = train_step(state, item)
-        log.add(metrics)
-        done += 1
-        bar.update(1)
-        step, every = first_step + done, config.checkpoint_every_steps
-        save_now = every > 0 and step % every == 0 and done < num_steps
-        if step % config.log_every_steps == 0 or done == num_steps or save_now or preemption.requested:
-            records = log.flush(step)
-            ckpt.check_saved()
-            bar.set_postfix(loss=f"{records[0]['loss']:.4f}", acc=f"{records[0]['accuracy']:.4f}", refresh=False)
-        if save_now:
-            save(state)
-        if done == num_steps or preemption.requested:
-            break
-    bar.close()
-    return state, done
-
-
 def _evaluate_all(
     state: TrainState, evaluate: Callable, pipeline: Any, config: ml_collections.ConfigDict
 ) -> list[dict[str, dict]]:
-    """``[{"eval": metrics, "eval_ema": metrics}]``, one per seed."""
+    """``[{"eval": metrics, "eval_ema": metrics}]``, one per member."""
     t0 = time.time()
     evals = evaluate(state.variables(), pipeline.eval_batches())
     seconds = time.time() - t0
@@ -299,7 +324,7 @@ def _evaluate_all(
 
 
 def _summary_line(epoch: int, step: int, train: list[dict[str, float]], results: dict[str, dict]) -> str:
-    ev, tr = results["eval"], train[0] if len(train) == 1 else seeds.combine(train)
+    ev, tr = results["eval"], train[0] if len(train) == 1 else population.combine(train)
     line = (
         f"epoch {epoch + 1:3d} step {step:6d} | train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} "
         f"lr {tr['lr']:.4g} {tr['images_per_sec'] * len(train):.0f} img/s | eval loss {ev['loss']:.4f} "

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.errors import DivergedError
-from resnet_jax.training import seeds
+from resnet_jax.training import population
 
 
 class MetricWriter:
@@ -61,24 +60,20 @@ class MetricWriter:
                 self._tb.close()
 
 
-@jax.jit
-def _start(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """A window's running sums from its first step's metrics."""
-    return _accumulate(None, metrics)
+Window = dict[str, jax.Array]
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _add(window: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    return _accumulate(window, metrics)
+def empty_window(size: int) -> Window:
+    """Running sums of a log window with no step yet, for `size` population members."""
+    shape = () if size == 1 else (size,)
+    return {"loss": jnp.zeros(shape), "accuracy": jnp.zeros(shape), "steps": jnp.zeros((), jnp.int32),
+            "diverged_at": jnp.zeros(shape, jnp.int32), "diverged_loss": jnp.zeros(shape)}  # distinct buffers: donated
 
 
-def _accumulate(window: dict[str, jax.Array] | None, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Sums of loss and accuracy, the step count, and the first diverged step of
-    the window (1-based, 0 if none) with its loss; per seed where [K]."""
-    if window is None:
-        zero = jnp.zeros_like(metrics["loss"])
-        window = {"loss": zero, "accuracy": zero, "steps": jnp.zeros((), jnp.int32),
-                  "diverged_at": jnp.zeros(zero.shape, jnp.int32), "diverged_loss": zero}  # fmt: skip
+def accumulate(window: Window, metrics: dict[str, jax.Array]) -> Window:
+    """Adds one step's metrics to the window (inside the compiled step): sums of
+    loss and accuracy, the step count, and the first diverged step of the window
+    (1-based, 0 if none) with its loss; per member where [K]."""
     steps = window["steps"] + 1
     first = (window["diverged_at"] == 0) & metrics["diverged"]
     return {
@@ -91,74 +86,89 @@ def _accumulate(window: dict[str, jax.Array] | None, metrics: dict[str, jax.Arra
 
 
 class TrainLog:
-    """The training loss and accuracy of each step, averaged over the steps
-    since the last `flush` and written as one ``train`` record per seed (with
-    the learning rate, images/s and seconds), as the Flax examples do every
-    ``log_every_steps``. Each step adds one compiled call (no host round trip);
-    the flush reads the window back and stops a diverged run."""
+    """The training loss and accuracy of each step, averaged over the steps of
+    a window (``log_every_steps``) and written as one ``train`` record per
+    population member (with the learning rate, images/s and seconds). The
+    compiled step adds each step to `window`; `flush` reads a window back one
+    window behind (while the device runs the next), so the device never waits
+    for logging, and `flush(now=True)` (before a save, an evaluation, the end)
+    reads everything, stopping a diverged run before anything after it is kept."""
 
     def __init__(
         self,
         writers: list[MetricWriter],
         batch_size: int,
-        learning_rate: Callable[[int], Any],
+        learning_rates: Callable[[int], list[float]],
         max_loss: float = math.inf,
     ):
         """
         Args:
-          writers: one per seed trained together (one for an ordinary run).
-          batch_size: images per step and seed.
-          learning_rate: the schedule, step -> lr.
+          writers: one per population member (one for an ordinary run).
+          batch_size: images per step and member.
+          learning_rates: step -> each member's learning rate (on the host).
           max_loss: the divergence bound the train step checked (for the message).
         """
-        self.writers, self.batch_size, self.learning_rate = writers, batch_size, learning_rate
+        self.writers, self.batch_size, self.learning_rates = writers, batch_size, learning_rates
         self.max_loss = max_loss
-        self.last: list[dict[str, float]] = []  # the records of the last flush, one per seed
-        self._window, self._steps, self._t0 = None, 0, time.time()
+        self.last: list[dict[str, float]] = []  # the records written last, one per member
+        self.window = empty_window(len(writers))
+        self._steps, self._t0 = 0, time.time()
+        self._pending: tuple[Window, int, int, float] | None = None
 
-    def add(self, metrics: dict[str, jax.Array]) -> None:
-        """Adds one step's ``{"loss", "accuracy", "diverged"}`` (device arrays, [K] for K seeds)."""
-        self._window = _start(metrics) if self._window is None else _add(self._window, metrics)
+    def added(self) -> None:
+        """Counts one step added to `window` by the compiled step."""
         self._steps += 1
 
     def restart_clock(self) -> None:
         """Starts timing anew (after an evaluation, which is not training time)."""
         self._t0 = time.time()
 
-    def flush(self, step: int) -> list[dict[str, float]]:
-        """Writes the mean since the last flush as the records of `step` and returns them.
+    def flush(self, step: int, now: bool = False) -> list[dict[str, float]]:
+        """Ends the window at `step`; writes the previous window's records (all of
+        them with `now`) and returns the last written.
 
         Raises:
-          DivergedError: a step of the window had a loss that is not finite or
-            above ``max_loss`` (raised before anything of the window is written).
+          DivergedError: a step of a window read had a loss that is not finite or
+            above ``max_loss`` (raised before anything of that window is written).
         """
-        if not self._steps:
-            return self.last
-        window = {k: v for k, v in self._window.items() if k != "steps"}
-        per_seed = seeds.per_seed(window, len(self.writers))  # waits for the steps to finish
-        seconds = time.time() - self._t0
-        for k, sums in enumerate(per_seed):
-            if sums["diverged_at"]:
-                self._diverged(step - self._steps + int(sums["diverged_at"]), float(sums["diverged_loss"]), k)
+        if self._steps:
+            for leaf in jax.tree_util.tree_leaves(self.window):
+                leaf.copy_to_host_async()
+            ended = (self.window, step, self._steps, time.time() - self._t0)
+            self.window, self._steps, self._t0 = empty_window(len(self.writers)), 0, time.time()
+            if self._pending is not None:
+                self._write(*self._pending)
+            self._pending = ended
+        if now and self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._write(*pending)
+        return self.last
+
+    def _write(self, window: Window, step: int, steps: int, seconds: float) -> None:
+        sums = {k: v for k, v in window.items() if k != "steps"}
+        members = population.per_member(sums, len(self.writers))
+        for k, m in enumerate(members):
+            if m["diverged_at"]:
+                self._diverged(step - steps + int(m["diverged_at"]), float(m["diverged_loss"]), k)
+        lrs = self.learning_rates(step - 1)
         records = []
-        for sums in per_seed:
+        for m, lr in zip(members, lrs):
             records.append({
-                "loss": float(sums["loss"]) / self._steps,
-                "accuracy": float(sums["accuracy"]) / self._steps,
-                "lr": float(self.learning_rate(step - 1)),
-                "images_per_sec": self._steps * self.batch_size / seconds,
+                "loss": float(m["loss"]) / steps,
+                "accuracy": float(m["accuracy"]) / steps,
+                "lr": float(lr),
+                "images_per_sec": steps * self.batch_size / seconds,
                 "seconds": seconds,
-                "steps": self._steps,
+                "steps": steps,
             })  # fmt: skip
         for writer, record in zip(self.writers, records):
             writer.write(step, "train", record)
-        self.last, self._window, self._steps, self._t0 = records, None, 0, time.time()
-        return records
+        self.last = records
 
-    def _diverged(self, step: int, loss: float, seed_index: int) -> None:
-        which = f" (seed index {seed_index})" if len(self.writers) > 1 else ""
+    def _diverged(self, step: int, loss: float, member: int) -> None:
+        which = f" (member {member})" if len(self.writers) > 1 else ""
         why = "is not finite" if not np.isfinite(loss) else f"exceeds {self.max_loss:.4g}, which no healthy run reaches"
         raise DivergedError(
             f"training diverged at step {step}{which}: loss {loss:.4g} {why}; nothing after it is saved. Lower the "
-            f"learning rate (now {float(self.learning_rate(step - 1)):.4g}) or check the data"
+            f"learning rate (now {float(self.learning_rates(step - 1)[member]):.4g}) or check the data"
         )

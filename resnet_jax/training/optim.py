@@ -1,56 +1,95 @@
-"""Learning-rate schedules and the SGD optimiser of the ResNet papers."""
+"""Learning-rate schedules and optimisers: the ResNet papers' SGD, and LARS
+and LAMB of today's large-batch recipes.
+
+Every per-run scalar (peak learning rate, warm-up, weight decay, momentum) can
+come from `hp`, a dict of per-member values of a population
+(`resnet_jax.training.population`) that may be traced inside the step; what
+is not in `hp` comes from the config.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from resnet_jax.errors import ConfigError
 
+SCHEDULES = ("piecewise", "cosine", "onecycle", "polynomial", "constant")
+OPTIMIZERS = ("sgd", "lars", "lamb")
 
-def base_learning_rate(cfg: ml_collections.ConfigDict) -> float:
-    """``learning_rate``, scaled by ``batch_size / lr_reference_batch`` when
-    `lr_linear_scaling` is on (Goyal et al. 2017)."""
-    lr = cfg.learning_rate
+
+def base_learning_rate(cfg: ml_collections.ConfigDict, hp: Mapping[str, Any] | None = None) -> Any:
+    """The peak learning rate (``hp`` or ``cfg.learning_rate``), scaled by
+    ``batch_size / lr_reference_batch`` when `lr_linear_scaling` is on (Goyal et al. 2017)."""
+    lr = (hp or {}).get("learning_rate", cfg.learning_rate)
     if cfg.lr_linear_scaling:
-        lr *= cfg.batch_size / cfg.lr_reference_batch
+        lr = lr * cfg.batch_size / cfg.lr_reference_batch
     return lr
 
 
-def learning_rate_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
-    """The configured schedule, as a function of the step.
+def learning_rate_schedule(
+    cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int, hp: Mapping[str, Any] | None = None
+) -> Callable[[Any], Any]:
+    """The configured schedule, as a function of the step. It computes with NumPy
+    when the step and `hp` are host numbers (the log's learning rate costs no
+    device call) and with `jax.numpy` when either is traced (inside the step).
 
     ``lr_schedule``:
       * "piecewise": the paper's; multiply by ``lr_decay_factor`` at each of
         ``lr_boundaries`` (in steps; or epochs if ``lr_boundaries_in_epochs``).
-      * "cosine": linear warmup over ``warmup_epochs`` from 0, then cosine to 0.
+      * "cosine": linear warm-up over ``warmup_epochs`` from 0, then cosine to 0.
       * "onecycle": linear up over ``warmup_epochs`` from lr/25, linear down to 0.
+      * "polynomial": linear warm-up from 0, then ``(lr - lr_end) * (1 - t / T)
+        ** lr_power + lr_end`` over the remaining T steps (MLPerf's LARS recipe).
       * "constant".
     ``warmup_constant_steps`` > 0 first holds ``warmup_constant_lr`` that many
-    steps (the paper's ResNet-110 warm-up at 0.01).
+    steps, and the schedule starts after them (the paper's ResNet-110 warm-up at 0.01).
     """
-    lr = base_learning_rate(cfg)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if cfg.lr_schedule == "piecewise":
-        scale = steps_per_epoch if cfg.lr_boundaries_in_epochs else 1
-        boundaries = {int(b * scale): cfg.lr_decay_factor for b in cfg.lr_boundaries}
-        schedule = optax.piecewise_constant_schedule(lr, boundaries)
-    elif cfg.lr_schedule == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1), 0.0)
-    elif cfg.lr_schedule == "onecycle":
-        schedule = optax.join_schedules(
-            [optax.linear_schedule(lr / 25, lr, warmup), optax.linear_schedule(lr, 0.0, total_steps - warmup)],
-            [warmup],
-        )
-    elif cfg.lr_schedule == "constant":
-        schedule = optax.constant_schedule(lr)
-    else:
-        raise ConfigError(f"unknown lr_schedule {cfg.lr_schedule!r}; use piecewise, cosine, onecycle or constant")
-    if cfg.warmup_constant_steps > 0:
+    if cfg.lr_schedule not in SCHEDULES:
+        raise ConfigError(f"unknown lr_schedule {cfg.lr_schedule!r}; use {', '.join(SCHEDULES)}")
+    hp = dict(hp or {})
+
+    def schedule(step: Any) -> Any:
+        on_host = all(isinstance(v, (int, float, np.number, np.ndarray)) for v in (step, *hp.values()))
+        xp = np if on_host else jnp
+        lr = base_learning_rate(cfg, hp)
+        warmup = xp.round(hp.get("warmup_epochs", cfg.warmup_epochs) * steps_per_epoch)
         n = cfg.warmup_constant_steps
-        schedule = optax.join_schedules([optax.constant_schedule(cfg.warmup_constant_lr), schedule], [n])
+        t = xp.asarray(step, xp.float32) - n
+        value = _schedule(cfg, xp, t, lr, warmup, steps_per_epoch, total_steps)
+        return xp.where(t < 0, cfg.warmup_constant_lr, value) if n > 0 else value
+
     return schedule
+
+
+def _schedule(cfg: ml_collections.ConfigDict, xp: Any, t: Any, lr: Any, warmup: Any, spe: int, total: int) -> Any:
+    """The schedule's value at step `t` (warm-up of `warmup` steps, `total` steps in all)."""
+    if cfg.lr_schedule == "piecewise":
+        scale = spe if cfg.lr_boundaries_in_epochs else 1
+        value = lr
+        for b in sorted(int(b * scale) for b in cfg.lr_boundaries):
+            value = xp.where(t >= b, value * cfg.lr_decay_factor, value)
+        return value
+    if cfg.lr_schedule == "constant":
+        return lr + 0 * t
+    if cfg.lr_schedule == "onecycle":
+        up = lr / 25 + (lr - lr / 25) * xp.clip(t / xp.maximum(warmup, 1), 0, 1)
+        down = lr * (1 - xp.clip((t - warmup) / xp.maximum(total - warmup, 1), 0, 1))
+        return xp.where(t < warmup, up, down)
+    ramp = lr * t / xp.maximum(warmup, 1)
+    progress = xp.clip((t - warmup) / xp.maximum(total - warmup, 1), 0, 1)
+    if cfg.lr_schedule == "cosine":
+        decay = lr * 0.5 * (1 + xp.cos(math.pi * progress))
+    else:  # polynomial
+        decay = (lr - cfg.lr_end) * (1 - progress) ** cfg.lr_power + cfg.lr_end
+    return xp.where(t < warmup, ramp, decay)
 
 
 def decay_mask(params: optax.Params, exclude_bn_and_bias: bool) -> optax.Params:
@@ -59,22 +98,47 @@ def decay_mask(params: optax.Params, exclude_bn_and_bias: bool) -> optax.Params:
     return jax.tree_util.tree_map(lambda p: not (exclude_bn_and_bias and p.ndim == 1), params)
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """SGD with momentum and weight decay coupled as in PyTorch's SGD and the
-    paper: the decay is added to the gradient before momentum.
+def make_optimizer(
+    cfg: ml_collections.ConfigDict, schedule: optax.Schedule, hp: Mapping[str, Any] | None = None
+) -> optax.GradientTransformation:
+    """The optimiser ``cfg.optimizer`` names:
 
-    For fine-tuning, everything but the ``head`` (the backbone) can learn at
-    ``backbone_lr_multiplier`` times the rate, or not at all with
-    ``freeze_backbone``.
+    * "sgd": momentum SGD with weight decay coupled as in PyTorch's SGD and the
+      paper (added to the gradient before momentum);
+    * "lars": optax's LARS (You et al. 2017; MLPerf's ResNet-50), weight decay
+      and the trust ratio on the parameters that `decay_mask` selects;
+    * "lamb": optax's LAMB (You et al. 2019; timm's "ResNet strikes back"),
+      decoupled weight decay and the trust ratio on the same parameters (timm's
+      `Lamb` adapts only where it decays: ``always_adapt=False``).
+
+    ``weight_decay_exclude_bn_bias`` leaves batch-norm and bias parameters out
+    of the decay (and, for LARS and LAMB, of the trust ratio). For fine-tuning,
+    everything but the ``head`` (the backbone) can learn at
+    ``backbone_lr_multiplier`` times the rate, or not at all with ``freeze_backbone``.
     """
-    sgd = optax.chain(
-        optax.add_decayed_weights(cfg.weight_decay, mask=lambda p: decay_mask(p, cfg.weight_decay_exclude_bn_bias)),
-        optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
-    )
+    hp = hp or {}
+    wd, momentum = hp.get("weight_decay", cfg.weight_decay), hp.get("momentum", cfg.momentum)
+    # A swept momentum is always a trace (one state structure for every member); else 0 means none.
+    momentum = momentum if "momentum" in hp or cfg.momentum else None
+    mask = lambda p: decay_mask(p, cfg.weight_decay_exclude_bn_bias)  # noqa: E731
+    if cfg.optimizer == "sgd":
+        tx = optax.chain(optax.add_decayed_weights(wd, mask=mask), optax.sgd(schedule, momentum, cfg.nesterov))
+    elif cfg.optimizer == "lars":
+        tx = optax.lars(schedule, wd, mask, cfg.lars_trust_coefficient, cfg.lars_eps, mask, momentum or 0.0,
+                        cfg.nesterov)  # fmt: skip
+    elif cfg.optimizer == "lamb":  # optax.lamb's chain, its trust ratio masked as its decay
+        tx = optax.chain(
+            optax.scale_by_adam(cfg.lamb_b1, cfg.lamb_b2, cfg.lamb_eps),
+            optax.add_decayed_weights(wd, mask),
+            optax.masked(optax.scale_by_trust_ratio(), mask),
+            optax.scale_by_learning_rate(schedule),
+        )
+    else:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; use {', '.join(OPTIMIZERS)}")
     if not cfg.freeze_backbone and cfg.backbone_lr_multiplier == 1.0:
-        return sgd
-    backbone = optax.set_to_zero() if cfg.freeze_backbone else optax.chain(sgd, optax.scale(cfg.backbone_lr_multiplier))
-    return optax.multi_transform({"head": sgd, "backbone": backbone}, _head_or_backbone)
+        return tx
+    backbone = optax.set_to_zero() if cfg.freeze_backbone else optax.chain(tx, optax.scale(cfg.backbone_lr_multiplier))
+    return optax.multi_transform({"head": tx, "backbone": backbone}, _head_or_backbone)
 
 
 def _head_or_backbone(params: optax.Params) -> optax.Params:

@@ -40,15 +40,21 @@ class TrainState(flax.struct.PyTreeNode):
     apply_fn: Callable = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
-    def apply_gradients(self, grads: Any, batch_stats: Any, ema_decay: float = 0.0) -> TrainState:
-        """One optimiser update; also updates the EMA when it is on."""
-        updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    def apply_gradients(
+        self, grads: Any, batch_stats: Any, ema_decay: Any = 0.0, tx: optax.GradientTransformation | None = None,
+        ema_every: int = 1,
+    ) -> TrainState:
+        """One optimiser update (with `tx`, e.g. built from a population member's
+        hyperparameters; default: the state's own); also updates the EMA when it
+        is on, every `ema_every` steps."""
+        updates, opt_state = (tx or self.tx).update(grads, self.opt_state, self.params)
         params = optax.apply_updates(self.params, updates)
         ema_params, ema_stats = self.ema_params, self.ema_batch_stats
         if ema_params is not None:
+            decay = ema_decay if ema_every == 1 else jnp.where((self.step + 1) % ema_every == 0, ema_decay, 1.0)
 
             def ema(old: Any, new: Any) -> Any:
-                return jax.tree_util.tree_map(lambda o, n: ema_decay * o + (1 - ema_decay) * n, old, new)
+                return jax.tree_util.tree_map(lambda o, n: decay * o + (1 - decay) * n, old, new)
 
             ema_params, ema_stats = ema(ema_params, params), ema(ema_stats, batch_stats)
         return self.replace(

@@ -4,7 +4,7 @@ comes from their arguments (bind them with `functools.partial`, then `jax.jit`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -15,14 +15,32 @@ from resnet_jax.data.augment import normalize
 from resnet_jax.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
+BatchTransform = Callable[[jax.Array, jax.Array, jax.Array, dict[str, Any]], tuple[jax.Array, jax.Array]]
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross entropy with optional label smoothing."""
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
-    if label_smoothing:
-        targets = optax.smooth_labels(targets, label_smoothing)
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: Any = 0.0) -> jax.Array:
+    """Per-example softmax cross entropy with optional label smoothing; `labels`
+    are class indices [B] or soft targets [B, C] (already smoothed)."""
+    targets = labels if labels.ndim == 2 else _smooth(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
     return optax.softmax_cross_entropy(logits, targets)
+
+
+def binary_cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: Any = 0.0) -> jax.Array:
+    """Per-example sigmoid cross entropy over the classes, averaged over them as
+    timm's `BinaryCrossEntropy` (``reduction="mean"`` over batch and classes)
+    does; `labels` as in `cross_entropy`."""
+    targets = labels if labels.ndim == 2 else _smooth(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1)
+
+
+LOSSES = {"ce": cross_entropy, "bce": binary_cross_entropy}
+
+
+def _smooth(one_hot: jax.Array, label_smoothing: Any) -> jax.Array:
+    """timm's and optax's smoothing: ``(1 - s) * one_hot + s / C`` (a traced `s` allowed)."""
+    if isinstance(label_smoothing, (int, float)) and not label_smoothing:
+        return one_hot
+    return optax.smooth_labels(one_hot, label_smoothing)
 
 
 def divergence_bound(num_classes: int) -> float:
@@ -40,6 +58,7 @@ def divergence_bound(num_classes: int) -> float:
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
+    hp: dict[str, jax.Array] | None = None,
     *,
     mean: Sequence[float],
     std: Sequence[float],
@@ -48,29 +67,53 @@ def train_step(
     ema_decay: float,
     max_loss: float = math.inf,
     freeze_bn: bool = False,
+    make_tx: Callable[[dict[str, Any]], optax.GradientTransformation] | None = None,
+    ema_every: int = 1,
+    loss: str = "ce",
+    transform: BatchTransform | None = None,
+    dropout: bool = False,
 ) -> tuple[TrainState, Metrics]:
-    """One SGD step on a global batch of uint8 images; returns the new state and
-    ``{"loss", "accuracy"}`` averaged over the batch, and ``"diverged"``: whether
-    the loss is not finite or above `max_loss` (checked here, on the device, at
-    every step). With `freeze_bn`, batch norm uses (and keeps) its running
-    statistics, as when fine-tuning."""
-    images = normalize(batch["image"], mean, std, dtype)
+    """One optimiser step on a global batch of uint8 images; returns the new
+    state and ``{"loss", "accuracy"}`` averaged over the batch, and
+    ``"diverged"``: whether the loss is not finite or above `max_loss` (checked
+    here, on the device, at every step).
+
+    Args:
+      hp: a population member's own hyperparameters (`population.SWEEPABLE`:
+        may be traced), overriding the keyword ones; `make_tx(hp)` builds its
+        optimiser (default: the state's).
+      freeze_bn: batch norm uses (and keeps) its running statistics, as when fine-tuning.
+      loss: "ce" or "bce" (`LOSSES`).
+      transform: ``transform(key, images, labels, hp) -> (images, targets)``,
+        the batch augmentations (mixup, cutmix, ...: `resnet_jax.data.batch`),
+        keyed by the state's key and step (the same on resume).
+      dropout: the model draws from a "dropout" rng (stochastic depth).
+    """
+    hp = hp or {}
+    smoothing = hp.get("label_smoothing", label_smoothing)
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    images, targets = batch["image"], batch["label"]
+    if transform is not None:
+        images, targets = transform(jax.random.fold_in(key, 0), images, targets, {**hp, "label_smoothing": smoothing})
+    images = normalize(images, mean, std, dtype)
+    rngs = {"dropout": jax.random.fold_in(key, 1)} if dropout else {}
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
         variables = {"params": params, "batch_stats": state.batch_stats}
         if freeze_bn:
             logits, batch_stats = state.apply_fn(variables, images, train=False), state.batch_stats
         else:
-            logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"])
+            logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"], rngs=rngs)
             batch_stats = updates["batch_stats"]
-        loss = jnp.mean(cross_entropy(logits, batch["label"], label_smoothing))
-        return loss, (logits, batch_stats)
+        value = jnp.mean(LOSSES[loss](logits, targets, smoothing))
+        return value, (logits, batch_stats)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads, batch_stats, ema_decay)
+    (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    tx = make_tx(hp) if make_tx is not None else None
+    state = state.apply_gradients(grads, batch_stats, hp.get("ema_decay", ema_decay), tx, ema_every)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    diverged = ~(loss <= max_loss)  # NaN compares false
-    return state, {"loss": loss, "accuracy": accuracy, "diverged": diverged}
+    diverged = ~(value <= max_loss)  # NaN compares false
+    return state, {"loss": value, "accuracy": accuracy, "diverged": diverged}
 
 
 def eval_step(

@@ -1,0 +1,157 @@
+"""What the training loop costs beyond its compiled step, and what a population costs.
+
+    python bench/loop_overhead.py proxy      # host-bound proxy: ResNet-20's state, a near-empty step
+    python bench/loop_overhead.py resnet20   # ResNet-20, batch 128, the real step
+    python bench/loop_overhead.py sweep      # 6-member lr x wd sweep against 6 separate runs
+
+* proxy / resnet20: `train_and_evaluate` (logging every 50 steps, one
+  evaluation and one checkpoint at the end) against a bare Python loop over the
+  same jitted step on the same on-device pipeline. The loop's figure is the
+  median over its log windows (the first two left out: compilation) of
+  seconds / steps; the bare loop's, its steps timed once compiled. The proxy's
+  step only counts (the train state of ResNet-20, no model): what is left is
+  the host's cost per step.
+* sweep: the wall time of one run training a 3 x 2 grid of learning rate and
+  weight decay (6 members, looped in one step: the CPU default) against the 6
+  runs one after another, each from start-up to its end (compilation, data,
+  evaluation and checkpoint included), with the same steps.
+
+Synthetic uint8 CIFAR-sized data (N images, 10 classes), kept on the device.
+Prints one JSON line; README and docs/cpu.md hold the figures with their commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from resnet_jax import parallel  # noqa: E402
+from resnet_jax.config import default_config  # noqa: E402
+from resnet_jax.data.device import DevicePipeline  # noqa: E402
+from resnet_jax.plot import read_metrics  # noqa: E402
+from resnet_jax.training import loop, optim, steps  # noqa: E402
+from resnet_jax.training.state import create_train_state  # noqa: E402
+
+
+def _config(num_steps: int, batch: int) -> Any:
+    c = default_config()
+    c.model, c.batch_size, c.num_train_steps = "cifar_resnet20", batch, num_steps
+    c.lr_schedule, c.eval_every_steps, c.log_every_steps = "constant", num_steps, 50
+    c.checkpoint_every_minutes, c.data.pipeline = 0.0, "device"
+    return c
+
+
+def _use_synthetic_data(n: int, seed: int = 0) -> None:
+    """Makes the trainer's `make_pipeline` return an on-device pipeline over n random images."""
+    rng = np.random.default_rng(seed)
+    images, labels = rng.integers(0, 256, (n, 32, 32, 3), np.uint8), rng.integers(0, 10, n).astype(np.int32)
+
+    def make(config: Any, mesh: Any, seeds: Any = None) -> DevicePipeline:
+        seeds = config.seed if seeds is None else seeds
+        return DevicePipeline((images, labels), (images[:1000], labels[:1000]), tuple("abcdefghij"),
+                              config.batch_size, config.eval_batch_size, seeds, mesh)  # fmt: skip
+
+    loop.make_pipeline = make
+
+
+def _counting_step(state: Any, batch: Any, hp: Any = None, **_: Any) -> tuple[Any, dict[str, jax.Array]]:
+    """The proxy: counts the step (the batch is not read: XLA drops its making)."""
+    x = jnp.zeros(())
+    return state.replace(step=state.step + 1), {"loss": x, "accuracy": x, "diverged": x > 1}
+
+
+def _loop_us_per_step(config: Any) -> float:
+    workdir = tempfile.mkdtemp(prefix="loop_overhead_")
+    loop.train_and_evaluate(config, workdir)
+    windows = read_metrics(workdir)["train"][2:]
+    return statistics.median(r["seconds"] / r["steps"] for r in windows) * 1e6
+
+
+def _bare_us_per_step(config: Any, step_fn: Any, num_steps: int) -> float:
+    mesh = parallel.make_mesh()
+    pipeline = loop.make_pipeline(config, mesh)
+    model = loop.model_from_config(config, 10)
+    tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, pipeline.steps_per_epoch, num_steps))
+    state = create_train_state(model, tx, 32, 0, mesh)
+    spe = pipeline.steps_per_epoch
+
+    def bare(state: Any, data: Any, perm: Any, key: Any) -> Any:
+        return step_fn(state, pipeline.make_batch(data, perm, key, state.step % spe))
+
+    jitted = jax.jit(bare, donate_argnums=0)
+    perm, key = next(pipeline.train_epoch(0))
+    for _ in range(3):
+        state, metrics = jitted(state, pipeline.data, perm, key)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(num_steps):
+        state, metrics = jitted(state, pipeline.data, perm, key)
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - t0) / num_steps * 1e6
+
+
+def overhead(what: str, num_steps: int, batch: int) -> dict[str, Any]:
+    config = _config(num_steps, batch)
+    real = loop.steps.train_step
+    if what == "proxy":
+        loop.steps.train_step = _counting_step
+        step_fn = _counting_step
+    else:
+        c = config
+        step_fn = lambda s, b: real(s, b, mean=c.data.mean, std=c.data.std, dtype=jnp.float32,  # noqa: E731
+                                    label_smoothing=0.0, ema_decay=0.0)  # fmt: skip
+    try:
+        loop_us = _loop_us_per_step(config)
+    finally:
+        loop.steps.train_step = real
+    bare_us = _bare_us_per_step(config, step_fn, min(num_steps, 2000))
+    return {"what": what, "batch": batch, "steps": num_steps, "loop_us_per_step": loop_us,
+            "bare_us_per_step": bare_us, "ratio": loop_us / bare_us}  # fmt: skip
+
+
+def sweep(num_steps: int, batch: int) -> dict[str, Any]:
+    config = _config(num_steps, batch)
+    config.sweep = "learning_rate=0.05,0.1,0.2 weight_decay=1e-4,5e-4"
+    t0 = time.perf_counter()
+    loop.train_and_evaluate(config, tempfile.mkdtemp(prefix="sweep_"))
+    together = time.perf_counter() - t0
+    from resnet_jax.training import population
+
+    members = population.from_config(config)
+    t0 = time.perf_counter()
+    for k in range(members.size):
+        loop.train_and_evaluate(population.member_config(config, members, k), tempfile.mkdtemp(prefix="alone_"))
+    alone = time.perf_counter() - t0
+    return {"what": "sweep", "members": members.size, "batch": batch, "steps": num_steps,
+            "seed_batching": parallel.seed_batching(config.seed_batching),
+            "together_s": together, "separate_s": alone, "ratio": together / alone}  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["proxy", "resnet20", "sweep"])
+    p.add_argument("--steps", type=int, default=0, help="default: 3000 (proxy), 300 (resnet20), 40 (sweep)")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--examples", type=int, default=50000, help="synthetic training images")
+    args = p.parse_args()
+    _use_synthetic_data(args.examples)
+    num_steps = args.steps or {"proxy": 3000, "resnet20": 300, "sweep": 40}[args.what]
+    out = sweep(num_steps, args.batch) if args.what == "sweep" else overhead(args.what, num_steps, args.batch)
+    out.update(device=f"{jax.device_count()} x {jax.devices()[0].device_kind}", jax=jax.__version__)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The augmentations of today's recipes that run on the accelerator, inside the
+compiled train step, on whatever batch a pipeline made: TrivialAugmentWide or
+RandAugment (`autoaugment`), random erasing (`erasing`), then mixup / cutmix
+(`mixing`), in torchvision's and timm's order. Each is a pure function of a
+key the step derives from the run's seed and the step, so a resumed run draws
+what the uninterrupted one would have, on every pipeline, with no CPU worker.
+
+`batch_transform(config, num_classes)` composes those the config turns on into
+one ``transform(key, images, labels, hp) -> (images, targets)``: uint8 images
+in, float32 images out, and soft targets [B, C] (mixing smooths then mixes the
+labels, as timm does) or the labels themselves when nothing mixes. Their scalars
+(`SWEEPABLE`) may come from `hp`, a population member's own values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from resnet_jax.data import autoaugment, erasing, mixing
+from resnet_jax.errors import ConfigError
+
+Transform = Callable[[jax.Array, jax.Array, jax.Array, dict[str, Any]], tuple[jax.Array, jax.Array]]
+AUTO_AUGMENTS = ("", "trivial", "rand")
+# Config fields of the augmentations that a population may sweep.
+SWEEPABLE = {
+    "mixup_alpha": "mixup's Beta(alpha, alpha)",
+    "cutmix_alpha": "cutmix's Beta(alpha, alpha)",
+    "mixup_prob": "probability of mixing a batch",
+    "mixup_switch_prob": "probability of cutmix when both are on",
+    "random_erasing": "probability of erasing an image",
+    "randaugment_magnitude": "RandAugment's mean magnitude (0-10)",
+}
+
+
+def batch_transform(config: ml_collections.ConfigDict, num_classes: int) -> Transform | None:
+    """The batch augmentations `config` turns on, composed; None when none is."""
+    if config.auto_augment not in AUTO_AUGMENTS:
+        raise ConfigError(f"unknown auto_augment {config.auto_augment!r}; use 'trivial', 'rand' or ''")
+    swept = set((config.get("sweep") or "").replace("=", " ").split())
+    on = lambda field: field in swept or config[field] > 0  # noqa: E731
+    mixes = on("mixup_alpha") or on("cutmix_alpha")
+    erases = on("random_erasing")
+    if not (config.auto_augment or erases or mixes):
+        return None
+    mean_pixel = tuple(255 * m for m in config.data.mean)  # erased to 0 once normalised, as torchvision's V2
+    fill = tuple(round(v) for v in mean_pixel)  # timm's RandAugment fills with the rounded mean
+
+    def transform(key: jax.Array, images: jax.Array, labels: jax.Array, hp: dict[str, Any]) -> tuple[Any, Any]:
+        value = lambda field: hp.get(field, config[field])  # noqa: E731
+        k_auto, k_erase, k_mix = jax.random.split(key, 3)
+        if config.auto_augment == "trivial":
+            images = autoaugment.trivial_augment_wide(k_auto, images)
+        elif config.auto_augment == "rand":
+            images = autoaugment.rand_augment(
+                k_auto, images, value("randaugment_magnitude"), config.randaugment_std, config.randaugment_layers,
+                fill=fill,
+            )
+        images = images.astype(jnp.float32)
+        if erases:
+            images = erasing.random_erasing(k_erase, images, value("random_erasing"), value=mean_pixel)
+        if not mixes:
+            return images, labels
+        return mixing.mix_batch(
+            k_mix, images, labels, num_classes, mixup_alpha=value("mixup_alpha"), cutmix_alpha=value("cutmix_alpha"),
+            switch_prob=value("mixup_switch_prob"), prob=value("mixup_prob"), smoothing=hp["label_smoothing"],
+        )  # fmt: skip
+
+    return transform

@@ -1,0 +1,173 @@
+"""Mixup and CutMix as pure JAX functions, run inside the compiled train step.
+
+The semantics are timm's `timm.data.Mixup` in its default mode "batch": one
+lambda for the whole batch, and the partner of image ``i`` is image ``B-1-i``
+(the batch flipped). Every random choice is drawn from a PRNG key and every
+hyperparameter (alphas, probabilities, smoothing) may be a traced JAX scalar,
+so the functions can be swept per population member under `jax.vmap`: there is
+no Python control flow on them.
+
+Dtypes: integer images (uint8) are mixed in float32 and come back as float32
+without rounding (the trainer normalises afterwards); floating images keep
+their dtype. `cutmix` alone is a pure selection and keeps any dtype.
+
+Images are [B, H, W, C] (channels last), labels int [B].
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Box = tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+
+
+class MixParams(NamedTuple):
+    """One batch's draw: the lambda of the targets (box-corrected for cutmix, 1.0
+    when the batch is not mixed), whether cutmix was chosen, and the cutmix box
+    ``(y0, y1, x0, x1)`` (drawn whatever was chosen; used only by cutmix)."""
+
+    lam: jax.Array
+    use_cutmix: jax.Array
+    box: Box
+
+
+def _float_dtype(dtype: Any) -> Any:
+    """The dtype mixed images come back in: floating dtypes kept, others float32."""
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
+
+
+def mixup_target(labels: jax.Array, num_classes: int, lam: Any, smoothing: Any = 0.0) -> jax.Array:
+    """timm's `mixup_target`: int labels [B] -> float32 soft targets [B, num_classes].
+
+    The one-hot targets are smoothed first (``smoothing / num_classes`` off,
+    ``1 - smoothing + smoothing / num_classes`` on), then mixed with the flipped
+    batch's: ``y * lam + y[::-1] * (1 - lam)``.
+    """
+    smoothing = jnp.asarray(smoothing, jnp.float32)
+    lam = jnp.asarray(lam, jnp.float32)
+    off = smoothing / num_classes
+    on = 1.0 - smoothing + off
+    hot = labels[:, None] == jnp.arange(num_classes)
+    y = jnp.where(hot, on, off).astype(jnp.float32)
+    return y * lam + y[::-1] * (1.0 - lam)
+
+
+def mixup(images: jax.Array, lam: Any) -> jax.Array:
+    """``images * lam + images[::-1] * (1 - lam)``: [B, H, W, C] -> same shape.
+
+    Integer images come back as float32 (not rounded); floating images keep
+    their dtype (computed in at least float32).
+    """
+    out = _float_dtype(images.dtype)
+    work = jnp.promote_types(out, jnp.float32)
+    x = images.astype(work)
+    lam = jnp.asarray(lam, work)
+    return (x * lam + x[::-1] * (1.0 - lam)).astype(out)
+
+
+def _box_mask(box: Box, height: int, width: int) -> jax.Array:
+    """bool [H, W]: True inside ``y0 <= y < y1, x0 <= x < x1``."""
+    y0, y1, x0, x1 = box
+    rows = jnp.arange(height)
+    cols = jnp.arange(width)
+    inside_y = (rows >= y0) & (rows < y1)
+    inside_x = (cols >= x0) & (cols < x1)
+    return inside_y[:, None] & inside_x[None, :]
+
+
+def cutmix(images: jax.Array, box: Box) -> jax.Array:
+    """Pastes the flipped batch's pixels inside `box` = (y0, y1, x0, x1) into each image.
+
+    The box's ints may be traced (a mask is used, no dynamic slicing). Images
+    [B, H, W, C] of any dtype; the dtype is kept.
+    """
+    _, h, w, _ = images.shape
+    mask = _box_mask(box, h, w)[None, :, :, None]
+    return jnp.where(mask, images[::-1], images)
+
+
+def cutmix_box(key: jax.Array, lam: Any, height: int, width: int) -> tuple[Box, jax.Array]:
+    """timm's `rand_bbox` and its lambda correction (`cutmix_bbox_and_lam`, correct_lam=True).
+
+    The cut is ``int(H * sqrt(1 - lam))`` by ``int(W * sqrt(1 - lam))``, its
+    centre uniform over the pixels, clipped to the image. Returns the box
+    ``(y0, y1, x0, x1)`` (int32 scalars) and the corrected lambda
+    ``1 - box_area / (H * W)`` (float32).
+    """
+    lam = jnp.clip(jnp.asarray(lam, jnp.float32), 0.0, 1.0)
+    ratio = jnp.sqrt(1.0 - lam)
+    cut_h = jnp.floor(height * ratio).astype(jnp.int32)
+    cut_w = jnp.floor(width * ratio).astype(jnp.int32)
+    ky, kx = jax.random.split(key)
+    cy = jax.random.randint(ky, (), 0, height)
+    cx = jax.random.randint(kx, (), 0, width)
+    y0 = jnp.clip(cy - cut_h // 2, 0, height)
+    y1 = jnp.clip(cy + (cut_h + 1) // 2, 0, height)
+    x0 = jnp.clip(cx - cut_w // 2, 0, width)
+    x1 = jnp.clip(cx + (cut_w + 1) // 2, 0, width)
+    area = (y1 - y0) * (x1 - x0)
+    corrected = 1.0 - area.astype(jnp.float32) / float(height * width)
+    return (y0, y1, x0, x1), corrected
+
+
+def mix_params(
+    key: jax.Array,
+    height: int,
+    width: int,
+    *,
+    mixup_alpha: Any,
+    cutmix_alpha: Any,
+    switch_prob: Any = 0.5,
+    prob: Any = 1.0,
+) -> MixParams:
+    """timm's `Mixup._params_per_batch` followed by the cutmix box and lambda correction.
+
+    With probability `prob` the batch is mixed: cutmix with probability
+    `switch_prob` when both alphas are > 0, only mixup when ``cutmix_alpha == 0``,
+    only cutmix when ``mixup_alpha == 0``; lambda ~ Beta(alpha, alpha) of the
+    chosen method. When both alphas are 0 (or the batch is not mixed) lambda is 1.
+    All hyperparameters may be traced scalars.
+    """
+    k_apply, k_switch, k_lam, k_box = jax.random.split(key, 4)
+    mixup_alpha = jnp.asarray(mixup_alpha, jnp.float32)
+    cutmix_alpha = jnp.asarray(cutmix_alpha, jnp.float32)
+    mixup_on = mixup_alpha > 0
+    cutmix_on = cutmix_alpha > 0
+    apply = (jax.random.uniform(k_apply) < prob) & (mixup_on | cutmix_on)
+    switch = jax.random.uniform(k_switch) < switch_prob
+    use_cutmix = apply & jnp.where(mixup_on & cutmix_on, switch, cutmix_on)
+    alpha = jnp.where(use_cutmix, cutmix_alpha, mixup_alpha)
+    alpha = jnp.where(alpha > 0, alpha, 1.0)  # a safe draw where the alpha is 0 (its lambda is then unused)
+    lam = jnp.where(apply, jax.random.beta(k_lam, alpha, alpha), 1.0).astype(jnp.float32)
+    box, corrected = cutmix_box(k_box, lam, height, width)
+    lam = jnp.where(use_cutmix, corrected, lam)
+    return MixParams(lam=lam, use_cutmix=use_cutmix, box=box)
+
+
+def mix_batch(
+    key: jax.Array,
+    images: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    *,
+    mixup_alpha: Any,
+    cutmix_alpha: Any,
+    switch_prob: Any = 0.5,
+    prob: Any = 1.0,
+    smoothing: Any = 0.0,
+) -> tuple[jax.Array, jax.Array]:
+    """timm's `Mixup(mode="batch")` on a batch: images [B, H, W, C], int labels [B]
+    -> (mixed images [B, H, W, C], float32 soft targets [B, num_classes]).
+
+    The draw is `mix_params`' (same key, same draw). Integer images come back as
+    float32, floating images keep their dtype. An unmixed batch comes back with
+    its values unchanged and smoothed one-hot targets.
+    """
+    _, h, w, _ = images.shape
+    p = mix_params(key, h, w, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob, prob=prob)
+    out = _float_dtype(images.dtype)
+    mixed = jnp.where(p.use_cutmix, cutmix(images, p.box).astype(out), mixup(images, p.lam))
+    return mixed, mixup_target(labels, num_classes, p.lam, smoothing)

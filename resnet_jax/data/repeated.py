@@ -1,0 +1,45 @@
+"""Repeated augmentation (Hoffer et al. 2020, "Augment your batch"; DeiT), as
+torchvision's `RASampler` (references/classification/sampler.py, from DeiT's
+samplers.py; timm's `RepeatAugSampler` is the same sampler) selects examples.
+
+``config.data.repeated_augmentations`` = r (default 1: off). RASampler shuffles
+the N indices, repeats each r times in place (``[a, a, a, b, b, b, ...]``), deals
+that list to the replicas and keeps the first ``N // 256 * 256 / world`` of each
+replica's part: an epoch as long as without repetition, made of about N / r
+images seen r times each. Here the replica is a process's share of the dataset
+(n examples, ``length`` = steps_per_epoch x local batch trained per epoch):
+position ``p`` of epoch ``e`` reads example ``order[p // r]`` of the epoch's
+permutation ``order`` of the share, so the epoch uses its first
+``ceil(length / r)`` examples, each r times in consecutive positions (on one
+process this is RASampler's order; across processes RASampler deals the copies of
+an image to different replicas, this keeps them in the same process, in the same
+global batch either way). Each position keeps its own augmentation draw, so the
+r copies are augmented independently, and the epoch keeps its number of steps
+(the learning-rate schedule is unchanged).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from resnet_jax.errors import ConfigError
+
+
+def repeats(cfg: Any) -> int:
+    """``config.data.repeated_augmentations`` (`cfg`: ``config.data``), checked; 1 when absent."""
+    r = cfg.get("repeated_augmentations", 1)
+    if isinstance(r, bool) or not isinstance(r, (int, np.integer)) or r < 1:
+        raise ConfigError(f"data.repeated_augmentations={r!r}: use a whole number of copies per image, 1 = off")
+    return int(r)
+
+
+def num_selected(length: int, r: int) -> int:
+    """How many distinct examples an epoch of `length` positions reads with `r` copies of each."""
+    return -(-length // r)
+
+
+def epoch_order(order: np.ndarray, length: int, r: int) -> np.ndarray:
+    """The examples of an epoch's `length` positions, given the epoch's permutation `order` of the share."""
+    return np.repeat(order[: num_selected(length, r)], r)[:length]

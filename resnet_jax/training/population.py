@@ -1,0 +1,232 @@
+"""A population: the members one run trains together in one compiled step,
+differing in seed and in swept hyperparameters.
+
+``config.sweep`` names a grid of hyperparameters, e.g.
+``"learning_rate=0.05,0.1,0.2 weight_decay=1e-4,5e-4"`` (6 points), and
+``config.num_seeds`` the seeds of each point (``seed ... seed + num_seeds - 1``):
+the members are the grid times the seeds, in that order (the seed varies
+fastest). Each member gets exactly what its own run would get: its
+initialisation, data order, augmentation and batch-norm statistics are those of
+its seed, its hyperparameters those of its grid point. Only per-run scalars can
+be swept (`SWEEPABLE`): anything that changes shapes (model, batch size, image
+size) needs runs of its own.
+
+The train state of K > 1 members is stacked on a leading axis of K; the step
+runs them vmapped or looped (``config.seed_batching``, `parallel.over_seeds`),
+the swept values entering it as per-member scalars. Checkpoints in
+``<workdir>/checkpoints`` hold all members; each member's metrics, TensorBoard
+events and curves go to its folder (`member_dirs`: ``seed<k>`` when only seeds
+differ, else named by its values, e.g. ``learning_rate=0.1_weight_decay=0.0005_seed0``),
+and ``resnet_jax.restore("<workdir>/<member folder>")`` (or ``restore(workdir,
+member=k)``) takes one member out. A population of one is an ordinary run:
+nothing is stacked, its folder is the workdir. Every place where K = 1 and
+K > 1 differ is a function of this module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resnet_jax import parallel
+from resnet_jax.data import batch_augment
+from resnet_jax.errors import ConfigError
+
+# Per-run scalars a population may sweep (config field -> what it is).
+SWEEPABLE = {
+    "learning_rate": "peak learning rate",
+    "weight_decay": "weight decay",
+    "label_smoothing": "label smoothing",
+    "momentum": "SGD momentum",
+    "warmup_epochs": "warm-up length (epochs)",
+    "ema_decay": "EMA decay",
+    **batch_augment.SWEEPABLE,
+}
+SEED_DIR = "seed{}"
+
+
+@dataclass(frozen=True)
+class Population:
+    """The members of a run: their seeds and swept values, in member order."""
+
+    seeds: tuple[int, ...]  # the seed of each member
+    swept: dict[str, tuple[float, ...]]  # field -> the value of each member (only swept fields)
+    num_seeds: int  # seeds per grid point
+
+    @property
+    def size(self) -> int:
+        return len(self.seeds)
+
+    def values(self, k: int) -> dict[str, Any]:
+        """Member `k`'s swept values and seed."""
+        return {**{f: v[k] for f, v in self.swept.items()}, "seed": self.seeds[k]}
+
+    def names(self) -> list[str]:
+        """Each member's folder name: ``seed<j>`` (j: index among the seeds) when
+        only seeds differ, else its swept values then ``seed<j>``."""
+        names = []
+        for k in range(self.size):
+            values = "_".join(f"{f}={_short(v[k])}" for f, v in self.swept.items())
+            seed = SEED_DIR.format(k % self.num_seeds)
+            names.append(f"{values}_{seed}" if values else seed)
+        return names
+
+    def hyperparameters(self) -> dict[str, jax.Array]:
+        """The swept values as per-member arrays, the step's per-member input
+        (empty for a population of one: its values are the config's)."""
+        if self.size == 1:
+            return {}
+        return {f: jnp.asarray(v, jnp.float32) for f, v in self.swept.items()}
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Each member's seed and values (what a checkpoint's metadata keeps)."""
+        return [self.values(k) for k in range(self.size)]
+
+
+def _short(value: float) -> str:
+    return f"{value:g}"
+
+
+def parse_sweep(text: str) -> dict[str, tuple[float, ...]]:
+    """``"learning_rate=0.05,0.1 weight_decay=1e-4,5e-4"`` -> ``{field: values}``.
+
+    Raises:
+      ConfigError: a field that cannot be swept, a value that is not a number,
+        a field given twice or with no values.
+    """
+    grid: dict[str, tuple[float, ...]] = {}
+    for part in text.split():
+        field, sep, values = part.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"sweep: {part!r} is not field=value,value,...")
+        if field not in SWEEPABLE:
+            raise ConfigError(
+                f"sweep: {field!r} cannot be swept in one run (it changes shapes or is not a per-run scalar); "
+                f"sweepable: {', '.join(SWEEPABLE)}"
+            )
+        if field in grid:
+            raise ConfigError(f"sweep: {field!r} is given twice")
+        try:
+            grid[field] = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            raise ConfigError(f"sweep: {part!r} has a value that is not a number") from None
+    return grid
+
+
+def from_config(config: ml_collections.ConfigDict) -> Population:
+    """The population `config` trains: ``sweep``'s grid times ``num_seeds`` seeds.
+
+    Raises:
+      ConfigError: a bad sweep (`parse_sweep`), fewer than one seed, several
+        members on a host pipeline with several seeds (each seed needs its own
+        data order: the on-device pipeline), several members started from
+        pretrained weights, a swept EMA decay of 0 with others above (EMA is on
+        or off for the whole population).
+    """
+    grid = parse_sweep(config.get("sweep", ""))
+    num_seeds = int(config.num_seeds)
+    parallel.seed_batching(config.seed_batching)  # a wrong name is refused here, before any work
+    if num_seeds < 1:
+        raise ConfigError(f"num_seeds must be at least 1, got {num_seeds}")
+    points = list(itertools.product(*grid.values())) or [()]
+    size = len(points) * num_seeds
+    if num_seeds > 1 and config.data.pipeline != "device":
+        raise ConfigError(
+            f"num_seeds={num_seeds} trains the seeds in one step, which needs data.pipeline='device' "
+            f"(each seed draws its own batches on the device), not {config.data.pipeline!r}"
+        )
+    if size > 1 and config.init_from:
+        raise ConfigError(f"a population of {size} starts every member from its own initialisation; "
+                          "init_from needs num_seeds=1 and no sweep")  # fmt: skip
+    ema = grid.get("ema_decay", ())
+    if ema and min(ema) <= 0 < max(ema):
+        raise ConfigError("sweep: ema_decay must be > 0 for every member or for none")
+    seeds = tuple(int(config.seed) + j for _ in points for j in range(num_seeds))
+    swept = {f: tuple(p[i] for p in points for _ in range(num_seeds)) for i, f in enumerate(grid)}
+    return Population(seeds, swept, num_seeds)
+
+
+def member_config(config: ml_collections.ConfigDict, population: Population, k: int) -> ml_collections.ConfigDict:
+    """The config of member `k` trained alone (its seed and values, no sweep)."""
+    c = config.copy_and_resolve_references()
+    for field, value in population.values(k).items():
+        c[field] = value
+    c.sweep, c.num_seeds = "", 1
+    return c
+
+
+def member_dirs(workdir: str, population: Population) -> list[str]:
+    """Where each member's metrics and curves go: the workdir itself for a
+    population of one, a folder of it per member otherwise."""
+    if population.size == 1:
+        return [workdir]
+    return [os.path.join(workdir, name) for name in population.names()]
+
+
+def member_folder(workdir: str, info_reader: Callable[[str], dict[str, Any]]) -> tuple[str, int] | None:
+    """``(run workdir, k)`` if `workdir` is member k's folder of a population
+    (it holds no checkpoints of its own; its parent does). `info_reader` reads
+    the parent's checkpoint metadata (``member_names``, or ``seed<k>`` folders of
+    checkpoints that predate sweeps)."""
+    parent = os.path.dirname(os.path.normpath(workdir))
+    name = os.path.basename(os.path.normpath(workdir))
+    if os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.path.isdir(os.path.join(parent, "checkpoints")):
+        return None
+    names = info_reader(parent).get("member_names")
+    if names and name in names:
+        return parent, names.index(name)
+    found = re.fullmatch(r"seed(\d+)", name)
+    return (parent, int(found.group(1))) if found else None
+
+
+def stacked_size(info: dict[str, Any]) -> int:
+    """How many members a checkpoint's arrays stack (1: not stacked)."""
+    return int(info.get("num_members", info.get("num_seeds", 1)))
+
+
+def seeds_arg(population: Population) -> int | list[int]:
+    """What `create_train_state` and the on-device pipeline take: one seed, or one per member."""
+    return population.seeds[0] if population.size == 1 else list(population.seeds)
+
+
+def over_members(fn: Callable[..., Any], in_axes: Sequence[int | None], size: int, how: str = "auto") -> Callable:
+    """`fn` over each member: itself for one member, else `parallel.over_seeds`
+    (arguments with axis 0 are stacked per member, None ones shared)."""
+    return fn if size == 1 else parallel.over_seeds(fn, in_axes, how)
+
+
+def take(tree: Any, k: int) -> Any:
+    """Member `k` of a stacked pytree."""
+    return jax.tree_util.tree_map(lambda x: x[k], tree)
+
+
+def first(tree: Any, size: int) -> Any:
+    """The first member of a pytree of `size` members (the tree itself for one)."""
+    return tree if size == 1 else take(tree, 0)
+
+
+def per_member(metrics: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """``{name: [K] values}`` (or scalars for one member) -> one dict per member, on the host."""
+    host = {k: np.asarray(jax.device_get(v)) for k, v in metrics.items()}
+    if size == 1:
+        return [host]
+    return [{name: v[k] for name, v in host.items()} for k in range(size)]
+
+
+def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean over members of each number in their evaluation metrics, with
+    the members' own under ``"per_seed"`` (what the checkpoint's metadata keeps)."""
+    if len(results) == 1:
+        return results[0]
+    numbers = [k for k, v in results[0].items() if isinstance(v, (int, float))]
+    return {**{k: statistics.mean(r[k] for r in results) for k in numbers}, "per_seed": results}

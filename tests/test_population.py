@@ -1,0 +1,130 @@
+"""Populations (config.sweep x config.num_seeds): members trained together in one
+compiled step equal each member trained alone; checkpoints written before the
+population axis (tests/fixtures/ckpt_860d72c) still restore, evaluate and resume."""
+
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_config
+from fixtures.make_checkpoints import HERE as FIXTURES
+from fixtures.make_checkpoints import fixture_config
+
+import resnet_jax
+from resnet_jax.errors import CheckpointMismatchError, ConfigError
+from resnet_jax.evaluate import evaluate_checkpoint
+from resnet_jax.plot import read_metrics
+from resnet_jax.training import population
+from resnet_jax.training.checkpoint import Checkpointer
+from resnet_jax.training.loop import train_and_evaluate
+
+# One block a stage of 4-8-16 filters, as the fixtures: compiles in seconds.
+SMALL = {"data.pipeline": "device", "learning_rate": 0.01, "lr_schedule": "cosine", "warmup_epochs": 1.0,
+         "model_kwargs.stage_sizes": (1, 1, 1), "model_kwargs.stage_widths": (4, 8, 16)}  # fmt: skip
+
+
+def leaves(tree):
+    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def variables_of(tree):
+    groups = ("['params'", "['batch_stats'", "['ema_params'")
+    return {k: v for k, v in leaves(tree).items() if k.split("]")[0] in groups}
+
+
+def test_a_learning_rate_by_weight_decay_grid_equals_its_members_trained_alone(image_folder, tmp_path):
+    """A 2 x 2 grid of learning rate and weight decay (warm-up and cosine, EMA),
+    6 steps: each member's parameters, batch statistics and EMA equal those of
+    its own run; its folder has its metrics; the report names every member."""
+    sweep = "learning_rate=0.01,0.05 weight_decay=1e-4,1e-2"
+    config = tiny_config(image_folder, num_train_steps=6, sweep=sweep, ema_decay=0.9, **SMALL)
+    members = population.from_config(config)
+    assert members.size == 4 and members.swept["weight_decay"] == (1e-4, 1e-2, 1e-4, 1e-2)
+    together = train_and_evaluate(config, str(tmp_path / "grid"))
+    packed = leaves(Checkpointer(str(tmp_path / "grid")).restore_tree())
+    for k, name in enumerate(members.names()):
+        alone_dir = str(tmp_path / f"alone{k}")
+        alone = train_and_evaluate(population.member_config(config, members, k), alone_dir)
+        a = variables_of(Checkpointer(alone_dir).restore_tree())
+        assert len(a) > 10
+        for key, x in a.items():
+            np.testing.assert_allclose(packed[key][k], x, rtol=1e-4, atol=2e-5, err_msg=f"{name} {key}")
+        assert together["eval"]["per_seed"][k]["top1"] == pytest.approx(alone["eval"]["top1"])
+        assert os.path.isfile(tmp_path / "grid" / name / "metrics.jsonl")
+    # The members really differ: a larger learning rate moves the parameters further.
+    head = packed["['params']['head']['kernel']"]
+    assert not np.allclose(head[0], head[2])
+    table = (tmp_path / "grid" / "table.md").read_text()
+    assert all(name in table for name in members.names()) and "| 0.05 | 0.01 | 1 |" in table
+    assert (tmp_path / "grid" / "sweep.png").stat().st_size > 10_000
+    _, variables, info = resnet_jax.restore(str(tmp_path / "grid" / members.names()[3]))
+    assert info["learning_rate"] == 0.05 and info["weight_decay"] == 0.01 and info["member"] == 3
+    np.testing.assert_array_equal(variables["params"]["head"]["kernel"], head[3])
+
+
+def test_sweeps_that_change_shapes_or_are_malformed_are_refused(image_folder, tmp_path):
+    for sweep, message in (
+        ("batch_size=64,128", "'batch_size' cannot be swept in one run"),
+        ("model=1,2", "'model' cannot be swept"),
+        ("learning_rate=0.1,x", "not a number"),
+        ("learning_rate", "is not field=value"),
+        ("ema_decay=0,0.99", "ema_decay must be > 0 for every member or for none"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            train_and_evaluate(tiny_config(image_folder, sweep=sweep, **SMALL), str(tmp_path / "x"))
+    assert not os.path.exists(tmp_path / "x" / "checkpoints")
+
+
+def test_a_one_member_run_ends_where_the_trainer_before_the_population_axis_did(image_folder, tmp_path):
+    """The one-seed fixture was trained by commit 860d72c; the same recipe trained
+    now ends with the same parameters, batch statistics and momentum."""
+    now = str(tmp_path / "now")
+    train_and_evaluate(fixture_config(image_folder, 1), now)
+    a = leaves(Checkpointer(str(FIXTURES / "one_seed")).restore_tree(6))
+    b = leaves(Checkpointer(now).restore_tree(6))
+    assert a.keys() == b.keys() and len(a) > 20
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("fixture,num_seeds", [("one_seed", 1), ("two_seeds", 2)])
+def test_checkpoints_from_before_the_population_axis_restore_evaluate_and_resume(
+    image_folder, tmp_path, fixture, num_seeds
+):
+    workdir = tmp_path / fixture
+    shutil.copytree(FIXTURES / fixture, workdir)
+    member = {} if num_seeds == 1 else {"member": 1}
+    model, variables, info = resnet_jax.restore(str(workdir), **member)
+    assert info["step"] == 6 and tuple(model.stage_widths) == (4, 8, 16)
+    if num_seeds == 2:
+        _, from_folder, folder_info = resnet_jax.restore(str(workdir / "seed1"))
+        assert folder_info["seed"] == 1
+        np.testing.assert_array_equal(from_folder["params"]["head"]["kernel"], variables["params"]["head"]["kernel"])
+    where = workdir if num_seeds == 1 else workdir / "seed1"
+    metrics = evaluate_checkpoint(tiny_config(image_folder, **SMALL), str(where))
+    saved = info["metrics"]
+    assert metrics["top1"] == pytest.approx(saved["top1"]) and metrics["loss"] == pytest.approx(saved["loss"], 1e-5)
+    config = fixture_config(image_folder, num_seeds)
+    config.num_train_steps = 9
+    out = str(workdir)
+    train_and_evaluate(config, out)
+    straight = str(tmp_path / "straight")
+    train_and_evaluate(config, straight)
+    a, b = leaves(Checkpointer(out).restore_tree(9)), leaves(Checkpointer(straight).restore_tree(9))
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    config.sweep = "learning_rate=0.01,0.02"
+    with pytest.raises(CheckpointMismatchError, match="members"):
+        train_and_evaluate(config, out)
+
+
+def test_checkpoints_have_their_own_cadence(image_folder, tmp_path):
+    """By default an evaluation does not save; checkpoint_every_steps does, and the end always does."""
+    config = tiny_config(image_folder, num_train_steps=9, eval_every_steps=2, checkpoint_on_eval=False,
+                         checkpoint_every_steps=4, keep_checkpoints=10, **SMALL)  # fmt: skip
+    train_and_evaluate(config, str(tmp_path / "w"))
+    assert Checkpointer(str(tmp_path / "w")).all_steps() == [4, 8, 9]
+    records = read_metrics(str(tmp_path / "w"))["eval"]
+    assert [r["step"] for r in records] == [2, 4, 6, 8, 9]
