@@ -41,7 +41,7 @@ from resnet_jax import parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.data.device import DevicePipeline  # noqa: E402
 from resnet_jax.plot import read_metrics  # noqa: E402
-from resnet_jax.training import loop, optim, steps  # noqa: E402
+from resnet_jax.training import loop, optim  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
 

@@ -11,26 +11,33 @@ draw per image. Every random choice comes from the JAX key, so the same key give
   bilinear interpolation. `magnitude`, `magnitude_std` and `probability` may be traced scalars.
 
 The ops themselves (`shear_x`, `rotate`, `contrast`, `equalize`, ...) are public functions on one image [H, W, 3],
-uint8 or float in [0, 255], with traced magnitudes. They follow `torchvision.transforms.v2.functional`, down to
-its float32 arithmetic and its rounding (truncation for the colour ops, round-half-even after a warp), so that
-they agree with it to within one grey level. timm applies the same ops with PIL, whose arithmetic differs in
-places; `rand_augment` uses the torchvision definitions with timm's arguments. Where PIL differs:
+uint8 or float in [0, 255], jittable and vmappable with traced magnitudes. They follow
+`torchvision.transforms.v2.functional` on uint8 tensors, down to its float32 arithmetic, its sampling grid and its
+rounding (truncation after the colour ops, round-half-even after a warp). On the test images the nearest-neighbour
+warps, Brightness, Contrast, Sharpness, Posterize, Solarize, AutoContrast, Equalize and Invert give torchvision's
+bytes; bilinear warps and Color differ by one grey level on a few values, where torch fuses a multiply-add into an
+FMA and this module rounds the product on its own (JAX has no FMA; see `_mul`).
 
-* bilinear warps (Rotate, ShearX/Y, TranslateX/YRel): PIL clamps to the edge pixel inside the image and switches
-  to the fill colour abruptly outside it; torchvision (and this module) blends the last half pixel with the fill.
-  Interior pixels agree to within one grey level; pixels on the border of the warped image can differ by up to
-  the difference between the image and the fill colour.
-* Color and Contrast: PIL's grayscale is a rounded fixed-point ITU-R 601 sum and its contrast mean is rounded to
-  an integer; torchvision floors a float grayscale and keeps the float mean: up to a few grey levels apart.
-* Sharpness: PIL rounds the smoothed image differently: within one or two grey levels.
-* AutoContrast: PIL builds an integer lookup table from a float64 scale: within one grey level.
-* Equalize, Posterize, Solarize, SolarizeAdd, Invert and Brightness agree exactly (to one level for Brightness).
+timm applies the RandAugment ops with PIL. `rand_augment` uses the torchvision definitions with timm's arguments
+(its `LEVEL_TO_ARG`, in float32), so it differs from timm where PIL's arithmetic differs from torchvision's:
+
+* bilinear warps (Rotate, ShearX/Y, TranslateX/YRel): PIL truncates the interpolated value where torchvision
+  rounds (PIL is 0 or 1 grey level darker, about half a level on average), clamps to the edge pixel inside the
+  image and switches abruptly to the fill colour outside it, where torchvision blends the last half pixel with the
+  fill. Pixels on the border of the warped image can therefore differ by up to |image - fill|.
+* Color: PIL's grayscale is a rounded fixed-point sum, torchvision floors a float one: within one grey level,
+  shifted by up to |1 - factor| / 2 on average.
+* Contrast: PIL rounds the grayscale mean to an integer, torchvision keeps the float mean of the floored grayscale:
+  within one grey level, shifted by up to |1 - factor| on average.
+* AutoContrast: PIL's lookup table from a float64 scale: within one grey level on a few values.
+* Sharpness, Brightness, Equalize, Posterize, Solarize, SolarizeAdd and Invert: identical. PosterizeIncreasing at
+  level 10 keeps 0 bits, a black image as in torchvision (the installed Pillow refuses bits=0 and timm raises).
 
 Cost: per-image op selection is a `lax.switch` under `jax.vmap`, which evaluates every branch for every image and
-selects the result. To keep that affordable the geometric ops of one layer share a single warp (each image builds
-its own inverse affine matrix, an identity for the non-geometric ops), and the remaining branches are
-elementwise maps, one 3x3 blur and one 256-bin histogram per channel. A layer therefore costs about one gather
-warp plus ten elementwise passes over the batch, whichever op an image draws.
+selects the results. To keep that affordable the geometric ops of a layer share one warp (each image builds its
+own inverse affine matrix, the identity for the non-geometric ops), and the other branches are elementwise maps,
+one 3x3 blur and one 256-bin histogram per channel: whichever op an image draws, a layer costs one gather warp
+plus about ten elementwise passes over the batch.
 """
 
 from __future__ import annotations
@@ -177,7 +184,9 @@ def _affine_warp(
     x = _as_float(image).reshape(h * w, c)
     fill = _fill_vector(fill, c)
     m = jnp.asarray(matrix, _F32)
-    r = m / jnp.array([0.5 * w, 0.5 * w, 0.5 * w, 0.5 * h, 0.5 * h, 0.5 * h], _F32)
+    # A true division (the barrier keeps XLA from multiplying by a rounded reciprocal instead), as torchvision's.
+    half_size = jax.lax.optimization_barrier(jnp.array([0.5 * w, 0.5 * w, 0.5 * w, 0.5 * h, 0.5 * h, 0.5 * h], _F32))
+    r = m / half_size
     xs = jnp.asarray(np.arange(w, dtype=np.float32) - np.float32((w - 1) / 2))[None, :]
     ys = jnp.asarray(np.arange(h, dtype=np.float32) - np.float32((h - 1) / 2))[:, None]
     gx = _mul(xs, r[0]) + _mul(ys, r[1]) + r[2]
@@ -268,16 +277,16 @@ def brightness(image: jax.Array, factor: jax.Array | float) -> jax.Array:
 
 
 def color(image: jax.Array, factor: jax.Array | float) -> jax.Array:
-    """Blends with the floored grayscale image (torchvision's `adjust_saturation`; PIL's `ImageEnhance.Color`
-    uses a rounded fixed-point grayscale: within 2 grey levels)."""
+    """Blends with the grayscale image, floored for uint8 (torchvision's `adjust_saturation`; PIL's
+    `ImageEnhance.Color` rounds a fixed-point grayscale: within one grey level)."""
     x = _as_float(image)
     gray = _grayscale(x, _is_int(image))[..., None]
     return _blend(x, gray, factor, jnp.asarray(image).dtype)
 
 
 def contrast(image: jax.Array, factor: jax.Array | float) -> jax.Array:
-    """Blends with the mean of the floored grayscale image (torchvision's `adjust_contrast`; PIL's
-    `ImageEnhance.Contrast` rounds the mean to an integer: within a few grey levels)."""
+    """Blends with the mean of the grayscale image, floored for uint8 (torchvision's `adjust_contrast`; PIL's
+    `ImageEnhance.Contrast` rounds the mean to an integer: within one grey level)."""
     x = _as_float(image)
     mean = jnp.mean(_grayscale(x, _is_int(image)))
     return _blend(x, mean, factor, jnp.asarray(image).dtype)
@@ -332,8 +341,8 @@ def invert(image: jax.Array) -> jax.Array:
 
 
 def autocontrast(image: jax.Array) -> jax.Array:
-    """Stretches each channel to [0, 255] (torchvision's `autocontrast`; PIL's integer lookup table agrees to
-    within one grey level)."""
+    """Stretches each channel to [0, 255], a flat channel left alone (torchvision's `autocontrast`; PIL's
+    lookup table agrees to within one grey level)."""
     image = jnp.asarray(image)
     x = _as_float(image)
     lo = jnp.min(x, axis=(0, 1))
@@ -449,7 +458,7 @@ def _ta_apply(image: jax.Array, op: jax.Array, arg: jax.Array, fill: jax.Array) 
     warped = _affine_warp(image, matrices[jnp.where(geometric, op, 0)], fill, "nearest")
     pixel_ops: list[Callable[[jax.Array, jax.Array], jax.Array]] = [
         lambda x, a: x,
-        brightness,
+        color,
         color,
         contrast,
         sharpness,
@@ -545,7 +554,9 @@ def rand_augment_choices(
     probability: jax.Array | float = 0.5,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The random draws of `rand_augment`, each [B, num_layers]: the op index into `RAND_AUGMENT_OPS` (int32),
-    the argument timm's op receives (float32, as `_rand_augment_arg`), and whether the layer applies (bool)."""
+    the argument timm's op receives at the drawn level and sign (float32: degrees, bits, threshold, addition,
+    enhancement factor, shear factor or translation as a fraction of the image size, positive to the left/up as
+    in PIL; 0 for the ops without one), and whether the op is applied (bool)."""
     k_op, k_apply, k_gauss, k_uniform, k_sign = jax.random.split(key, 5)
     shape = (batch_size, num_layers)
     ops = jax.random.randint(k_op, shape, 0, len(RAND_AUGMENT_OPS))
