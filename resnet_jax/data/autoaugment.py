@@ -458,7 +458,7 @@ def _ta_apply(image: jax.Array, op: jax.Array, arg: jax.Array, fill: jax.Array) 
     warped = _affine_warp(image, matrices[jnp.where(geometric, op, 0)], fill, "nearest")
     pixel_ops: list[Callable[[jax.Array, jax.Array], jax.Array]] = [
         lambda x, a: x,
-        color,
+        brightness,
         color,
         contrast,
         sharpness,

@@ -1,0 +1,90 @@
+"""What the batch augmentations cost inside the train step: the step with
+torchvision's V2 set (TrivialAugmentWide, random erasing 0.1, mixup 0.2 /
+cutmix 1.0, label smoothing 0.1) or timm's RSB A1 set (RandAugment m7, mixup
+0.2 / cutmix 1.0, BCE) against the same step without augmentations, on one
+synthetic batch kept on the device.
+
+    python bench/augment_cost.py --model cifar_resnet20 --batch 128 --resolution 32
+    python bench/augment_cost.py --model resnet50 --batch 32 --resolution 112
+
+Prints one JSON line: ms per step for each set and the ratio to none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from resnet_jax import models, parallel  # noqa: E402
+from resnet_jax.config import default_config  # noqa: E402
+from resnet_jax.data import batch_augment  # noqa: E402
+from resnet_jax.training import optim, steps  # noqa: E402
+from resnet_jax.training.state import create_train_state  # noqa: E402
+
+SETS = {
+    "none": {},
+    "tv2": {"auto_augment": "trivial", "random_erasing": 0.1, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
+            "label_smoothing": 0.1},
+    "rsb_a1": {"auto_augment": "rand", "randaugment_magnitude": 7.0, "mixup_alpha": 0.2, "cutmix_alpha": 1.0,
+               "loss": "bce"},
+}  # fmt: skip
+
+
+def step_ms(model_name: str, batch: int, resolution: int, fields: dict, repeats: int) -> float:
+    c = default_config()
+    for k, v in fields.items():
+        c[k] = v
+    mesh = parallel.make_mesh()
+    num_classes = 10 if models.family(model_name) == "cifar" else 1000
+    model = models.create(model_name, num_classes=num_classes)
+    tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
+    state = create_train_state(model, tx, resolution, 0, mesh)
+    rng = np.random.default_rng(0)
+    data = parallel.shard_batch({"image": rng.integers(0, 256, (batch, resolution, resolution, 3), np.uint8),
+                                 "label": rng.integers(0, num_classes, batch).astype(np.int32)}, mesh)  # fmt: skip
+    step = jax.jit(functools.partial(
+        steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=c.label_smoothing,
+        ema_decay=0.0, loss=c.loss, transform=batch_augment.batch_transform(c, num_classes),
+    ), donate_argnums=0)  # fmt: skip
+    for _ in range(2):
+        state, metrics = step(state, data)
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            state, metrics = step(state, data)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - t0) / 5)
+    return float(np.median(times)) * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="cifar_resnet20")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    args = p.parse_args()
+    out = {name: step_ms(args.model, args.batch, args.resolution, SETS[name], args.repeats) for name in args.sets}
+    device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    result = {"model": args.model, "batch": args.batch, "resolution": args.resolution,
+              **{f"{k}_ms": v for k, v in out.items()}, "device": device, "jax": jax.__version__}  # fmt: skip
+    if "none" in out:
+        result.update({f"{k}_ratio": v / out["none"] for k, v in out.items() if k != "none"})
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
