@@ -243,7 +243,7 @@ def test_without_grain_the_package_imports_and_names_the_extra(image_folder, tmp
     args = [sys.executable, "-c", WITHOUT_GRAIN, str(tmp_path / "run"), image_folder]
     proc = subprocess.run(args, env=hiding("grain", env, tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "data.pipeline='grain' needs the grain package: pip install 'resnet-jax-flax[grain]' (or '.[grain]' in a checkout)"
+    assert proc.stdout.strip() == "data.pipeline='grain' needs the grain package: pip install 'resnet-jax-flax[grain]'"
 
 
 def test_bad_files_are_named_skipped_or_stop_the_run(tmp_path):

@@ -39,7 +39,7 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: int | li
             if e.name != "grain":
                 raise
             raise MissingDependencyError(
-                "data.pipeline='grain' needs the grain package: pip install 'resnet-jax-flax[grain]' (or '.[grain]' in a checkout)"
+                "data.pipeline='grain' needs the grain package: pip install 'resnet-jax-flax[grain]'"
             ) from None
         return GrainPipeline(cfg, config.batch_size, config.eval_batch_size, config.seed, mesh)
     if cfg.pipeline == "device":
