@@ -35,6 +35,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 500
     c.num_epochs = 10
     c.num_train_steps = -1  # > 0: train this many steps instead of num_epochs
+    # data.pipeline="device": train steps per compiled call (lax.scan), fewer host round trips; on XLA:CPU slower
+    # (docs/cpu.md). Must divide the steps per epoch and every step cadence.
+    c.steps_per_call = 1
 
     c.learning_rate = 0.1
     c.lr_linear_scaling = False  # lr *= batch_size / lr_reference_batch

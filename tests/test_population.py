@@ -128,3 +128,23 @@ def test_checkpoints_have_their_own_cadence(image_folder, tmp_path):
     assert Checkpointer(str(tmp_path / "w")).all_steps() == [4, 8, 9]
     records = read_metrics(str(tmp_path / "w"))["eval"]
     assert [r["step"] for r in records] == [2, 4, 6, 8, 9]
+
+
+def test_several_steps_per_call_train_as_one_step_per_call(image_folder, tmp_path):
+    """steps_per_call=3 (a lax.scan of 3 steps a call) ends where one step a
+    call does, with the same training records; cadences it cannot meet are refused."""
+    config = tiny_config(image_folder, num_train_steps=6, batch_size=8, log_every_steps=3, eval_every_steps=6,
+                         **SMALL)  # fmt: skip
+    train_and_evaluate(config, str(tmp_path / "one"))
+    config.steps_per_call = 3
+    train_and_evaluate(config, str(tmp_path / "three"))
+    a, b = (leaves(Checkpointer(str(tmp_path / w)).restore_tree()) for w in ("one", "three"))
+    assert int(a["['step']"]) == int(b["['step']"]) == 6
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    one, three = (read_metrics(str(tmp_path / w))["train"] for w in ("one", "three"))
+    assert [r["step"] for r in three] == [r["step"] for r in one] == [3, 6]
+    np.testing.assert_allclose([r["loss"] for r in three], [r["loss"] for r in one], rtol=1e-5)
+    config.steps_per_call, config.log_every_steps = 4, 2
+    with pytest.raises(ConfigError, match=r"steps_per_call=4 must be >= 1 and divide steps per epoch \(6\)"):
+        train_and_evaluate(config, str(tmp_path / "four"))

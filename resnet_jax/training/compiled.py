@@ -40,12 +40,15 @@ def compile_train_step(
     hp: dict[str, jax.Array] | None = None,
     size: int = 1,
     seed_batching: str = "auto",
+    steps_per_call: int = 1,
 ) -> TrainStep:
     """``train(state, window, item) -> (state, window)`` for each item of
     ``pipeline.train_epoch``: `step_fn` (a pure ``(state, batch, hp) -> (state,
     metrics)``) compiled once, over the `size` members of a population with
     their hyperparameters `hp` (per-member arrays; empty for one member), with
-    the state and the log window donated."""
+    the state and the log window donated. With an on-device pipeline,
+    `steps_per_call` > 1 runs that many steps in one call (`jax.lax.scan`; the
+    caller passes one item for them all)."""
     hp = hp or {}
     if isinstance(pipeline, OnDevicePipeline):
         steps_per_epoch = pipeline.steps_per_epoch
@@ -57,9 +60,15 @@ def compile_train_step(
     else:
         member = population.over_members(lambda s, h, b: step_fn(s, b, h), (0, 0, None), size, seed_batching)
 
-    def step(state: Any, window: Window, *args: Any) -> tuple[Any, Window]:
+    def one_step(state: Any, window: Window, *args: Any) -> tuple[Any, Window]:
         state, metrics = member(state, hp, *args)
         return state, accumulate(window, metrics)
+
+    def step(state: Any, window: Window, *args: Any) -> tuple[Any, Window]:
+        if steps_per_call == 1:
+            return one_step(state, window, *args)
+        body = lambda carry, _: (one_step(*carry, *args), None)  # noqa: E731
+        return jax.lax.scan(body, (state, window), None, length=steps_per_call)[0]
 
     jitted = jax.jit(step, donate_argnums=(0, 1))
     if isinstance(pipeline, OnDevicePipeline):

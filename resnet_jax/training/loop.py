@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from tqdm import tqdm
 
 from resnet_jax import models, parallel, plot
 from resnet_jax.data import batch_augment, make_pipeline
+from resnet_jax.data.pipeline import OnDevicePipeline
 from resnet_jax.errors import ConfigError, DivergedError, Preempted
 from resnet_jax.training import optim, population, population_report, steps
 from resnet_jax.training.checkpoint import Checkpointer, check_resumable, restore_newest, run_metadata
@@ -174,6 +176,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
         members.hyperparameters(),
         members.size,
         config.seed_batching,
+        _check_steps_per_call(config, pipeline, total_steps, step_of(state)),
     )
     run = _Run(
         config, workdir, members, pipeline, ckpt, metadata, total_steps, preemption,
@@ -188,6 +191,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
         ckpt.close()
         for writer in run.log.writers:
             writer.close()
+
+
+def _check_steps_per_call(config: ml_collections.ConfigDict, pipeline: Any, total_steps: int, step: int) -> int:
+    """``config.steps_per_call``, refused where the loop could not stop where it must."""
+    n = int(config.steps_per_call)
+    if n == 1:
+        return n
+    if not isinstance(pipeline, OnDevicePipeline):
+        raise ConfigError(f"steps_per_call={n} needs data.pipeline='device' (the steps of a call make their batches)")
+    cadences = {"steps per epoch": pipeline.steps_per_epoch, "num_train_steps": total_steps,
+                "log_every_steps": config.log_every_steps, "eval_every_steps": config.eval_every_steps,
+                "checkpoint_every_steps": config.checkpoint_every_steps, "the step resumed at": step}  # fmt: skip
+    for name, value in cadences.items():
+        if n < 1 or value % n:
+            raise ConfigError(f"steps_per_call={n} must be >= 1 and divide {name} ({value})")
+    return n
 
 
 def _member_values(members: population.Population) -> list[dict[str, float]]:
@@ -217,11 +236,12 @@ class _Run:
         while step < total and not self.preemption.requested:
             epoch = step // spe
             bar = _progress(epoch, min((epoch + 1) * spe, total) - step)
-            for item in self.pipeline.train_epoch(epoch, step % spe):
+            n = self.config.steps_per_call  # the steps of one call (one item for them all)
+            for item in itertools.islice(self.pipeline.train_epoch(epoch, step % spe), 0, None, n):
                 state, self.log.window = train_step(state, self.log.window, item)
-                self.log.added()
-                step += 1  # counted here: reading the state's step back would wait for the device
-                bar.update(1)
+                self.log.added(n)
+                step += n  # counted here: reading the state's step back would wait for the device
+                bar.update(n)
                 self._periodic(state, step)
                 if step == total or step % spe == 0 or self.preemption.requested:
                     break
@@ -281,7 +301,7 @@ class _Run:
         self.results = {split: population.combine([r[split] for r in per_member]) for split in per_member[0]}
         if jax.process_index() != 0:
             return
-        tqdm.write(_summary_line(step // self.pipeline.steps_per_epoch, step, self.log.last, self.results))
+        tqdm.write(_summary_line((step - 1) // self.pipeline.steps_per_epoch, step, self.log.last, self.results))
         if step >= self.total_steps or time.time() - self.last_curves >= self.config.curves_every_seconds:
             for d in self.dirs:  # ~1 s with 164 evaluations: not at each one of a fast GPU run
                 plot.write_curves(d)

@@ -115,9 +115,9 @@ class TrainLog:
         self._steps, self._t0 = 0, time.time()
         self._pending: tuple[Window, int, int, float] | None = None
 
-    def added(self) -> None:
-        """Counts one step added to `window` by the compiled step."""
-        self._steps += 1
+    def added(self, steps: int = 1) -> None:
+        """Counts the steps the compiled step added to `window`."""
+        self._steps += steps
 
     def restart_clock(self) -> None:
         """Starts timing anew (after an evaluation, which is not training time)."""
