@@ -99,7 +99,8 @@ def test_two_seeds_train_together_and_networks_in_parallel_processes(image_folde
     table = (workdir / "table.md").read_text()
     for model in ("cifar_plain20", "cifar_resnet20"):
         log = (workdir / model / "train.log").read_text()
-        assert "2 seeds (0, 1) train together in one step, looped (one after another)" in log and "Done: step 13" in log
+        assert "2 networks (seed0, seed1) train together in one step, looped (one after another)" in log
+        assert "Done: step 13" in log
         errors = []
         for r in (r for r in results["runs"] if r["model"] == model):
             evals = [m for m in read_jsonl(workdir / model / f"seed{r['seed_index']}" / "metrics.jsonl")

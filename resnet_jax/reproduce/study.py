@@ -108,6 +108,7 @@ def plan(
         config = RECIPES[study](model)
         scale_recipe(config, scale)
         config.eval_every_steps = math.ceil(config.num_train_steps / evals)
+        config.checkpoint_on_eval = True  # a resumable point at every point of the curves (and the best one)
         config.num_seeds = seeds
         config.update_from_flattened_dict(overrides)
         runs.append(Run(model, os.path.join(workdir, model), config))

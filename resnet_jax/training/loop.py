@@ -134,7 +134,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {info.num_train} training examples")
     total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     schedules = [
-        optim.learning_rate_schedule(config, steps_per_epoch, total_steps, hp) for hp in _member_values(members)
+        optim.learning_rate_schedule(config, steps_per_epoch, total_steps, hp) for hp in members.swept_values()
     ]
 
     def make_tx(hp: dict[str, Any]) -> optax.GradientTransformation:
@@ -142,7 +142,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
 
     use_ema = max((config.ema_decay, *members.swept.get("ema_decay", ()))) > 0
     state = create_train_state(
-        model, make_tx(_member_values(members)[0]), info.image_size, population.seeds_arg(members), mesh, use_ema
+        model, make_tx(members.swept_values()[0]), info.image_size, population.seeds_arg(members), mesh, use_ema
     )
     metadata = run_metadata(config, info.class_names, info.num_train)
     data_iterator = getattr(pipeline, "data_iterator", None)  # Grain's: saved and restored with the state
@@ -207,11 +207,6 @@ def _check_steps_per_call(config: ml_collections.ConfigDict, pipeline: Any, tota
         if n < 1 or value % n:
             raise ConfigError(f"steps_per_call={n} must be >= 1 and divide {name} ({value})")
     return n
-
-
-def _member_values(members: population.Population) -> list[dict[str, float]]:
-    """Each member's swept values (empty dicts where nothing is swept)."""
-    return [{f: v[k] for f, v in members.swept.items()} for k in range(members.size)]
 
 
 class _Run:

@@ -81,6 +81,10 @@ class Population:
             names.append(f"{values}_{seed}" if values else seed)
         return names
 
+    def swept_values(self) -> list[dict[str, float]]:
+        """Each member's swept values, on the host (empty dicts when nothing is swept)."""
+        return [{f: v[k] for f, v in self.swept.items()} for k in range(self.size)]
+
     def hyperparameters(self) -> dict[str, jax.Array]:
         """The swept values as per-member arrays, the step's per-member input
         (empty for a population of one: its values are the config's)."""
