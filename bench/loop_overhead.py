@@ -112,11 +112,11 @@ def overhead(what: str, num_steps: int, batch: int) -> dict[str, Any]:
         c = config
         step_fn = lambda s, b: real(s, b, mean=c.data.mean, std=c.data.std, dtype=jnp.float32,  # noqa: E731
                                     label_smoothing=0.0, ema_decay=0.0)  # fmt: skip
+    bare_us = _bare_us_per_step(config, step_fn, min(num_steps, 2000))  # first: the loop's end leaves threads
     try:
         loop_us = _loop_us_per_step(config)
     finally:
         loop.steps.train_step = real
-    bare_us = _bare_us_per_step(config, step_fn, min(num_steps, 2000))
     return {"what": what, "batch": batch, "steps": num_steps, "loop_us_per_step": loop_us,
             "bare_us_per_step": bare_us, "ratio": loop_us / bare_us}  # fmt: skip
 

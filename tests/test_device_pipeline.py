@@ -116,7 +116,7 @@ def test_imports_and_trains_without_tensorflow():
         for item in p.train_epoch(0):
             state, window = step(state, empty_window(1), item)
         assert "tensorflow" not in sys.modules
-        print("ok", int(state.step), float(window["loss"]))
+        print("ok", int(state.step), float(window[0]))
     """)
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.errors import DivergedError
-from resnet_jax.training import population
 
 
 class MetricWriter:
@@ -60,29 +59,30 @@ class MetricWriter:
                 self._tb.close()
 
 
-Window = dict[str, jax.Array]
+Window = jax.Array  # [5] (one network) or [K, 5]: the columns below, per population member
+LOSS, ACCURACY, STEPS, DIVERGED_AT, DIVERGED_LOSS = range(5)
 
 
 def empty_window(size: int) -> Window:
-    """Running sums of a log window with no step yet, for `size` population members."""
-    shape = () if size == 1 else (size,)
-    return {"loss": jnp.zeros(shape), "accuracy": jnp.zeros(shape), "steps": jnp.zeros((), jnp.int32),
-            "diverged_at": jnp.zeros(shape, jnp.int32), "diverged_loss": jnp.zeros(shape)}  # distinct buffers: donated
+    """Running sums of a log window with no step yet, for `size` population
+    members: one array (one buffer to donate and read back)."""
+    return jnp.zeros((5,) if size == 1 else (size, 5), jnp.float32)
 
 
 def accumulate(window: Window, metrics: dict[str, jax.Array]) -> Window:
     """Adds one step's metrics to the window (inside the compiled step): sums of
     loss and accuracy, the step count, and the first diverged step of the window
     (1-based, 0 if none) with its loss; per member where [K]."""
-    steps = window["steps"] + 1
-    first = (window["diverged_at"] == 0) & metrics["diverged"]
-    return {
-        "loss": window["loss"] + metrics["loss"],
-        "accuracy": window["accuracy"] + metrics["accuracy"],
-        "steps": steps,
-        "diverged_at": jnp.where(first, steps, window["diverged_at"]),
-        "diverged_loss": jnp.where(first, metrics["loss"], window["diverged_loss"]),
-    }
+    steps = window[..., STEPS] + 1
+    first = (window[..., DIVERGED_AT] == 0) & metrics["diverged"]
+    columns = [
+        window[..., LOSS] + metrics["loss"],
+        window[..., ACCURACY] + metrics["accuracy"],
+        steps,
+        jnp.where(first, steps, window[..., DIVERGED_AT]),
+        jnp.where(first, metrics["loss"], window[..., DIVERGED_LOSS]),
+    ]
+    return jnp.stack([c.astype(jnp.float32) for c in columns], axis=-1)
 
 
 class TrainLog:
@@ -132,8 +132,7 @@ class TrainLog:
             above ``max_loss`` (raised before anything of that window is written).
         """
         if self._steps:
-            for leaf in jax.tree_util.tree_leaves(self.window):
-                leaf.copy_to_host_async()
+            self.window.copy_to_host_async()
             ended = (self.window, step, self._steps, time.time() - self._t0)
             self.window, self._steps, self._t0 = empty_window(len(self.writers)), 0, time.time()
             if self._pending is not None:
@@ -145,17 +144,16 @@ class TrainLog:
         return self.last
 
     def _write(self, window: Window, step: int, steps: int, seconds: float) -> None:
-        sums = {k: v for k, v in window.items() if k != "steps"}
-        members = population.per_member(sums, len(self.writers))
+        members = np.asarray(jax.device_get(window)).reshape(-1, 5)
         for k, m in enumerate(members):
-            if m["diverged_at"]:
-                self._diverged(step - steps + int(m["diverged_at"]), float(m["diverged_loss"]), k)
+            if m[DIVERGED_AT]:
+                self._diverged(step - steps + int(m[DIVERGED_AT]), float(m[DIVERGED_LOSS]), k)
         lrs = self.learning_rates(step - 1)
         records = []
         for m, lr in zip(members, lrs):
             records.append({
-                "loss": float(m["loss"]) / steps,
-                "accuracy": float(m["accuracy"]) / steps,
+                "loss": float(m[LOSS]) / steps,
+                "accuracy": float(m[ACCURACY]) / steps,
                 "lr": float(lr),
                 "images_per_sec": steps * self.batch_size / seconds,
                 "seconds": seconds,
