@@ -8,9 +8,11 @@
   evaluation and one checkpoint at the end) against a bare Python loop over the
   same jitted step on the same on-device pipeline. The loop's figure is the
   median over its log windows (the first two left out: compilation) of
-  seconds / steps; the bare loop's, its steps timed once compiled. The proxy's
-  step only counts (the train state of ResNet-20, no model): what is left is
-  the host's cost per step.
+  seconds / steps; the bare loop's, its steps timed once compiled (within one
+  epoch: the loop also draws each epoch's permutation, a sort on the device).
+  The proxy's step only counts (the train state of ResNet-20, no model): what
+  is left is the host's cost per step; ``loop_host_us_per_step`` is the loop
+  around a compiled step replaced by a Python no-op.
 * sweep: the wall time of one run training a 3 x 2 grid of learning rate and
   weight decay (6 members, looped in one step: the CPU default) against the 6
   runs one after another, each from start-up to its end (compilation, data,
@@ -79,6 +81,16 @@ def _loop_us_per_step(config: Any) -> float:
     return statistics.median(r["seconds"] / r["steps"] for r in windows) * 1e6
 
 
+def _host_us_per_step(config: Any) -> float:
+    """The loop with a compiled step that does nothing (a Python no-op): its own host cost per step."""
+    real = loop.compile_train_step
+    loop.compile_train_step = lambda *args, **kwargs: (lambda state, window, item: (state, window))
+    try:
+        return _loop_us_per_step(config)
+    finally:
+        loop.compile_train_step = real
+
+
 def _bare_us_per_step(config: Any, step_fn: Any, num_steps: int) -> float:
     mesh = parallel.make_mesh()
     pipeline = loop.make_pipeline(config, mesh)
@@ -117,8 +129,11 @@ def overhead(what: str, num_steps: int, batch: int) -> dict[str, Any]:
         loop_us = _loop_us_per_step(config)
     finally:
         loop.steps.train_step = real
-    return {"what": what, "batch": batch, "steps": num_steps, "loop_us_per_step": loop_us,
-            "bare_us_per_step": bare_us, "ratio": loop_us / bare_us}  # fmt: skip
+    out = {"what": what, "batch": batch, "steps": num_steps, "loop_us_per_step": loop_us,
+           "bare_us_per_step": bare_us, "ratio": loop_us / bare_us}  # fmt: skip
+    if what == "proxy":
+        out["loop_host_us_per_step"] = _host_us_per_step(config)
+    return out
 
 
 def sweep(num_steps: int, batch: int) -> dict[str, Any]:

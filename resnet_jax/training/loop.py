@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -222,6 +223,7 @@ class _Run:
         self.ckpt, self.metadata, self.total_steps, self.preemption = ckpt, metadata, total_steps, preemption
         self.evaluate, self.log = evaluate, log
         self.dirs = population.member_dirs(workdir, members)
+        self.every = _Cadence.of(config, pipeline.steps_per_epoch, total_steps)
         self.results: dict[str, Any] = {}
         self.last_save = self.last_curves = time.time()
 
@@ -231,7 +233,7 @@ class _Run:
         while step < total and not self.preemption.requested:
             epoch = step // spe
             bar = _progress(epoch, min((epoch + 1) * spe, total) - step)
-            n = self.config.steps_per_call  # the steps of one call (one item for them all)
+            n = self.every.steps_per_call  # the steps of one call (one item for them all)
             for item in itertools.islice(self.pipeline.train_epoch(epoch, step % spe), 0, None, n):
                 state, self.log.window = train_step(state, self.log.window, item)
                 self.log.added(n)
@@ -261,17 +263,16 @@ class _Run:
 
     def _periodic(self, state: TrainState, step: int) -> None:
         """The actions due after `step`."""
-        config, last = self.config, step == self.total_steps
-        evaluates = _evaluates_at(step, self.pipeline.steps_per_epoch, self.total_steps, config)
-        every_steps, every_minutes = config.checkpoint_every_steps, config.checkpoint_every_minutes
+        every = self.every
+        evaluates = every.evaluates(step)
         saves = (
-            last
+            step == every.total_steps
             or self.preemption.requested
-            or (every_steps > 0 and step % every_steps == 0)
-            or (every_minutes > 0 and time.time() - self.last_save >= 60 * every_minutes)
-            or (evaluates and config.checkpoint_on_eval)
+            or (every.save_steps > 0 and step % every.save_steps == 0)
+            or (every.save_seconds > 0 and time.time() - self.last_save >= every.save_seconds)
+            or (evaluates and every.save_on_eval)
         )
-        if step % config.log_every_steps == 0 or evaluates or saves:
+        if step % every.log == 0 or evaluates or saves:
             try:
                 self.log.flush(step, now=evaluates or saves)  # before a save: nothing diverged is kept
             except DivergedError as e:
@@ -313,14 +314,35 @@ def _progress(epoch: int, steps: int) -> tqdm:
     )
 
 
-def _evaluates_at(step: int, steps_per_epoch: int, total_steps: int, config: ml_collections.ConfigDict) -> bool:
-    """Evaluation comes at the last step, and every ``eval_every_steps`` steps
-    if that is > 0, else every ``eval_every_epochs`` epochs."""
-    if step >= total_steps:
-        return True
-    if config.eval_every_steps > 0:
-        return step % config.eval_every_steps == 0
-    return step % steps_per_epoch == 0 and (step // steps_per_epoch) % config.eval_every_epochs == 0
+@dataclass(frozen=True)
+class _Cadence:
+    """When the periodic actions come, read from the config once (a ConfigDict
+    lookup costs microseconds, too many for every step)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    steps_per_call: int
+    log: int
+    eval_steps: int
+    eval_epochs: int
+    save_steps: int
+    save_seconds: float
+    save_on_eval: bool
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int) -> _Cadence:
+        return cls(steps_per_epoch, total_steps, int(config.steps_per_call), int(config.log_every_steps),
+                   int(config.eval_every_steps), int(config.eval_every_epochs), int(config.checkpoint_every_steps),
+                   60.0 * config.checkpoint_every_minutes, bool(config.checkpoint_on_eval))  # fmt: skip
+
+    def evaluates(self, step: int) -> bool:
+        """Evaluation comes at the last step, and every ``eval_every_steps`` steps
+        if that is > 0, else every ``eval_every_epochs`` epochs."""
+        if step >= self.total_steps:
+            return True
+        if self.eval_steps > 0:
+            return step % self.eval_steps == 0
+        return step % self.steps_per_epoch == 0 and (step // self.steps_per_epoch) % self.eval_epochs == 0
 
 
 def _evaluate_all(
@@ -330,7 +352,7 @@ def _evaluate_all(
     t0 = time.time()
     evals = evaluate(state.variables(), pipeline.eval_batches())
     seconds = time.time() - t0
-    emas = evaluate(state.variables(ema=True), pipeline.eval_batches()) if config.ema_decay > 0 else None
+    emas = evaluate(state.variables(ema=True), pipeline.eval_batches()) if state.ema_params is not None else None
     out = []
     for k, ev in enumerate(evals):
         ev = {**ev, "seconds": seconds, "images_per_sec": ev["count"] * len(evals) / seconds}
