@@ -1,7 +1,7 @@
 """What the training loop costs beyond its compiled step, and what a population costs.
 
-    python bench/loop_overhead.py proxy      # host-bound proxy: ResNet-20's state, a near-empty step
-    python bench/loop_overhead.py resnet20   # ResNet-20, batch 128, the real step
+    python bench/loop_overhead.py proxy --repeats 5   # host-bound proxy: ResNet-20's state, a near-empty step
+    python bench/loop_overhead.py resnet20           # ResNet-20, batch 128, the real step
     python bench/loop_overhead.py sweep      # 6-member lr x wd sweep against 6 separate runs
 
 * proxy / resnet20: `train_and_evaluate` (logging every 50 steps, one
@@ -114,23 +114,29 @@ def _bare_us_per_step(config: Any, step_fn: Any, num_steps: int) -> float:
     return (time.perf_counter() - t0) / num_steps * 1e6
 
 
-def overhead(what: str, num_steps: int, batch: int) -> dict[str, Any]:
+def overhead(what: str, num_steps: int, batch: int, repeats: int = 1) -> dict[str, Any]:
+    """`repeats` pairs of (bare, loop) one after the other, so that both see the
+    same drift of a shared machine; the median of the pairs' ratios."""
     config = _config(num_steps, batch)
     real = loop.steps.train_step
     if what == "proxy":
-        loop.steps.train_step = _counting_step
         step_fn = _counting_step
     else:
         c = config
         step_fn = lambda s, b: real(s, b, mean=c.data.mean, std=c.data.std, dtype=jnp.float32,  # noqa: E731
                                     label_smoothing=0.0, ema_decay=0.0)  # fmt: skip
-    bare_us = _bare_us_per_step(config, step_fn, min(num_steps, 2000))  # first: the loop's end leaves threads
-    try:
-        loop_us = _loop_us_per_step(config)
-    finally:
-        loop.steps.train_step = real
-    out = {"what": what, "batch": batch, "steps": num_steps, "loop_us_per_step": loop_us,
-           "bare_us_per_step": bare_us, "ratio": loop_us / bare_us}  # fmt: skip
+    pairs = []
+    for _ in range(repeats):
+        bare_us = _bare_us_per_step(config, step_fn, min(num_steps, 2000))  # first: the loop's end leaves threads
+        if what == "proxy":
+            loop.steps.train_step = _counting_step
+        try:
+            pairs.append((_loop_us_per_step(config), bare_us))
+        finally:
+            loop.steps.train_step = real
+    ratios = [a / b for a, b in pairs]
+    out = {"what": what, "batch": batch, "steps": num_steps, "loop_us_per_step": [a for a, _ in pairs],
+           "bare_us_per_step": [b for _, b in pairs], "ratios": ratios, "median_ratio": statistics.median(ratios)}
     if what == "proxy":
         out["loop_host_us_per_step"] = _host_us_per_step(config)
     return out
@@ -160,10 +166,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="default: 3000 (proxy), 300 (resnet20), 40 (sweep)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--examples", type=int, default=50000, help="synthetic training images")
+    p.add_argument("--repeats", type=int, default=1, help="proxy / resnet20: pairs of (bare, loop) measured")
     args = p.parse_args()
     _use_synthetic_data(args.examples)
     num_steps = args.steps or {"proxy": 3000, "resnet20": 300, "sweep": 40}[args.what]
-    out = sweep(num_steps, args.batch) if args.what == "sweep" else overhead(args.what, num_steps, args.batch)
+    if args.what == "sweep":
+        out = sweep(num_steps, args.batch)
+    else:
+        out = overhead(args.what, num_steps, args.batch, args.repeats)
     out.update(device=f"{jax.device_count()} x {jax.devices()[0].device_kind}", jax=jax.__version__)
     print(json.dumps(out))
 
