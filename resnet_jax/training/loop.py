@@ -230,7 +230,8 @@ class _Run:
     def train(self, state: TrainState, train_step: Callable) -> dict[str, Any]:
         spe, total = self.pipeline.steps_per_epoch, self.total_steps
         step, start_time = step_of(state), time.time()
-        while step < total and not self.preemption.requested:
+        stop = self.preemption.requested  # read once a step: the value the save and the exit both act on
+        while step < total and not stop:
             epoch = step // spe
             bar = _progress(epoch, min((epoch + 1) * spe, total) - step)
             n = self.every.steps_per_call  # the steps of one call (one item for them all)
@@ -239,11 +240,12 @@ class _Run:
                 self.log.added(n)
                 step += n  # counted here: reading the state's step back would wait for the device
                 bar.update(n)
-                self._periodic(state, step)
-                if step == total or step % spe == 0 or self.preemption.requested:
+                stop = self.preemption.requested
+                self._periodic(state, step, stop)
+                if step == total or step % spe == 0 or stop:
                     break
             bar.close()
-        if self.preemption.requested and step < total:
+        if stop and step < total:
             self.ckpt.wait()
             if self.ckpt.latest_step() == step:
                 what = f"saved a checkpoint at step {step} of {total} in {self.ckpt.directory}"
@@ -261,13 +263,13 @@ class _Run:
             )
         return self.results
 
-    def _periodic(self, state: TrainState, step: int) -> None:
-        """The actions due after `step`."""
+    def _periodic(self, state: TrainState, step: int, stop: bool) -> None:
+        """The actions due after `step` (`stop`: SIGTERM came, save now)."""
         every = self.every
         evaluates = every.evaluates(step)
         saves = (
             step == every.total_steps
-            or self.preemption.requested
+            or stop
             or (every.save_steps > 0 and step % every.save_steps == 0)
             or (every.save_seconds > 0 and time.time() - self.last_save >= every.save_seconds)
             or (evaluates and every.save_on_eval)
