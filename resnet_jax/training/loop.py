@@ -19,7 +19,7 @@ import optax
 from tqdm import tqdm
 
 from resnet_jax import models, parallel, plot
-from resnet_jax.data import batch_augment, make_pipeline
+from resnet_jax.data import batch_augment, make_pipeline, resolution
 from resnet_jax.data.pipeline import OnDevicePipeline
 from resnet_jax.errors import ConfigError, DivergedError, Preempted
 from resnet_jax.training import optim, population, population_report, steps
@@ -80,7 +80,8 @@ def _resume_or_initialise(
 
 
 def _announce(
-    config: ml_collections.ConfigDict, workdir: str, state: TrainState, info: Any, total_steps: int, members: Any
+    config: ml_collections.ConfigDict, workdir: str, state: TrainState, info: Any, total_steps: int, members: Any,
+    steps_per_epoch: int,
 ) -> None:
     """Saves the resolved config into the workdir and prints what will run."""
     os.makedirs(workdir, exist_ok=True)
@@ -91,6 +92,9 @@ def _announce(
         f"{info.num_classes} classes, {info.num_train:,} train / {info.num_eval:,} eval examples, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
     )
+    if config.data.get("progressive_resizing"):
+        sizes = resolution.training_sizes(config.data, -(-total_steps // steps_per_epoch))
+        print(f"Progressive resizing: training at {', '.join(map(str, sizes))} px, one compilation of the step each.")
     if members.size > 1:
         how = {"vmap": "vmapped (the same kernels)", "loop": "looped (one after another)"}
         print(f"{members.size} networks ({', '.join(members.names())}) train together in one step, "
@@ -152,7 +156,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
     )
     state = _resume_or_initialise(state, ckpt, metadata, config, mesh)
     if jax.process_index() == 0:
-        _announce(config, workdir, state, info, total_steps, members)
+        _announce(config, workdir, state, info, total_steps, members, steps_per_epoch)
 
     if config.loss not in steps.LOSSES:
         raise ConfigError(f"unknown loss {config.loss!r}; use {' or '.join(steps.LOSSES)}")
