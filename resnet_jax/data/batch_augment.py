@@ -14,7 +14,7 @@ labels, as timm does) or the labels themselves when nothing mixes. Their scalars
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import jax
@@ -37,11 +37,13 @@ SWEEPABLE = {
 }
 
 
-def batch_transform(config: ml_collections.ConfigDict, num_classes: int) -> Transform | None:
-    """The batch augmentations `config` turns on, composed; None when none is."""
+def batch_transform(
+    config: ml_collections.ConfigDict, num_classes: int, swept: Collection[str] = ()
+) -> Transform | None:
+    """The batch augmentations `config` turns on (or a population sweeps: the
+    fields in `swept`), composed; None when none is."""
     if config.auto_augment not in AUTO_AUGMENTS:
         raise ConfigError(f"unknown auto_augment {config.auto_augment!r}; use 'trivial', 'rand' or ''")
-    swept = set((config.get("sweep") or "").replace("=", " ").split())
     on = lambda field: field in swept or config[field] > 0  # noqa: E731
     mixes = on("mixup_alpha") or on("cutmix_alpha")
     erases = on("random_erasing")
