@@ -6,10 +6,13 @@
 
 * proxy / resnet20: `train_and_evaluate` (logging every 50 steps, one
   evaluation and one checkpoint at the end) against a bare Python loop over the
-  same jitted step on the same on-device pipeline. The loop's figure is the
-  median over its log windows (the first two left out: compilation) of
-  seconds / steps; the bare loop's, its steps timed once compiled (within one
-  epoch: the loop also draws each epoch's permutation, a sort on the device).
+  same jitted step on the same on-device pipeline, timed just before and just
+  after the loop's training in the same process, both in windows of 50 steps
+  (the loop's are its log records, the first two left out: compilation; the
+  bare loop's lie within one epoch: the loop also draws each epoch's
+  permutation, a sort on the device, which the median leaves out). Reported:
+  the median over ``--repeats`` runs of loop / bare (medians of their windows)
+  and the ratio of the 10th percentiles of all windows.
   The proxy's step only counts (the train state of ResNet-20, no model): what
   is left is the host's cost per step; ``loop_host_us_per_step`` is the loop
   around a compiled step replaced by a Python no-op.
@@ -31,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,11 +78,11 @@ def _counting_step(state: Any, batch: Any, hp: Any = None, **_: Any) -> tuple[An
     return state.replace(step=state.step + 1), {"loss": x, "accuracy": x, "diverged": x > 1}
 
 
-def _loop_us_per_step(config: Any) -> float:
+def _loop_windows(config: Any) -> list[float]:
+    """us/step of each log window of `train_and_evaluate` (the first two left out: compilation)."""
     workdir = tempfile.mkdtemp(prefix="loop_overhead_")
     loop.train_and_evaluate(config, workdir)
-    windows = read_metrics(workdir)["train"][2:]
-    return statistics.median(r["seconds"] / r["steps"] for r in windows) * 1e6
+    return [r["seconds"] / r["steps"] * 1e6 for r in read_metrics(workdir)["train"][2:]]
 
 
 def _host_us_per_step(config: Any) -> float:
@@ -86,57 +90,87 @@ def _host_us_per_step(config: Any) -> float:
     real = loop.compile_train_step
     loop.compile_train_step = lambda *args, **kwargs: (lambda state, window, item: (state, window))
     try:
-        return _loop_us_per_step(config)
+        return statistics.median(_loop_windows(config))
     finally:
         loop.compile_train_step = real
 
 
-def _bare_us_per_step(config: Any, step_fn: Any, num_steps: int) -> float:
+def _bare_loop(config: Any, step_fn: Any) -> Callable[[int], list[float]]:
+    """``blocks(n)``: us/step of each of n blocks of ``log_every_steps`` steps of
+    a bare Python loop over the same step, jitted with the state donated, on
+    the same pipeline (within one epoch), compiled here."""
     mesh = parallel.make_mesh()
     pipeline = loop.make_pipeline(config, mesh)
     model = loop.model_from_config(config, 10)
-    tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, pipeline.steps_per_epoch, num_steps))
+    tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, pipeline.steps_per_epoch, 1))
     state = create_train_state(model, tx, 32, 0, mesh)
-    spe = pipeline.steps_per_epoch
+    spe, block = pipeline.steps_per_epoch, config.log_every_steps
 
     def bare(state: Any, data: Any, perm: Any, key: Any) -> Any:
         return step_fn(state, pipeline.make_batch(data, perm, key, state.step % spe))
 
     jitted = jax.jit(bare, donate_argnums=0)
     perm, key = next(pipeline.train_epoch(0))
-    for _ in range(3):
-        state, metrics = jitted(state, pipeline.data, perm, key)
+    state, metrics = jitted(state, pipeline.data, perm, key)
     jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(num_steps):
-        state, metrics = jitted(state, pipeline.data, perm, key)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - t0) / num_steps * 1e6
+
+    def blocks(n: int) -> list[float]:
+        nonlocal state
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            for _ in range(block):
+                state, metrics = jitted(state, pipeline.data, perm, key)
+            jax.block_until_ready(metrics)
+            out.append((time.perf_counter() - t0) / block * 1e6)
+        return out
+
+    return blocks
+
+
+def _p10(xs: list[float]) -> float:
+    return statistics.quantiles(xs, n=10)[0]
 
 
 def overhead(what: str, num_steps: int, batch: int, repeats: int = 1) -> dict[str, Any]:
-    """`repeats` pairs of (bare, loop) one after the other, so that both see the
-    same drift of a shared machine; the median of the pairs' ratios."""
+    """`repeats` runs of the loop, each with the bare loop timed just before and
+    just after its training, in the same process (the same threads alive, the
+    same drift of a shared machine), in windows of the same ``log_every_steps``
+    steps. Reported: the median over the runs of loop / bare (medians of their
+    windows), and the ratio of the 10th percentiles of all windows (the noise of
+    a shared machine only ever adds time)."""
     config = _config(num_steps, batch)
-    real = loop.steps.train_step
+    real_step, real_train = loop.steps.train_step, loop._Run.train
     if what == "proxy":
         step_fn = _counting_step
     else:
         c = config
-        step_fn = lambda s, b: real(s, b, mean=c.data.mean, std=c.data.std, dtype=jnp.float32,  # noqa: E731
-                                    label_smoothing=0.0, ema_decay=0.0)  # fmt: skip
-    pairs = []
-    for _ in range(repeats):
-        bare_us = _bare_us_per_step(config, step_fn, min(num_steps, 2000))  # first: the loop's end leaves threads
-        if what == "proxy":
-            loop.steps.train_step = _counting_step
+        step_fn = lambda s, b: real_step(s, b, mean=c.data.mean, std=c.data.std, dtype=jnp.float32,  # noqa: E731
+                                         label_smoothing=0.0, ema_decay=0.0)  # fmt: skip
+    blocks, n = _bare_loop(config, step_fn), max(2, num_steps // config.log_every_steps // 3)
+    loops, bares = [], []
+
+    def between_bare(run: Any, *args: Any) -> Any:
+        bares.append(blocks(n))
         try:
-            pairs.append((_loop_us_per_step(config), bare_us))
+            return real_train(run, *args)
         finally:
-            loop.steps.train_step = real
-    ratios = [a / b for a, b in pairs]
-    out = {"what": what, "batch": batch, "steps": num_steps, "loop_us_per_step": [a for a, _ in pairs],
-           "bare_us_per_step": [b for _, b in pairs], "ratios": ratios, "median_ratio": statistics.median(ratios)}
+            bares[-1] += blocks(n)
+
+    loop._Run.train = between_bare
+    if what == "proxy":
+        loop.steps.train_step = _counting_step
+    try:
+        for _ in range(repeats):
+            loops.append(_loop_windows(config))
+    finally:
+        loop.steps.train_step, loop._Run.train = real_step, real_train
+    ratios = [statistics.median(a) / statistics.median(b) for a, b in zip(loops, bares)]
+    out = {"what": what, "batch": batch, "steps": num_steps, "window": config.log_every_steps,
+           "loop_median_us": [statistics.median(x) for x in loops],
+           "bare_median_us": [statistics.median(x) for x in bares],
+           "ratios": ratios, "median_ratio": statistics.median(ratios),
+           "p10_ratio": _p10(sum(loops, [])) / _p10(sum(bares, []))}  # fmt: skip
     if what == "proxy":
         out["loop_host_us_per_step"] = _host_us_per_step(config)
     return out

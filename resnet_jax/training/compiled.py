@@ -46,7 +46,8 @@ def compile_train_step(
     ``pipeline.train_epoch``: `step_fn` (a pure ``(state, batch, hp) -> (state,
     metrics)``) compiled once, over the `size` members of a population with
     their hyperparameters `hp` (per-member arrays; empty for one member), with
-    the state and the log window donated. With an on-device pipeline,
+    the state donated (not the log window: a few floats, and the loop starts
+    every window from the same zeros, `TrainLog`). With an on-device pipeline,
     `steps_per_call` > 1 runs that many steps in one call (`jax.lax.scan`; the
     caller passes one item for them all)."""
     hp = hp or {}
@@ -70,7 +71,7 @@ def compile_train_step(
         body = lambda carry, _: (one_step(*carry, *args), None)  # noqa: E731
         return jax.lax.scan(body, (state, window), None, length=steps_per_call)[0]
 
-    jitted = jax.jit(step, donate_argnums=(0, 1))
+    jitted = jax.jit(step, donate_argnums=0)
     if isinstance(pipeline, OnDevicePipeline):
         return lambda state, window, inputs: jitted(state, window, pipeline.data, *inputs)
     return _host(jitted, pipeline.mesh)
