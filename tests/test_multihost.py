@@ -15,8 +15,7 @@ import sys
 import textwrap
 
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import FAST_COMPILE, ROOT
 
 WORKER = textwrap.dedent("""
     import functools, sys
@@ -59,8 +58,8 @@ def free_port():
 
 
 def test_two_processes_match_one(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    two_devices = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}")
+    two_devices = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     single = subprocess.run(
