@@ -11,8 +11,8 @@ import time
 
 # Tests compile far more than they run: LLVM's optimisation of XLA:CPU's fused
 # loops costs seconds a program (a 4-8-16 ResNet's init: 9 s, 1 s at level 0)
-# and buys nothing on 16-pixel images. Numerics are IEEE at either level: the
-# fixtures of earlier commits, trained at the default level, are met to 1e-5.
+# and buys nothing on 16-pixel images. The fixtures of earlier commits, trained
+# at the default level, are still met to 1e-5 (tests/test_population.py).
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
