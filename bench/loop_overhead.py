@@ -200,7 +200,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="default: 3000 (proxy), 300 (resnet20), 40 (sweep)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--examples", type=int, default=50000, help="synthetic training images")
-    p.add_argument("--repeats", type=int, default=1, help="proxy / resnet20: pairs of (bare, loop) measured")
+    p.add_argument("--repeats", type=int, default=1, help="loop runs, each with the bare loop around it")
     args = p.parse_args()
     _use_synthetic_data(args.examples)
     num_steps = args.steps or {"proxy": 3000, "resnet20": 300, "sweep": 40}[args.what]

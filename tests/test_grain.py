@@ -24,11 +24,9 @@ from resnet_jax.training.checkpoint import Checkpointer
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """A subprocess's environment on 1 CPU device, sharing compiled steps through JAX's persistent cache."""
-    cache = str(tmp_path_factory.mktemp("jax_cache"))
-    return dict(env_with_devices(1), JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")  # fmt: skip
+def env():
+    """A subprocess's environment on 1 CPU device (sharing compiled steps through conftest's persistent cache)."""
+    return env_with_devices(1)
 
 
 def pipeline(path, shard=None, **overrides):

@@ -8,14 +8,13 @@ about 1% off behind batch norm while the forward pass matched: an XLA CPU
 collectives issue, not one of this package; real clusters use one process per
 GPU/host with NCCL or TPU ICI.)"""
 
-import os
 import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
-from conftest import FAST_COMPILE, ROOT
+from conftest import env_with_devices
 
 WORKER = textwrap.dedent("""
     import functools, sys
@@ -58,8 +57,7 @@ def free_port():
 
 
 def test_two_processes_match_one(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT, XLA_FLAGS=f"--xla_force_host_platform_device_count=1 {FAST_COMPILE}")
-    two_devices = dict(env, XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {FAST_COMPILE}")
+    env, two_devices = env_with_devices(1), env_with_devices(2)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     single = subprocess.run(
