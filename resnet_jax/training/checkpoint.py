@@ -116,24 +116,40 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:300]}"
 
 
+def _abandoned_io(error: BaseException | None) -> bool:
+    """Whether `error` is one of Orbax's abandoned array reads or writes: the
+    ones still running when another failed, which end in the background."""
+    text = str(error)
+    return text == "Event loop is closed" or text.startswith("Encountered error while reading array index")
+
+
 def _quiet_abandoned_io() -> None:
     """After a failed Orbax read or write, its other array reads or writes end in
-    the background and report through `sys.unraisablehook` ("Event loop is
-    closed", "Encountered error while reading array index"), a page of
-    tracebacks each: this process drops those (the one-line warning or error
-    says what happened) and passes every other to the previous hook."""
+    the background, a page of tracebacks each: through `sys.unraisablehook`
+    ("Event loop is closed") or as asyncio's "Task exception was never
+    retrieved" log record. This process drops those (the one-line warning or
+    error says what happened) and passes every other on."""
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _NoAbandonedIO) for f in logger.filters):
+        logger.addFilter(_NoAbandonedIO())
     previous = sys.unraisablehook
     if getattr(previous, "quiet_abandoned_io", False):
         return
 
     def hook(unraisable: Any) -> None:
-        text = str(unraisable.exc_value)
-        if text == "Event loop is closed" or text.startswith("Encountered error while reading array index"):
-            return
-        previous(unraisable)
+        if not _abandoned_io(unraisable.exc_value):
+            previous(unraisable)
 
     hook.quiet_abandoned_io = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+
+
+class _NoAbandonedIO(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for Orbax's
+    abandoned reads (see `_quiet_abandoned_io`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and _abandoned_io(record.exc_info[1]))
 
 
 class _NoOrbaxTracebacks(logging.Filter):
@@ -195,6 +211,10 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=cm.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save,
+            # The temporary folders made before the save returns: made by a
+            # thread of their own, a save that fails at once (a full disk)
+            # leaves that thread to recreate the folder after it is removed.
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
             create=True,
         )
         handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
