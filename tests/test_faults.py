@@ -252,7 +252,7 @@ def test_a_full_disk_stops_the_run_at_that_save(tiny, tmp_path, monkeypatch):
         train_and_evaluate(tiny(num_train_steps=9, **FAST), workdir)
     monkeypatch.undo()
 
-    def no_space(*args, **kwargs):
+    async def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     make_folder = atomicity.AtomicRenameTemporaryPath.create
