@@ -224,6 +224,21 @@ def test_resume_refuses_another_batch_size_or_other_class_names(straight, image_
     assert Checkpointer(workdir).all_steps() == [3, 6, 9]
 
 
+def test_rerunning_a_finished_run_trains_nothing_and_says_so(straight, image_folder, tmp_path, capsys):
+    from conftest import tiny_config
+
+    workdir = copy_run(straight, tmp_path)
+    records = open(f"{workdir}/metrics.jsonl").read()
+    last = Checkpointer(workdir).metadata(9)["metrics"]
+    capsys.readouterr()
+    for steps in (9, 6):  # the same command again; a shorter run than the one done
+        assert train_and_evaluate(tiny_config(image_folder, num_train_steps=steps, **FAST), workdir) == last
+        out = capsys.readouterr().out
+        assert f"Nothing to train: {workdir} is at step 9 of {steps}; its last evaluation: top-1 " in out, out
+        assert f"{last['top1']:.4f}" in out and "Done:" not in out
+    assert open(f"{workdir}/metrics.jsonl").read() == records and Checkpointer(workdir).all_steps() == [3, 6, 9]
+
+
 def test_eval_only_classes_and_empty_class_folders_are_named(tmp_path):
     from conftest import tiny_config
 

@@ -234,6 +234,8 @@ class _Run:
     def train(self, state: TrainState, train_step: Callable) -> dict[str, Any]:
         spe, total = self.pipeline.steps_per_epoch, self.total_steps
         step, start_time = step_of(state), time.time()
+        if step >= total:
+            return self._finished(step)
         stop = self.preemption.requested  # read once a step: the value the save and the exit both act on
         while step < total and not stop:
             epoch = step // spe
@@ -266,6 +268,18 @@ class _Run:
                 f"Workdir: {self.workdir}"
             )
         return self.results
+
+    def _finished(self, step: int) -> dict[str, Any]:
+        """A run resumed at or past its last step trains nothing: says so, and
+        returns the last evaluation its checkpoint holds."""
+        metrics = self.ckpt.metadata(step).get("metrics") or {}
+        if jax.process_index() == 0:
+            last = f"; its last evaluation: top-1 {metrics['top1']:.4f}" if "top1" in metrics else ""
+            print(
+                f"Nothing to train: {self.workdir} is at step {step} of {self.total_steps}{last}. "
+                "A larger --config.num_epochs (or num_train_steps) trains on; --mode=eval evaluates it."
+            )
+        return metrics
 
     def _periodic(self, state: TrainState, step: int, stop: bool) -> None:
         """The actions due after `step` (`stop`: SIGTERM came, save now)."""
