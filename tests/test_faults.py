@@ -237,6 +237,8 @@ def test_rerunning_a_finished_run_trains_nothing_and_says_so(straight, image_fol
         assert f"Nothing to train: {workdir} is at step 9 of {steps}; its last evaluation: top-1 " in out, out
         assert f"{last['top1']:.4f}" in out and "Done:" not in out
     assert open(f"{workdir}/metrics.jsonl").read() == records and Checkpointer(workdir).all_steps() == [3, 6, 9]
+    with pytest.raises(ConfigError, match=r"num_epochs=0 makes a run of no steps"):
+        train_and_evaluate(tiny_config(image_folder, num_epochs=0, **FAST), str(tmp_path / "none"))
 
 
 def test_eval_only_classes_and_empty_class_folders_are_named(tmp_path):

@@ -127,6 +127,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
     parallel.check_batch_size(config.batch_size, mesh)
     config = config.copy_and_resolve_references()
     config.eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
+    if config.num_train_steps <= 0 and config.num_epochs < 1:
+        raise ConfigError(f"num_epochs={config.num_epochs} makes a run of no steps: train at least one epoch, "
+                          "or set num_train_steps")  # fmt: skip
     members = population.from_config(config)
     use_pretrained_normalization(config)
     models.create(config.model)  # an unknown name fails here, before any data is read
