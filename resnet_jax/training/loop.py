@@ -280,7 +280,7 @@ class _Run:
             last = f"; its last evaluation: top-1 {metrics['top1']:.4f}" if "top1" in metrics else ""
             print(
                 f"Nothing to train: {self.workdir} is at step {step} of {self.total_steps}{last}. "
-                "A larger --config.num_epochs (or num_train_steps) trains on; --mode=eval evaluates it."
+                "A larger num_epochs (or num_train_steps) trains on."
             )
         return metrics
 
