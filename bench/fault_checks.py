@@ -54,27 +54,51 @@ def _median_seconds(fn: Any, repeats: int) -> float:
     return float(np.median(times))
 
 
+def _blocking_seconds(start: Any, wait: Any, repeats: int) -> float:
+    """The median time `start()` takes to return, the write it started waited for outside the timing."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        start()
+        times.append(time.perf_counter() - t0)
+        wait()
+    return float(np.median(times))
+
+
 def _checkpoint_costs(state: Any, repeats: int) -> dict[str, float]:
     root = tempfile.mkdtemp(prefix="fault_checks_")
     metadata = {"model": "x", "batch_size": 1}
     ours = Checkpointer(os.path.join(root, "ours"), keep=2)
     plain = Checkpointer(os.path.join(root, "plain"), keep=2).manager
+    # Orbax's default: a save's temporary folders made by a thread of their own
+    # (ours and `plain` make them before `save` returns).
+    handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True, create=True)
+    default = ocp.CheckpointManager(os.path.join(root, "default"), options=options, item_handlers=handlers)
     step = iter(range(1, 10_000))
 
-    def save_ours() -> None:
+    def start_ours() -> None:
         ours.save(state.replace(step=jnp.asarray(next(step))), metadata)
+
+    def start_orbax(manager: ocp.CheckpointManager) -> None:
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_to_tree(state)), metadata=ocp.args.JsonSave(metadata))
+        manager.save(next(step), args=args, force=True)
+
+    def save_ours() -> None:
+        start_ours()
         ours.wait()
 
     def save_plain() -> None:
-        s = next(step)
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_to_tree(state)), metadata=ocp.args.JsonSave(metadata))
-        plain.save(s, args=args, force=True)
+        start_orbax(plain)
         plain.wait_until_finished()
 
-    save_ours(), save_plain()  # warm up both
+    save_ours(), save_plain(), start_orbax(default), default.wait_until_finished()  # warm up
     out = {"save_ms": _median_seconds(save_ours, repeats) * 1e3}
     out["save_plain_ms"] = _median_seconds(save_plain, repeats) * 1e3
-    out.update(_blocking_costs(state, metadata, ours, os.path.join(root, "async_dirs"), step, repeats))
+    out["save_blocking_ms"] = _blocking_seconds(start_ours, ours.wait, repeats) * 1e3
+    out["save_blocking_async_dirs_ms"] = (
+        _blocking_seconds(lambda: start_orbax(default), default.wait_until_finished, repeats) * 1e3
+    )
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _to_tree(state))
     latest = plain.latest_step()
 
@@ -90,40 +114,8 @@ def _checkpoint_costs(state: Any, repeats: int) -> dict[str, float]:
     restore_ours(), restore_plain()
     out["restore_ms"] = _median_seconds(restore_ours, repeats) * 1e3
     out["restore_plain_ms"] = _median_seconds(restore_plain, repeats) * 1e3
-    ours.close(), plain.close()
+    ours.close(), plain.close(), default.close()
     shutil.rmtree(root)
-    return out
-
-
-def _blocking_costs(
-    state: Any, metadata: dict[str, Any], ours: Checkpointer, async_dirs: str, step: Any, repeats: int
-) -> dict[str, float]:
-    """What the loop waits for: `Checkpointer.save` returning (its temporary
-    folders made before it returns) against a manager with Orbax's default of
-    folders made by a thread of their own; the write itself waited for outside."""
-    handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
-    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=True, create=True)
-    default = ocp.CheckpointManager(async_dirs, options=options, item_handlers=handlers)
-    args = lambda: ocp.args.Composite(  # noqa: E731
-        state=ocp.args.StandardSave(_to_tree(state)), metadata=ocp.args.JsonSave(metadata)
-    )
-    saves = {
-        "save_blocking_ms": (lambda: ours.save(state.replace(step=jnp.asarray(next(step))), metadata), ours.wait),
-        "save_blocking_async_dirs_ms": (
-            lambda: default.save(next(step), args=args(), force=True), default.wait_until_finished
-        ),
-    }
-    out = {}
-    for name, (save, wait) in saves.items():
-        save(), wait()  # warm up
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            save()
-            times.append(time.perf_counter() - t0)
-            wait()
-        out[name] = float(np.median(times)) * 1e3
-    default.close()
     return out
 
 
