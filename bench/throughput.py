@@ -15,7 +15,7 @@ as the trainer feeds it, and that throughput is reported beside the synthetic on
 ``config.num_seeds`` and the study's ``--seeds`` do) and reports the images/s
 of all seeds together and per seed. ``--start-at T`` waits, once compiled, until
 the Unix time T before timing, so that several processes started together
-(bench/gpu_suite.py) time the same seconds.
+time the same seconds.
 
 MFU counts 3 x 2 x MACs FLOPs per training image (forward + backward) against
 --peak-tflops (default: 989 for an H100/H200's dense bf16, 67 for their

@@ -1,4 +1,4 @@
-"""PyTorch training images/s alone (no JAX in the process), for bench/gpu_suite.py's speed part:
+"""PyTorch training images/s alone (no JAX in the process), beside bench/throughput.py's JAX figure:
 
     python bench/torch_speed.py --model resnet50 --batch 256 --resolution 224 --dtype bfloat16 --mode eager
 
