@@ -1,7 +1,7 @@
 """Markdown table of every registered model: parameters and multiply-accumulates.
 
     python bench/model_table.py                  # print the table
-    python bench/model_table.py --write README.md  # replace the marked block in README.md
+    python bench/model_table.py --write docs/models.md  # replace the marked block in docs/models.md
 
 Counts come from `resnet_jax.models.profile` (abstract evaluation, no FLOPs
 spent), on one image at the family's default resolution: 224 for ImageNet
@@ -58,7 +58,7 @@ def replace_block(text: str, table: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--write", metavar="FILE", type=Path, help="replace the marked block of FILE (e.g. README.md)")
+    parser.add_argument("--write", metavar="FILE", type=Path, help="replace the marked block of FILE")
     parser.add_argument("models", nargs="*", help="model names (default: all registered models)")
     args = parser.parse_args(argv)
     table = markdown_table(args.models or None)
