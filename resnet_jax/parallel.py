@@ -27,7 +27,7 @@ def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-    peer_timeout_s: float | None = None,
+    peer_timeout: float | None = None,
 ) -> None:
     """Starts JAX's multi-controller runtime when there is more than one process.
 
@@ -39,7 +39,7 @@ def initialize_distributed(
 
     With more than one process it also starts the lost-process watch
     (`resnet_jax.peers`): when a process dies, the others exit within about
-    1 s (a killed process), or within `peer_timeout_s` (default 20 s, or the
+    1 s (a killed process), or within `peer_timeout` (default 20 s, or the
     environment's RESNET_JAX_PEER_TIMEOUT_S; 0 turns the watch off) when it
     stops answering, printing one line, ``error: lost process K of N (...);
     restart all processes to resume from the last checkpoint``, with exit
@@ -56,7 +56,7 @@ def initialize_distributed(
         jax.distributed.initialize()
     else:
         return
-    _watch_peers(peer_timeout_s)
+    _watch_peers(peer_timeout)
 
 
 def _watch_peers(timeout: float | None) -> None:
