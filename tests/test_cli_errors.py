@@ -1,5 +1,6 @@
 """User errors end in one message: train.py, predict and convert print ``error: ...``
-and exit 2 with no traceback; a bug keeps its traceback. Shipped configs run on
+and exit 2 with no traceback; a bug keeps its traceback. Each error is checked in the process (the tools'
+`exit_on_user_error` around the call) and each command once in its own process. Shipped configs run on
 1, 2, 4 and 8 devices (evaluation rounds its batch to the devices)."""
 
 import glob
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli_args, env_with_devices, make_image_folder, tiny_config
 
-from resnet_jax import errors, parallel
+from resnet_jax import convert, errors, parallel, predict
+from resnet_jax.evaluate import evaluate_checkpoint
 from resnet_jax.training.loop import train_and_evaluate
 
 
@@ -24,8 +26,35 @@ def one_message(cmd, expected, devices=1):
     assert out.returncode == 2, (out.returncode, out.stdout[-2000:], out.stderr[-2000:])
     assert "Traceback" not in out.stderr, out.stderr[-3000:]
     message = out.stderr[out.stderr.rindex("error: ") :]
-    assert message.count("error: ") == 1 and expected in message, out.stderr[-2000:]
+    assert out.stderr.count("error: ") == 1 and expected in message, out.stderr[-2000:]
     return out
+
+
+def one_line(capsys, run, expected):
+    """In the process: `run()` inside the tools' `exit_on_user_error` exits 2 with one ``error: ...`` line on
+    stderr holding `expected` (a list of bad files may follow on its own lines)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        with errors.exit_on_user_error():
+            run()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err[-2000:]
+    message = err[err.rindex("error: ") :]
+    assert err.count("error: ") == 1 and expected in message, err[-2000:]
+    return err
+
+
+def quick(folder, **overrides):
+    """The quick recipe shrunk to the fixture folder, as `conftest.cli_args` gives it to train.py."""
+    c = load_config(os.path.join(ROOT, "configs", "cifar10_quick.py"))
+    c.data.path, c.data.image_size, c.batch_size, c.eval_batch_size, c.eval_flip = str(folder), 16, 16, 16, False
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c
 
 
 @pytest.fixture(scope="module")
@@ -37,26 +66,34 @@ def trained_r20(tmp_path_factory):
     return folder, str(workdir)
 
 
-def test_train_py_user_errors_are_one_line(trained_r20, tmp_path):
+def test_train_user_errors_are_one_line(trained_r20, tmp_path, capsys):
     folder, workdir = trained_r20
-    one_message(cli_args(folder, tmp_path / "a", "--config.model=resnet_nope"), "unknown model 'resnet_nope'")
-    one_message(cli_args(tmp_path / "missing", tmp_path / "b"), "does not exist")
+
+    def train(config_folder, run_dir, **overrides):
+        return lambda: train_and_evaluate(quick(config_folder, **overrides), str(run_dir))
+
+    one_line(capsys, train(folder, tmp_path / "a", model="resnet_nope"), "unknown model 'resnet_nope'")
+    one_line(capsys, train(tmp_path / "missing", tmp_path / "b"), "does not exist")
     empty = tmp_path / "empty"
     (empty / "train" / "cat").mkdir(parents=True)
     (empty / "train" / "cat" / "notes.txt").write_text("not an image")
-    one_message(cli_args(empty, tmp_path / "c"), "no images")
+    one_line(capsys, train(empty, tmp_path / "c"), "no images")
     bad = tmp_path / "bad_images"
     make_image_folder(bad, train_per_class=2, test_per_class=1)
     jpeg = bad / "train" / "circle" / "broken.jpg"
     jpeg.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 40)  # a truncated JPEG
-    one_message(cli_args(bad, tmp_path / "d"), "broken.jpg")
-    one_message(cli_args(folder, tmp_path / "e", "--config.batch_size=12"), "does not divide over 8 devices", 8)
-    one_message(cli_args(folder, workdir, "--config.model=cifar_plain20"), "was trained with model=")
-    one_message(cli_args(folder, tmp_path / "f", "--config.learning_rate=1e30"), "training diverged at step")
-    one_message(cli_args(folder, tmp_path / "g", "--mode=eval"), "holds no checkpoints/ folder")
-    one_message(cli_args(folder, tmp_path / "h", f"--config.init_from={tmp_path / 'g'}"), "holds no checkpoints/")
-    deeper = ("--config.model=cifar_resnet56", f"--config.init_from={workdir}")  # another model's weights
-    one_message(cli_args(folder, tmp_path / "i", *deeper), "fits this model in too few places")
+    one_line(capsys, train(bad, tmp_path / "d"), "broken.jpg")
+    one_line(capsys, train(folder, tmp_path / "e", batch_size=12), "does not divide over 8 devices")
+    one_line(capsys, train(folder, workdir, model="cifar_plain20"), "was trained with model=")
+    one_line(capsys, lambda: evaluate_checkpoint(quick(folder), str(tmp_path / "g"), "latest"),
+             "holds no checkpoints/ folder")  # fmt: skip
+    one_line(capsys, train(folder, tmp_path / "h", init_from=str(tmp_path / "g")), "holds no checkpoints/")
+    deeper = dict(model="cifar_resnet56", init_from=workdir)  # another model's weights
+    one_line(capsys, train(folder, tmp_path / "i", **deeper), "fits this model in too few places")
+
+
+def test_train_py_prints_a_user_error_as_one_line_in_its_own_process(image_folder, tmp_path):
+    one_message(cli_args(image_folder, tmp_path, "--config.model=resnet_nope"), "unknown model 'resnet_nope'")
 
 
 def test_an_unknown_config_field_is_one_message(image_folder, tmp_path):
@@ -69,25 +106,36 @@ def test_an_unknown_config_field_is_one_message(image_folder, tmp_path):
     )
 
 
-def test_predict_and_convert_user_errors_are_one_line(trained_r20, tmp_path):
+def test_predict_and_convert_user_errors_are_one_line(trained_r20, tmp_path, capsys):
     folder, workdir = trained_r20
-    predict = [sys.executable, "-m", "resnet_jax.predict"]
-    one_message([*predict, "--workdir", str(tmp_path / "nowhere"), "x.png"], "holds no checkpoints/ folder")
+    one_line(capsys, lambda: predict.main(["--workdir", str(tmp_path / "nowhere"), "x.png"]),
+             "holds no checkpoints/ folder")  # fmt: skip
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
-    one_message([*predict, "--workdir", workdir, str(tmp_path / "broken.png")], "not a readable image")
-    step_999 = [*predict, "--workdir", workdir, "--step", "999", str(tmp_path / "broken.png")]
-    one_message(step_999, "no checkpoint of step")
+    one_line(capsys, lambda: predict.main(["--workdir", workdir, str(tmp_path / "broken.png")]),
+             "not a readable image")  # fmt: skip
+    step_999 = ["--workdir", workdir, "--step", "999", str(tmp_path / "broken.png")]
+    one_line(capsys, lambda: predict.main(step_999), "no checkpoint of step")
 
-    convert = [sys.executable, "-m", "resnet_jax.convert", "torchvision", "resnet18"]
-    one_message([*convert, str(tmp_path / "none.safetensors"), str(tmp_path / "o1")], "does not exist")
+    def convert_main(*args):
+        return lambda: convert.main(["torchvision", "resnet18", *map(str, args)])
+
+    one_line(capsys, convert_main(tmp_path / "none.safetensors", tmp_path / "o1"), "does not exist")
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
-    one_message([*convert, str(tmp_path / "junk.safetensors"), str(tmp_path / "o2")], "not a readable .safetensors")
+    one_line(capsys, convert_main(tmp_path / "junk.safetensors", tmp_path / "o2"), "not a readable .safetensors")
     safetensors = pytest.importorskip("safetensors.numpy")
     safetensors.save_file({"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)}, str(tmp_path / "part.safetensors"))
-    out = one_message([*convert, str(tmp_path / "part.safetensors"), str(tmp_path / "o3")], "does not fit resnet18")
-    assert "missing layer1/0/bn1" in out.stderr or "missing" in out.stderr
-    one_message([sys.executable, "-m", "resnet_jax.convert", "torchvision", "cifar_resnet20",
-                 str(tmp_path / "part.safetensors"), str(tmp_path / "o4")], "no torchvision counterpart")  # fmt: skip
+    err = one_line(capsys, convert_main(tmp_path / "part.safetensors", tmp_path / "o3"), "does not fit resnet18")
+    assert "missing layer1/0/bn1" in err or "missing" in err
+    one_line(capsys, lambda: convert.main(["torchvision", "cifar_resnet20", str(tmp_path / "part.safetensors"),
+                                           str(tmp_path / "o4")]), "no torchvision counterpart")  # fmt: skip
+
+
+def test_predict_and_convert_print_a_user_error_as_one_line_in_their_own_processes(tmp_path):
+    predict_cmd = [sys.executable, "-m", "resnet_jax.predict", "--workdir", str(tmp_path / "nowhere"), "x.png"]
+    one_message(predict_cmd, "holds no checkpoints/ folder")
+    convert_cmd = [sys.executable, "-m", "resnet_jax.convert", "torchvision", "resnet18",
+                   str(tmp_path / "none.safetensors"), str(tmp_path / "o1")]  # fmt: skip
+    one_message(convert_cmd, "does not exist")
 
 
 def test_a_bug_keeps_its_traceback(capsys):
