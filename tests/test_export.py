@@ -260,6 +260,36 @@ def test_a_member_of_a_population_is_exported(image_paths, tmp_path):
     assert np.abs(jax_logits(POPULATION, image_paths, 4, member=0) - want).max() > 1e-3  # another network
 
 
+class _State(dict):
+    """A saved state as a dict, with the `.step` that `Checkpointer.save` reads."""
+
+    @property
+    def step(self):
+        return self["step"]
+
+
+def test_ema_weights_are_exported_when_asked(image_paths, tmp_path):
+    """A run that kept EMA weights (here: the fixture's weights, shrunk): ema=True exports those."""
+    pytest.importorskip("onnxruntime")
+    from resnet_jax.training.checkpoint import Checkpointer, read_metadata
+
+    tree = Checkpointer(TRAINED, async_save=False).restore_tree(6)
+    ema = {"ema_params": jax.tree_util.tree_map(lambda p: 0.8 * np.asarray(p), tree["params"]),
+           "ema_batch_stats": jax.tree_util.tree_map(np.asarray, tree["batch_stats"])}  # fmt: skip
+    workdir = str(tmp_path / "ema_run")
+    saved = Checkpointer(workdir, async_save=False)
+    saved.save(_State({**jax.tree_util.tree_map(np.asarray, tree), **ema}), read_metadata(TRAINED))
+    saved.close()
+    images = pixels(image_paths, TRAINED, 4)
+    model, _, info = restored(TRAINED)
+    variables = {"params": ema["ema_params"], "batch_stats": ema["ema_batch_stats"]}
+    want = np.asarray(model.apply(variables, normalized(images, TRAINED), train=False))
+    out = str(tmp_path / "ema.onnx")
+    assert resnet_jax.export(workdir, "onnx", out, ema=True, preprocess="uint8")["source"]["ema"] is True
+    assert_logits(run_onnx(out, images), want)
+    assert np.abs(want - jax_logits(TRAINED, image_paths, 4)).max() > 1e-3  # not the plain weights
+
+
 def test_bad_requests_are_one_line_and_write_nothing(tmp_path, monkeypatch):
     out = str(tmp_path / "out" / "m.onnx")
     with pytest.raises(NotFoundError, match="holds no checkpoints/ folder"):
