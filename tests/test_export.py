@@ -93,7 +93,8 @@ def randomize_stats(variables, seed=0):
 
 @pytest.fixture(scope="module")
 def torch_sources(tmp_path_factory):
-    """{library model name: (its state dict, a converted checkpoint of it at 32 px)}."""
+    """{model name: (library, its state dict, the workdir of its conversion at 32 px)}:
+    random weights and batch-norm statistics."""
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     timm = pytest.importorskip("timm")
@@ -169,7 +170,9 @@ def test_stablehlo_runs_without_resnet_jax_in_float32_and_bfloat16(image_paths, 
     paths, expected = [], {}
     for k, (workdir, dtype, preprocessing) in enumerate(cases):
         path = str(tmp_path / f"{k}.stablehlo")
-        resnet_jax.export(workdir, "stablehlo", path, dtype=dtype, preprocess=preprocessing, platforms=["cpu"])
+        platforms = ("cpu", "cuda", "tpu") if k == 0 else ("cpu",)  # the default: lowered for all three
+        resnet_jax.export(workdir, "stablehlo", path, dtype=dtype, preprocess=preprocessing, platforms=platforms)
+        assert jax.export.deserialize(open(path, "rb").read()).platforms == platforms
         for n in BATCHES:
             images = pixels(image_paths, workdir, n)
             feed = {"uint8": images, "normalize": images / np.float32(255), "none": normalized(images, workdir)}
