@@ -293,9 +293,9 @@ def test_ema_weights_are_exported_when_asked(image_paths, tmp_path):
 
 
 def test_bad_requests_are_one_line_and_write_nothing(tmp_path, monkeypatch):
-    out = str(tmp_path / "out" / "m.onnx")
+    out = str(tmp_path / "out" / "m.stablehlo")
     with pytest.raises(NotFoundError, match="holds no checkpoints/ folder"):
-        resnet_jax.export(str(tmp_path), "onnx", out)
+        resnet_jax.export(str(tmp_path), "stablehlo", out)
     with pytest.raises(ConfigError, match="unknown export format 'tflite'; formats: stablehlo, onnx"):
         resnet_jax.export(TRAINED, "tflite", out)
     with pytest.raises(ExportError, match="torchvision has no counterpart for 'cifar_resnet20'"):
@@ -305,13 +305,13 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, monkeypatch):
     with pytest.raises(ExportError, match="a timm state dict holds weights, not computation"):
         resnet_jax.export(TRAINED, "timm", out, preprocess="uint8")
     with pytest.raises(ConfigError, match="holds no EMA weights"):
-        resnet_jax.export(TRAINED, "onnx", out, ema=True)
+        resnet_jax.export(TRAINED, "stablehlo", out, ema=True)
     damaged = str(tmp_path / "damaged")
     shutil.copytree(TRAINED, damaged)
     with open(f"{damaged}/checkpoints/6/metadata/metadata", "wb") as f:
         f.write(bytes(range(256)))
     with pytest.raises(CheckpointDamagedError, match="checkpoints/6 cannot be read"):
-        resnet_jax.export(damaged, "onnx", out)
+        resnet_jax.export(damaged, "stablehlo", out)
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
     with pytest.raises(MissingDependencyError, match=r"needs onnx: pip install 'resnet-jax-flax\[export\]'"):
         resnet_jax.export(TRAINED, "onnx", out)
@@ -344,7 +344,8 @@ def test_cli_exports_and_reports_a_bad_request_in_one_line(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out and json.load(open(out + ".json"))["source"]["step"] == 6
     assert os.path.getsize(out) > 0
     proc = subprocess.run(
-        [sys.executable, "-m", "resnet_jax.export", "--workdir", str(tmp_path), "--format", "onnx", "--out", out + "2"],
+        [sys.executable, "-m", "resnet_jax.export", "--workdir", str(tmp_path), "--format", "stablehlo",
+         "--out", out + "2"],
         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
     )  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
