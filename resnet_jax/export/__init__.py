@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import shutil
@@ -61,6 +62,14 @@ _NEEDS = {"onnx": (("onnx",), "export"), "savedmodel": (("tensorflow",), "data")
 __all__ = ["ExportError", "FORMATS", "export", "main"]
 
 
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported (found without importing it: TensorFlow takes seconds)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _check_request(format: str, dtype: str, preprocess: str, out: str, overwrite: bool) -> None:
     """Refuses, before any checkpoint is read, what cannot be exported."""
     if format not in FORMATS:
@@ -78,12 +87,8 @@ def _check_request(format: str, dtype: str, preprocess: str, out: str, overwrite
         )
     modules, extra = _NEEDS[format]
     for module in modules:
-        try:
-            __import__(module)
-        except ImportError:
-            raise MissingDependencyError(
-                f"the {format} format needs {module}: pip install 'resnet-jax-flax[{extra}]'"
-            ) from None
+        if not _installed(module):
+            raise MissingDependencyError(f"the {format} format needs {module}: pip install 'resnet-jax-flax[{extra}]'")
     for path in (out, out + ".json"):
         if os.path.lexists(path) and not overwrite:
             raise ConfigError(f"{path!r} exists; pass overwrite=True (--overwrite) to replace it")
