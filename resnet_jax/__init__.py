@@ -4,7 +4,8 @@ The package imports without TensorFlow; the tf.data pipelines are imported
 only when a config asks for them.
 """
 
+from resnet_jax.export import export
 from resnet_jax.training.checkpoint import restore
 
 __version__ = "0.1.0"
-__all__ = ["restore"]
+__all__ = ["export", "restore"]

@@ -1,0 +1,324 @@
+"""Export a trained model out of JAX: StableHLO, ONNX, a TF SavedModel, or a torchvision/timm state dict.
+
+    python -m resnet_jax.export --workdir runs/r50 --format onnx --out r50.onnx
+    python -m resnet_jax.export --workdir runs/r50 --step best --format stablehlo --out r50.stablehlo \\
+        --preprocess uint8 --dtype bfloat16
+    python -m resnet_jax.export --workdir runs/pop --member 2 --format savedmodel --out r50_savedmodel
+    python -m resnet_jax.export --workdir converted/r50 --format torchvision --out r50.safetensors
+
+Formats (docs/export.md):
+
+* ``stablehlo``: `jax.export` serialized (bytes): ``jax.export.deserialize(data).call(images)``
+  in any process with jax, no resnet_jax needed; batch dimension symbolic; float32 or bfloat16;
+  lowered for CPU, CUDA and TPU.
+* ``onnx``: an ONNX graph (opset 17) with a dynamic batch, built from the
+  model's variables with the ``onnx`` package (`onnx_graph`); float32.
+* ``savedmodel``: a TensorFlow SavedModel (a folder; TensorFlow from the ``data``
+  extra) whose ``serving_default`` signature runs the same StableHLO
+  (``jax2tf``, an ``XlaCallModule`` op); ``tf.saved_model.load`` reads it.
+* ``torchvision`` / ``timm``: a ``.safetensors`` state dict that
+  ``torchvision.models.<arch>(num_classes=N)`` / ``timm.create_model(<name>, num_classes=N)``
+  loads with ``strict=True`` (`state_dict`: `resnet_jax.convert` reversed).
+
+The graph formats take NHWC images of the checkpoint's size and return float32
+logits in inference mode (the running batch-norm statistics; the EMA weights
+with ``--ema``). ``--preprocess normalize`` bakes the checkpoint's mean and std
+in (input: RGB in [0, 1]); ``--preprocess uint8`` also the scaling (input:
+uint8 pixels). Beside every artifact, ``<out>.json`` gives the input's layout,
+shape, dtype and preprocessing, the resize the model was evaluated with, the
+class names and the source checkpoint and step. Both are written under a
+temporary name and renamed when complete: an export that fails leaves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax import models
+from resnet_jax.errors import ConfigError, MissingDependencyError, exit_on_user_error
+from resnet_jax.export.state_dict import ExportError
+from resnet_jax.training.checkpoint import restore
+
+FORMATS = ("stablehlo", "onnx", "savedmodel", "torchvision", "timm")
+PREPROCESS = ("none", "normalize", "uint8")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PLATFORMS = ("cpu", "cuda", "tpu")
+_FLOAT32_ONLY = ("onnx", "torchvision", "timm")
+# What each format imports, and the extra that installs it.
+_NEEDS = {"onnx": (("onnx",), "export"), "savedmodel": (("tensorflow",), "data"), "torchvision": ((), ""),
+          "timm": ((), ""), "stablehlo": ((), "")}  # fmt: skip
+
+__all__ = ["ExportError", "FORMATS", "export", "main"]
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported (found without importing it: TensorFlow takes seconds)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_request(format: str, dtype: str, preprocess: str, out: str, overwrite: bool) -> None:
+    """Refuses, before any checkpoint is read, what cannot be exported."""
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; formats: {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
+    if preprocess not in PREPROCESS:
+        raise ConfigError(f"unknown preprocess {preprocess!r}; one of: {', '.join(PREPROCESS)}")
+    if dtype != "float32" and format in _FLOAT32_ONLY:
+        raise ExportError(f"the {format} format is float32 only (bfloat16: --format stablehlo or savedmodel)")
+    if preprocess != "none" and format in ("torchvision", "timm"):
+        raise ExportError(
+            f"a {format} state dict holds weights, not computation: preprocessing cannot be baked in "
+            f"(the mean and std are in {out}.json)"
+        )
+    modules, extra = _NEEDS[format]
+    for module in modules:
+        if not _installed(module):
+            raise MissingDependencyError(f"the {format} format needs {module}: pip install 'resnet-jax-flax[{extra}]'")
+    for path in (out, out + ".json"):
+        if os.path.lexists(path) and not overwrite:
+            raise ConfigError(f"{path!r} exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def inference_function(model: Any, variables: dict, preprocess: str, mean: Any, std: Any) -> Callable:
+    """``images -> float32 logits`` of `model` in inference mode, `variables` closed
+    over, with `preprocess` ("none", "normalize", "uint8") applied first."""
+    mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+
+    def logits(images: jax.Array) -> jax.Array:
+        if preprocess == "uint8":
+            from resnet_jax.data.augment import normalize
+
+            images = normalize(images, mean, std)
+        elif preprocess == "normalize":
+            images = (images - mean32) / std32
+        return model.apply(variables, images, train=False)
+
+    return logits
+
+
+def _input_spec(preprocess: str, size: int, batch: Any) -> jax.ShapeDtypeStruct:
+    dtype = jnp.uint8 if preprocess == "uint8" else jnp.float32
+    return jax.ShapeDtypeStruct((batch, size, size, 3), dtype)
+
+
+def _write_stablehlo(path: str, fn: Callable, spec: Callable, platforms: Sequence[str]) -> None:
+    (batch,) = jax.export.symbolic_shape("batch")
+    exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(spec(batch))
+    with open(path, "wb") as f:
+        f.write(exported.serialize())
+
+
+def _write_savedmodel(path: str, fn: Callable, spec: Callable, platforms: Sequence[str]) -> None:
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    example = spec(None)
+    shape = "(batch, " + ", ".join(str(d) for d in example.shape[1:]) + ")"
+    converted = jax2tf.convert(
+        fn, polymorphic_shapes=[shape], with_gradient=False, native_serialization_platforms=tuple(platforms)
+    )
+    module = tf.Module()
+    signature = [tf.TensorSpec(example.shape, tf.as_dtype(example.dtype), name="images")]
+    module.serve = tf.function(lambda images: {"logits": converted(images)}, input_signature=signature,
+                               autograph=False)  # fmt: skip
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+
+
+def _write_onnx(path: str, model: Any, variables: dict, info: dict, preprocess: str) -> None:
+    import onnx
+
+    from resnet_jax.export import onnx_graph
+
+    proto = onnx_graph.build(model, variables, info["image_size"], preprocess, info["mean"], info["std"],
+                             doc=f"{info['model']}, step {info['step']}")  # fmt: skip
+    onnx.save(proto, path)
+
+
+def _write_state_dict(path: str, state: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(state, path)
+
+
+def _replace(tmp: str, out: str) -> None:
+    """Moves `tmp` onto `out`; an existing folder at `out` is moved aside first, then removed."""
+    old = None
+    if os.path.isdir(out) and not os.path.islink(out):
+        old = f"{out}.old-{os.getpid()}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_atomically(out: str, write: Callable[[str], None], description: dict) -> None:
+    """`write(temporary path)`, the JSON beside it, then both renamed into place;
+    on any failure the temporary files are removed and `out` is as it was."""
+    out = os.path.abspath(out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tmp-{os.getpid()}")
+    tmp_json = tmp + ".json"
+    try:
+        write(tmp)
+        with open(tmp_json, "w") as f:
+            json.dump(description, f, indent=2)
+        _replace(tmp, out)
+        os.replace(tmp_json, out + ".json")
+    finally:
+        for path in (tmp, tmp_json):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.lexists(path):
+                os.remove(path)
+
+
+def _describe(format: str, info: dict, workdir: str, ema: bool, dtype: str, preprocess: str,
+              platforms: Sequence[str], library_model: str | None) -> dict[str, Any]:  # fmt: skip
+    """The JSON beside an artifact: what a server needs to feed it and where it came from."""
+    size = info["image_size"]
+    data = (info.get("config") or {}).get("data") or {}
+    torch_format = format in ("torchvision", "timm")
+    resize = {"method": "bilinear, straight to the size", "to": size}
+    if data.get("augment") == "inception":
+        short = round(size / data.get("crop_fraction", 0.875))
+        resize = {"method": "short side, bicubic, then centre crop", "short_side": short, "crop": size,
+                  "crop_fraction": data.get("crop_fraction", 0.875)}  # fmt: skip
+    description: dict[str, Any] = {
+        "format": format,
+        "model": info["model"],
+        "model_kwargs": info.get("model_kwargs") or {},
+        "num_classes": info["num_classes"],
+        "class_names": info["class_names"],
+        "input": {
+            "name": "images",
+            "layout": "NCHW" if torch_format else "NHWC",
+            "shape": [None, 3, size, size] if torch_format else [None, size, size, 3],
+            "dtype": "uint8" if preprocess == "uint8" else "float32",
+            "preprocessing": {
+                "none": "normalised RGB: (x / 255 - mean) / std, done by the caller",
+                "normalize": "RGB in [0, 1]; (x - mean) / std is in the artifact",
+                "uint8": "RGB pixels 0-255; (x / 255 - mean) / std is in the artifact",
+            }[preprocess],
+            "resize": resize,
+        },
+        "output": {"name": "logits", "shape": [None, info["num_classes"]], "dtype": "float32"},
+        "mean": list(info["mean"]),
+        "std": list(info["std"]),
+        "compute_dtype": dtype,
+        "source": {
+            "workdir": os.path.abspath(workdir),
+            "step": info["step"],
+            "member": info.get("member"),
+            "ema": ema,
+            "weights": info.get("source"),
+            "metrics": info.get("metrics"),
+        },
+        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if format in ("stablehlo", "savedmodel"):
+        description["platforms"] = list(platforms)
+    if torch_format:
+        call = "torchvision.models." if format == "torchvision" else "timm.create_model("
+        description["load"] = (f"{call}{library_model}(num_classes={info['num_classes']})" if format == "torchvision"
+                               else f"{call}{library_model!r}, num_classes={info['num_classes']})")  # fmt: skip
+        description["load"] += ".load_state_dict(safetensors.torch.load_file(path), strict=True)"
+    return description
+
+
+def export(
+    workdir: str,
+    format: str,
+    out: str,
+    *,
+    step: int | str | None = "latest",
+    member: int | None = None,
+    ema: bool = False,
+    dtype: str = "float32",
+    preprocess: str = "none",
+    platforms: Sequence[str] = PLATFORMS,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Exports the model of a checkpoint of `workdir` to `out` in `format`.
+
+    Args:
+      workdir: a training run, a converted checkpoint (`resnet_jax.convert`) or
+        a member's folder of a population (as `resnet_jax.restore`).
+      format: "stablehlo", "onnx", "savedmodel", "torchvision" or "timm" (see the module doc).
+      out: the artifact's path (a folder for "savedmodel"); ``<out>.json`` is written beside it.
+      step: "latest", "best" or a step number.
+      member: which member of a population (as `resnet_jax.restore`).
+      ema: export the EMA weights (the run must have kept them).
+      dtype: compute dtype, "float32" or "bfloat16" (stablehlo and savedmodel); logits are float32.
+      preprocess: "none", "normalize" or "uint8": what the artifact does to its input first.
+      platforms: what stablehlo and savedmodel are lowered for.
+      overwrite: replace an existing `out`.
+
+    Returns:
+      The description written to ``<out>.json``.
+
+    Raises:
+      UserError: one line naming the problem (no checkpoint, a damaged one, an
+        unknown format, a missing dependency, an architecture the format cannot express).
+    """
+    _check_request(format, dtype, preprocess, out, overwrite)
+    model, variables, info = restore(workdir, step, ema=ema, member=member)
+    variables = jax.tree_util.tree_map(np.asarray, variables)
+    model = models.create(info["model"], num_classes=info["num_classes"], **{**info["model_kwargs"],
+                                                                             "dtype": DTYPES[dtype]})  # fmt: skip
+    library_model = None
+    if format in ("torchvision", "timm"):
+        from resnet_jax.export.state_dict import to_state_dict
+
+        library_model, state = to_state_dict(variables, model, info["model"], format)
+        write: Callable[[str], None] = lambda path: _write_state_dict(path, state)  # noqa: E731
+    elif format == "onnx":
+        write = lambda path: _write_onnx(path, model, variables, info, preprocess)  # noqa: E731
+    else:
+        fn = inference_function(model, variables, preprocess, info["mean"], info["std"])
+        spec = lambda batch: _input_spec(preprocess, info["image_size"], batch)  # noqa: E731
+        writer = _write_stablehlo if format == "stablehlo" else _write_savedmodel
+        write = lambda path: writer(path, fn, spec, platforms)  # noqa: E731
+    description = _describe(format, info, workdir, ema, dtype, preprocess, platforms, library_model)
+    _write_atomically(out, write, description)
+    return description
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m resnet_jax.export", description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="a training workdir, a converted checkpoint or a member")
+    parser.add_argument("--step", default="latest", help='"latest", "best" or a step number')
+    parser.add_argument("--member", type=int, help="the member of a population (0 ... K - 1)")
+    parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--out", required=True, help="the artifact's path (a folder for savedmodel)")
+    parser.add_argument("--ema", action="store_true", help="the EMA weights (if the run kept them)")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (stablehlo, savedmodel)")
+    parser.add_argument("--preprocess", default="none", help="none, normalize ([0, 1] RGB in) or uint8 (pixels in)")
+    parser.add_argument("--platforms", default=",".join(PLATFORMS), help="stablehlo/savedmodel lowering targets")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        description = export(
+            args.workdir, args.format, args.out, step=args.step, member=args.member, ema=args.ema, dtype=args.dtype,
+            preprocess=args.preprocess, platforms=args.platforms.split(","), overwrite=args.overwrite,
+        )  # fmt: skip
+    source, spec = description["source"], description["input"]
+    member = "" if source["member"] is None else f", member {source['member']}"
+    print(f"wrote {args.out} ({args.format}) and {args.out}.json: {description['model']}, step {source['step']}"
+          f"{member}; input {spec['layout']} {spec['dtype']} {spec['shape']}")  # fmt: skip
+    return 0
+
