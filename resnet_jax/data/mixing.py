@@ -2,7 +2,10 @@
 
 The semantics are timm's `timm.data.Mixup` in its default mode "batch": one
 lambda for the whole batch, and the partner of image ``i`` is image ``B-1-i``
-(the batch flipped). Every random choice is drawn from a PRNG key and every
+(the batch flipped; ``pairing="roll"``: image ``i-1``, torchvision's reference
+``RandomMixup``/``RandomCutmix``). `mix_batch` with ``chunk=N`` draws one lambda
+(and box) for each consecutive chunk of N images and pairs within the chunk:
+what timm and torchvision do on each process's batch of N. Every random choice is drawn from a PRNG key and every
 hyperparameter (alphas, probabilities, smoothing) may be a traced JAX scalar,
 so the functions can be swept per population member under `jax.vmap`: there is
 no Python control flow on them.
@@ -39,12 +42,25 @@ def _float_dtype(dtype: Any) -> Any:
     return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32
 
 
-def mixup_target(labels: jax.Array, num_classes: int, lam: Any, smoothing: Any = 0.0) -> jax.Array:
+PAIRINGS = ("flip", "roll")
+
+
+def partner(x: jax.Array, pairing: str = "flip") -> jax.Array:
+    """The batch of partners: flipped (timm: image ``B-1-i``) or rolled by one
+    (torchvision's ``batch.roll(1, 0)``: image ``i-1``)."""
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+    return x[::-1] if pairing == "flip" else jnp.roll(x, 1, axis=0)
+
+
+def mixup_target(
+    labels: jax.Array, num_classes: int, lam: Any, smoothing: Any = 0.0, pairing: str = "flip"
+) -> jax.Array:
     """timm's `mixup_target`: int labels [B] -> float32 soft targets [B, num_classes].
 
     The one-hot targets are smoothed first (``smoothing / num_classes`` off,
-    ``1 - smoothing + smoothing / num_classes`` on), then mixed with the flipped
-    batch's: ``y * lam + y[::-1] * (1 - lam)``.
+    ``1 - smoothing + smoothing / num_classes`` on), then mixed with the
+    partners' (`partner`): ``y * lam + partner(y) * (1 - lam)``.
     """
     smoothing = jnp.asarray(smoothing, jnp.float32)
     lam = jnp.asarray(lam, jnp.float32)
@@ -52,11 +68,11 @@ def mixup_target(labels: jax.Array, num_classes: int, lam: Any, smoothing: Any =
     on = 1.0 - smoothing + off
     hot = labels[:, None] == jnp.arange(num_classes)
     y = jnp.where(hot, on, off).astype(jnp.float32)
-    return y * lam + y[::-1] * (1.0 - lam)
+    return y * lam + partner(y, pairing) * (1.0 - lam)
 
 
-def mixup(images: jax.Array, lam: Any) -> jax.Array:
-    """``images * lam + images[::-1] * (1 - lam)``: [B, H, W, C] -> same shape.
+def mixup(images: jax.Array, lam: Any, pairing: str = "flip") -> jax.Array:
+    """``images * lam + partner(images) * (1 - lam)``: [B, H, W, C] -> same shape.
 
     Integer images come back as float32 (not rounded); floating images keep
     their dtype (computed in at least float32).
@@ -65,7 +81,7 @@ def mixup(images: jax.Array, lam: Any) -> jax.Array:
     work = jnp.promote_types(out, jnp.float32)
     x = images.astype(work)
     lam = jnp.asarray(lam, work)
-    return (x * lam + x[::-1] * (1.0 - lam)).astype(out)
+    return (x * lam + partner(x, pairing) * (1.0 - lam)).astype(out)
 
 
 def _box_mask(box: Box, height: int, width: int) -> jax.Array:
@@ -78,15 +94,15 @@ def _box_mask(box: Box, height: int, width: int) -> jax.Array:
     return inside_y[:, None] & inside_x[None, :]
 
 
-def cutmix(images: jax.Array, box: Box) -> jax.Array:
-    """Pastes the flipped batch's pixels inside `box` = (y0, y1, x0, x1) into each image.
+def cutmix(images: jax.Array, box: Box, pairing: str = "flip") -> jax.Array:
+    """Pastes the partners' pixels (`partner`) inside `box` = (y0, y1, x0, x1) into each image.
 
     The box's ints may be traced (a mask is used, no dynamic slicing). Images
     [B, H, W, C] of any dtype; the dtype is kept.
     """
     _, h, w, _ = images.shape
     mask = _box_mask(box, h, w)[None, :, :, None]
-    return jnp.where(mask, images[::-1], images)
+    return jnp.where(mask, partner(images, pairing), images)
 
 
 def cutmix_box(key: jax.Array, lam: Any, height: int, width: int) -> tuple[Box, jax.Array]:
@@ -158,16 +174,34 @@ def mix_batch(
     switch_prob: Any = 0.5,
     prob: Any = 1.0,
     smoothing: Any = 0.0,
+    chunk: int = 0,
+    pairing: str = "flip",
 ) -> tuple[jax.Array, jax.Array]:
     """timm's `Mixup(mode="batch")` on a batch: images [B, H, W, C], int labels [B]
     -> (mixed images [B, H, W, C], float32 soft targets [B, num_classes]).
 
-    The draw is `mix_params`' (same key, same draw). Integer images come back as
-    float32, floating images keep their dtype. An unmixed batch comes back with
-    its values unchanged and smoothed one-hot targets.
+    The draw is `mix_params`' (same key, same draw). With `chunk` N (0 < N < B,
+    dividing B) each chunk ``[kN, (k+1)N)`` is mixed on its own, with the draw of
+    ``jax.random.split(key, B // N)[k]``, its images paired within it (`pairing`,
+    see `partner`). Integer images come back as float32, floating images keep
+    their dtype. An unmixed batch comes back with its values unchanged and
+    smoothed one-hot targets.
     """
-    _, h, w, _ = images.shape
-    p = mix_params(key, h, w, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob, prob=prob)
+    b, h, w, c = images.shape
+    draw = dict(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, switch_prob=switch_prob, prob=prob)
     out = _float_dtype(images.dtype)
-    mixed = jnp.where(p.use_cutmix, cutmix(images, p.box).astype(out), mixup(images, p.lam))
-    return mixed, mixup_target(labels, num_classes, p.lam, smoothing)
+
+    def one(key: jax.Array, images: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        p = mix_params(key, h, w, **draw)
+        mixed = jnp.where(p.use_cutmix, cutmix(images, p.box, pairing).astype(out), mixup(images, p.lam, pairing))
+        return mixed, mixup_target(labels, num_classes, p.lam, smoothing, pairing)
+
+    if not 0 < chunk < b:
+        return one(key, images, labels)
+    if b % chunk:
+        raise ValueError(f"a batch of {b} does not split into chunks of {chunk}")
+    n = b // chunk
+    mixed, targets = jax.vmap(one)(
+        jax.random.split(key, n), images.reshape(n, chunk, h, w, c), labels.reshape(n, chunk)
+    )
+    return mixed.reshape(b, h, w, c), targets.reshape(b, num_classes)
