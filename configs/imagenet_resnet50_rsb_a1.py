@@ -57,7 +57,7 @@ def rsb_config(model: str, epochs: int, lr: float, weight_decay: float, mixup: f
     c.label_smoothing = 0.0
     c.mixup_alpha, c.cutmix_alpha = mixup, 1.0
     c.mixup_chunk = 256  # one draw per GPU batch
-    c.mixup_pairing = "flip"
+    c.mixup_style = "timm"
     c.auto_augment = "rand"
     c.randaugment_magnitude, c.randaugment_std = magnitude, 0.5
     c.model_kwargs.drop_path_rate = drop_path

@@ -85,7 +85,8 @@ def default_config() -> ml_collections.ConfigDict:
     # > 0: one lambda (and box) per chunk of this many images of the global batch, as the sources draw one per
     # process batch (torchvision's V2: 128, timm's RSB: 256); 0: one per global batch. Must divide batch_size.
     c.mixup_chunk = 0
-    c.mixup_pairing = "flip"  # each image's partner: flip (timm: image B-1-i) | roll (torchvision: image i-1)
+    # timm (partner of image i: image B-1-i; timm's box) | torchvision (image i-1; transforms.v2.CutMix's box)
+    c.mixup_style = "timm"
 
     # Fine-tuning: start from another run's (or a converted) checkpoint.
     c.init_from = ""  # a workdir holding checkpoints/ (e.g. from python -m resnet_jax.convert)

@@ -49,12 +49,12 @@ def batch_transform(
     erases = on("random_erasing")
     if not (config.auto_augment or erases or mixes):
         return None
-    chunk, pairing = config.get("mixup_chunk", 0), config.get("mixup_pairing", "flip")
+    chunk, style = config.get("mixup_chunk", 0), config.get("mixup_style", "timm")
     interpolation = config.get("auto_augment_interpolation", "nearest")
     if mixes and chunk and (chunk < 0 or config.batch_size % chunk):
         raise ConfigError(f"mixup_chunk={chunk} must divide batch_size={config.batch_size} (0: one draw a batch)")
-    if pairing not in mixing.PAIRINGS:
-        raise ConfigError(f"unknown mixup_pairing {pairing!r}; use {' or '.join(mixing.PAIRINGS)}")
+    if style not in mixing.STYLES:
+        raise ConfigError(f"unknown mixup_style {style!r}; use {' or '.join(mixing.STYLES)}")
     if interpolation not in ("nearest", "bilinear"):
         raise ConfigError(f"unknown auto_augment_interpolation {interpolation!r}; use 'nearest' or 'bilinear'")
     mean_pixel = tuple(255 * m for m in config.data.mean)  # erased to 0 once normalised, as torchvision's V2
@@ -78,7 +78,7 @@ def batch_transform(
         return mixing.mix_batch(
             k_mix, images, labels, num_classes, mixup_alpha=value("mixup_alpha"), cutmix_alpha=value("cutmix_alpha"),
             switch_prob=value("mixup_switch_prob"), prob=value("mixup_prob"), smoothing=hp["label_smoothing"],
-            chunk=chunk, pairing=pairing,
+            chunk=chunk, style=style,
         )  # fmt: skip
 
     return transform
