@@ -10,7 +10,8 @@ values: batch 4,096, `--optimizer=LARS --base_learning_rate=10.0 --momentum=0.9
 2 to `end_learning_rate` 1e-4, set every step) and `lars_optimizer.py`'s LARS
 (trust coefficient `eeta` 0.001; its `epsilon or backend_config.epsilon()` turns
 `--lars_epsilon=0` into Keras's 1e-7; batch norm and biases skip both the decay
-and the trust ratio), evaluation of the central 224 of the image resized to 256.
+and the trust ratio), evaluation of the central 224 of the image resized to 256,
+bilinear resizing.
 The same README's "GPU-V100-8" command is the alternative: lr 8.5, batch 1,024 x
 2 accumulation steps = 2,048, 41 epochs (`--config.learning_rate=8.5
 --config.batch_size=2048 --config.num_epochs=41`).
@@ -20,7 +21,8 @@ batch-norm statistics are over the global batch, not per accelerator;
 the reference initialises convolutions with Keras's `he_normal` (truncated
 normal, fan-in) and the classifier with N(0, 0.01), ours with torchvision's
 normal fan-out and uniform; its random crops cover 5-100% of the image, ours
-8-100%; its polynomial decay runs over ``train - warmup + 1`` steps, ours over
+8-100% (and 10 tries, not 100); it resizes bilinearly without antialiasing, ours
+bilinearly with it; its polynomial decay runs over ``train - warmup + 1`` steps, ours over
 ``train - warmup``; bfloat16 compute instead of float32.
 """
 
@@ -50,4 +52,5 @@ def get_config(model: str = "resnet50"):
     c.weight_decay_exclude_bn_bias = True
     c.label_smoothing = 0.1
     c.model_kwargs.zero_init_residual = False  # the reference's batch norms all start at 1
+    c.data.interpolation = "bilinear"  # imagenet_preprocessing._resize_image
     return c

@@ -46,7 +46,7 @@ def rsb_config(model: str, epochs: int, lr: float, weight_decay: float, mixup: f
     c.lr_linear_scaling = False
     c.lr_schedule = "cosine"
     c.warmup_epochs = 5
-    c.warmup_start_factor = 1e-4 / lr  # --warmup-lr
+    c.warmup_start_factor = 1e-4 / c.get_ref("learning_rate")  # --warmup-lr, whatever the peak
     c.lr_end = 1e-6  # --min-lr
     c.lr_step_every_epoch = True  # timm's schedulers step per epoch unless --sched-on-updates
     c.max_grad_norm = 1.0  # timm.optim.Lamb's max_grad_norm default

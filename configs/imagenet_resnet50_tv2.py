@@ -55,8 +55,10 @@ def get_config(model: str = "resnet50"):
     c.auto_augment_interpolation = "bilinear"
     c.random_erasing = 0.1
     c.ema_every_steps = 32
-    # torchvision: alpha = (1 - 0.99998) * world_size * batch_per_gpu * ema_steps / epochs
-    c.ema_decay = 1 - (1 - 0.99998) * c.batch_size * c.ema_every_steps / c.num_epochs
+    # torchvision: alpha = (1 - 0.99998) * world_size * batch_per_gpu * ema_steps / epochs, resolved from the
+    # batch, the EMA's period and the epochs wherever they are set (command line included)
+    steps = c.get_ref("batch_size").to_float() * c.get_ref("ema_every_steps") / c.get_ref("num_epochs")
+    c.ema_decay = 1 - (1 - 0.99998) * steps
     c.model_kwargs.zero_init_residual = False
     d = c.data
     d.train_image_size = 176
