@@ -15,6 +15,7 @@ from conftest import ROOT, tiny_config
 
 from resnet_jax.config import default_config
 from resnet_jax.data import batch_augment
+from resnet_jax.errors import ConfigError
 from resnet_jax.training import optim, steps
 from resnet_jax.training.loop import train_and_evaluate
 
@@ -284,3 +285,31 @@ def test_each_recipe_config_runs_two_steps_on_tiny_images(name, image_folder, tm
         d.progressive_resizing = f"{scale(int(low))}:{scale(int(high))}:0:1"
     results = train_and_evaluate(c, str(tmp_path / name))
     assert np.isfinite(results["eval"]["loss"]) and results["eval"]["count"] == 15
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_data_interpolation_is_torchvisions_eval_resize(interpolation):
+    """data.interpolation on both pipelines' evaluation crop (Pillow for grain, tf.image for tfds) against
+    torchvision's Resize(58, <mode>) + CenterCrop(56) on the same image: the same interpolation within a grey
+    level or a few on average, the other one far off."""
+    import io
+
+    import torchvision.transforms as T
+    from PIL import Image
+
+    from resnet_jax.data import augment
+
+    y, x = np.mgrid[:90, :120]
+    image = Image.fromarray(np.stack([np.sin(x / 3) * 120 + 128, np.cos(y / 5) * 120 + 128, (x * y) % 256], -1)
+                            .clip(0, 255).astype(np.uint8))  # fmt: skip
+    encoded = io.BytesIO()
+    image.save(encoded, "PNG")
+    tf_crop = pytest.importorskip("tensorflow") and augment.tf_center_crop
+    other = {"bilinear": "bicubic", "bicubic": "bilinear"}[interpolation]
+    ref = np.asarray(T.Compose([T.Resize(58, T.InterpolationMode(interpolation)), T.CenterCrop(56)])(image), float)
+    for crop in (lambda i: augment.pil_center_crop(image, 56, 56 / 58, i),
+                 lambda i: np.asarray(tf_crop(encoded.getvalue(), 56, 56 / 58, i))):  # fmt: skip
+        assert np.abs(crop(interpolation) - ref).mean() < 0.1
+        assert np.abs(crop(other) - ref).mean() > 1.0
+    with pytest.raises(ConfigError, match="data.interpolation='nearest'"):
+        augment.pil_center_crop(image, 56, 56 / 58, "nearest")
