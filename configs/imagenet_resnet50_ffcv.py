@@ -14,10 +14,11 @@ the config is resolved (`resolution.ffcv_ramp`: each published yaml's `start_ram
 ``3E/4 - 1``, ``7E/8 - 1`` for any other count E, the rule every yaml follows).
 
 Not yet a result of this package. Differences, each in docs/recipes.md: FFCV's BlurPool
-(`use_blurpool: 1`) is not implemented; batch-norm statistics are over the global batch of 4,096, not
-per GPU (512); FFCV decays the downsample shortcut's batch norm and the classifier's bias (their
-names lack "bn"), ours decays no 1-D parameter; FFCV resizes with OpenCV's area interpolation, ours
-bicubic (antialiased); FFCV computes in float16 with loss scaling, ours bfloat16.
+(`use_blurpool: 1`) is not implemented; batch-norm statistics are per group of 512 as FFCV's per
+GPU, but the running averages are the groups' mean where DDP keeps the first GPU's; FFCV decays the
+downsample shortcut's batch norm and the classifier's bias (their names lack "bn"), ours decays no
+1-D parameter; FFCV resizes with OpenCV's area interpolation, ours bicubic (antialiased); FFCV
+computes in float16 with loss scaling, ours bfloat16.
 """
 
 import os
@@ -44,6 +45,7 @@ def get_config(model: str = "resnet50"):
     c.label_smoothing = 0.1
     c.eval_flip = True
     c.model_kwargs.zero_init_residual = False
+    c.model_kwargs.bn_group_size = 512  # batch-norm statistics per GPU batch
     c.data.progressive_resizing = ffcv_ramp_reference(c.get_ref("num_epochs"), 160, 192)
     c.data.image_size = 256
     c.data.crop_fraction = 224 / 256

@@ -16,14 +16,13 @@ The same README's "GPU-V100-8" command is the alternative: lr 8.5, batch 1,024 x
 2 accumulation steps = 2,048, 41 epochs (`--config.learning_rate=8.5
 --config.batch_size=2048 --config.num_epochs=41`).
 
-Not yet a result of this package. Differences, each in docs/recipes.md:
-batch-norm statistics are over the global batch, not per accelerator;
-the reference initialises convolutions with Keras's `he_normal` (truncated
-normal, fan-in) and the classifier with N(0, 0.01), ours with torchvision's
-normal fan-out and uniform; its random crops cover 5-100% of the image, ours
-8-100% (and 10 tries, not 100); it resizes bilinearly without antialiasing, ours
-bilinearly with it; its polynomial decay runs over ``train - warmup + 1`` steps, ours over
-``train - warmup``; bfloat16 compute instead of float32.
+Not yet a result of this package. Differences, each in docs/recipes.md: batch-norm statistics are
+per group of 64 as the reference's per replica, their running averages the groups' mean; the
+reference initialises convolutions with Keras's `he_normal` (truncated normal, fan-in) and the
+classifier with N(0, 0.01), ours with torchvision's normal fan-out and uniform; its random crops
+cover 5-100% of the image, ours 8-100% (and 10 tries, not 100); it resizes bilinearly without
+antialiasing, ours bilinearly with it; its polynomial decay runs over ``train - warmup + 1`` steps,
+ours over ``train - warmup``; bfloat16 compute instead of float32.
 """
 
 import os
@@ -52,5 +51,6 @@ def get_config(model: str = "resnet50"):
     c.weight_decay_exclude_bn_bias = True
     c.label_smoothing = 0.1
     c.model_kwargs.zero_init_residual = False  # the reference's batch norms all start at 1
+    c.model_kwargs.bn_group_size = 64  # batch-norm statistics per TPU replica (4,096 over 64)
     c.data.interpolation = "bilinear"  # imagenet_preprocessing._resize_image
     return c

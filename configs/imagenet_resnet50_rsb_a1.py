@@ -16,16 +16,15 @@ each image with its mirror in the batch (flip).
 Procedures A2 (300 epochs, 79.8%) and A3 (100 epochs at 160, 78.1%):
 configs/imagenet_resnet50_rsb_a2.py, configs/imagenet_resnet50_rsb_a3.py.
 
-Not yet a result of this package. Differences, each in docs/recipes.md:
-batch-norm statistics are over the global batch of 2,048, not per GPU (256);
-timm's default train interpolation "random" (bilinear or bicubic per image) is
-bicubic here, and its RandAugment picks bilinear or bicubic per op where ours
-is bilinear; timm's cosine runs over all the epochs, warm-up included
-(`warmup_prefix=False`), ours over those after the warm-up; timm's `train.py`
-of that commit adds 10 cooldown epochs at `--min-lr` unless the command sets
-`--cooldown-epochs 0` (Table 1 counts 600 epochs: none here); bfloat16
-compute instead of float16 with loss scaling; the augmentations run on the
-accelerator, inside the train step (`resnet_jax.data.batch_augment`).
+Not yet a result of this package. Differences, each in docs/recipes.md: batch-norm statistics are
+per group of 256 as timm's per GPU, but the running averages are the groups' mean where DDP keeps
+the first GPU's; timm's default train interpolation "random" (bilinear or bicubic per image) is
+bicubic here, and its RandAugment picks bilinear or bicubic per op where ours is bilinear; timm's
+cosine runs over all the epochs, warm-up included (`warmup_prefix=False`), ours over those after the
+warm-up; timm's `train.py` of that commit adds 10 cooldown epochs at `--min-lr` unless the command
+sets `--cooldown-epochs 0` (Table 1 counts 600 epochs: none here); bfloat16 compute instead of
+float16 with loss scaling; the augmentations run on the accelerator, inside the train step
+(`resnet_jax.data.batch_augment`).
 """
 
 import os
@@ -61,6 +60,7 @@ def rsb_config(model: str, epochs: int, lr: float, weight_decay: float, mixup: f
     c.auto_augment = "rand"
     c.randaugment_magnitude, c.randaugment_std = magnitude, 0.5
     c.model_kwargs.drop_path_rate = drop_path
+    c.model_kwargs.bn_group_size = 256  # batch-norm statistics per GPU batch
     d = c.data
     d.image_size = 224
     d.train_image_size = train_size

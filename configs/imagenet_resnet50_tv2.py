@@ -17,14 +17,13 @@ per GPU batch of 128 with each image paired with the previous one (`roll(1)`)
 and `transforms.v2.CutMix`'s box.
 Published: 80.858% top-1, 95.434% top-5 (the weights' EMA).
 
-Not yet a result of this package: nobody has trained it here (600 epochs of
-ImageNet are weeks of a GPU). Differences, each in docs/recipes.md:
-batch-norm statistics are over the global batch of 1,024, not per GPU (128);
-the dense head's bias takes no decay here (`weight_decay_exclude_bn_bias`
-excludes every 1-D parameter; torchvision exempts the norms only); the EMA is
-not reset to the weights during the warm-up epochs as torchvision's is; bfloat16
-compute instead of float16 with loss scaling; the augmentations run on the
-accelerator, inside the train step (`resnet_jax.data.batch_augment`).
+Not yet a result of this package: nobody has trained it here (600 epochs of ImageNet are weeks of a
+GPU). Differences, each in docs/recipes.md: batch-norm statistics are per group of 128 as
+torchvision's per GPU, but the running averages are the groups' mean where DDP keeps the first
+GPU's; the dense head's bias takes no decay here (`weight_decay_exclude_bn_bias` excludes every 1-D
+parameter; torchvision exempts the norms only); the EMA is not reset to the weights during the
+warm-up epochs as torchvision's is; bfloat16 compute instead of float16 with loss scaling; the
+augmentations run on the accelerator, inside the train step (`resnet_jax.data.batch_augment`).
 """
 
 import os
@@ -60,6 +59,7 @@ def get_config(model: str = "resnet50"):
     steps = c.get_ref("batch_size").to_float() * c.get_ref("ema_every_steps") / c.get_ref("num_epochs")
     c.ema_decay = 1 - (1 - 0.99998) * steps
     c.model_kwargs.zero_init_residual = False
+    c.model_kwargs.bn_group_size = 128  # batch-norm statistics per GPU batch
     d = c.data
     d.train_image_size = 176
     d.image_size = 224

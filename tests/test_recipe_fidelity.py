@@ -62,6 +62,10 @@ def mixing(c):
     return (c.mixup_alpha, c.cutmix_alpha, c.mixup_prob, c.mixup_switch_prob)
 
 
+def groups(c):
+    return c.model_kwargs.get("bn_group_size", 0)
+
+
 def draws(c):
     return (c.mixup_chunk, c.mixup_style)
 
@@ -92,7 +96,8 @@ FFCV = [
     ("eval", (256, 0.875, "area"), evaluation),  # validation.resolution 256, DEFAULT_CROP_RATIO 224/256
     ("eval flip", True, lambda c: c.eval_flip),  # validation.lr_tta
     ("BlurPool", True, None),  # training.use_blurpool 1
-    ("batch norm", 512, None),  # per-GPU statistics (torch.nn.BatchNorm2d under DDP)
+    ("batch norm", 512, groups),  # per-GPU statistics (torch.nn.BatchNorm2d under DDP)
+    ("BN running averages", "the first GPU's (DDP broadcast_buffers)", None),
     ("precision", "float16", None),  # autocast + GradScaler
 ]
 
@@ -122,7 +127,8 @@ TV2 = [
     ("train crops", ("inception", 176, "bilinear"), crops),  # --train-crop-size 176, presets.py bilinear
     ("eval", (224, round(224 / 232, 4), "bilinear"), evaluation),  # --val-resize-size 232, --val-crop-size 224
     ("eval flip", False, lambda c: c.eval_flip),
-    ("batch norm", 128, None),
+    ("batch norm", 128, groups),  # per-GPU statistics, no --sync-bn
+    ("BN running averages", "the first GPU's (DDP broadcast_buffers)", None),
     ("precision", "float32", None),  # the command has no --amp
 ]
 
@@ -154,7 +160,8 @@ RSB_A1 = [
     ("train crops", ("inception", 224, "random"), crops),  # --train-interpolation random
     ("eval", (224, 0.95, "bicubic"), evaluation),  # --crop-pct 0.95, resnet50's bicubic
     ("eval flip", False, lambda c: c.eval_flip),
-    ("batch norm", 256, None),
+    ("batch norm", 256, groups),  # per-GPU statistics, no --sync-bn
+    ("BN running averages", "the first GPU's (DDP broadcast_buffers)", None),
     ("precision", "float16", None),
 ]
 RSB_A2 = [row for row in RSB_A1 if row[0] not in ("epochs", "weight decay", "mixup/cutmix")] + [
@@ -203,7 +210,7 @@ MLPERF = [
     # _resize_image: tf.compat.v1.image.resize(BILINEAR, align_corners=False), no antialiasing
     ("resize", ("bilinear", "not antialiased"), lambda c: (c.data.interpolation, "antialiased")),
     ("eval flip", False, lambda c: c.eval_flip),
-    ("batch norm", 64, None),  # 4096 over --num_replicas=64
+    ("batch norm", 64, groups),  # 4096 over --num_replicas=64; Keras moving averages ON_READ, MEAN
     ("precision", "float32", None),  # --dtype=fp32
 ]
 

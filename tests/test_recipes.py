@@ -276,6 +276,7 @@ def test_each_recipe_config_runs_two_steps_on_tiny_images(name, image_folder, tm
     c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)
     c.half_precision, c.async_checkpoints, c.log_every_steps = False, False, 1
     c.mixup_chunk = 8 if c.mixup_chunk else 0  # two draws a batch, as the recipe's per-GPU draws
+    c.model_kwargs.bn_group_size = 8  # and two batch-norm groups, as its per-GPU statistics
     d = c.data
     scale = lambda px: max(8, round(px * 16 / 224))  # noqa: E731
     d.path, d.eval_split, d.image_size, d.cache, d.shuffle_buffer, d.workers = image_folder, "test", 16, False, 64, 0
@@ -313,3 +314,31 @@ def test_data_interpolation_is_torchvisions_eval_resize(interpolation):
         assert np.abs(crop(other) - ref).mean() > 1.0
     with pytest.raises(ConfigError, match="data.interpolation='nearest'"):
         augment.pil_center_crop(image, 56, 56 / 58, "nearest")
+
+
+def test_ghost_batch_norm_is_torchs_batch_norm_on_each_group():
+    """BatchNorm(group_size=4) on 16 examples: each group of 4 normalised as torch.nn.BatchNorm2d normalises one
+    process's 4 (train mode); the running averages the mean of the 4 groups' torch buffers after the step."""
+    from resnet_jax.models.blocks import BatchNorm
+
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(16, 5, 5, 3)) * np.array([1.0, 3.0, 0.5]) + np.array([0.0, 2.0, -1.0])).astype(np.float32)
+    bn = BatchNorm(use_running_average=False, group_size=4)
+    variables = bn.init(jax.random.key(0), jnp.asarray(x))
+    variables = {"params": {"scale": jnp.array([1.0, 0.5, 2.0]), "bias": jnp.array([0.1, 0.0, -0.3])},
+                 "batch_stats": variables["batch_stats"]}  # fmt: skip
+    out, updates = bn.apply(variables, jnp.asarray(x), mutable=["batch_stats"])
+    means, variances = [], []
+    for k in range(4):
+        ref = torch.nn.BatchNorm2d(3, momentum=0.1, eps=1e-5)
+        ref.weight.data, ref.bias.data = torch.tensor([1.0, 0.5, 2.0]), torch.tensor([0.1, 0.0, -0.3])
+        want = ref(torch.tensor(x[4 * k : 4 * k + 4].transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(np.asarray(out[4 * k : 4 * k + 4]), want, rtol=1e-4, atol=1e-5)
+        means.append(ref.running_mean.numpy())
+        variances.append(ref.running_var.numpy())
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], np.mean(means, 0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], np.mean(variances, 0), rtol=1e-5)
+    whole, _ = BatchNorm(use_running_average=False).apply(variables, jnp.asarray(x), mutable=["batch_stats"])
+    assert not np.allclose(np.asarray(whole), np.asarray(out), atol=1e-3)
+    with pytest.raises(ConfigError, match="bn_group_size=5 must divide the batch of 16"):
+        BatchNorm(use_running_average=False, group_size=5).apply(variables, jnp.asarray(x), mutable=["batch_stats"])
