@@ -8,6 +8,7 @@ synthetic batch kept on the device.
     python bench/augment_cost.py --model resnet50 --batch 32 --resolution 112
 
     python bench/augment_cost.py --sets mix mix_chunk16 tv2 tv2_sources rsb_a1 rsb_a1_sources
+    python bench/augment_cost.py --sets none bn_group16 mix mix_chunk16
 
 Prints one JSON line: ms per step for each set (the median of `--repeats`
 rounds of 5 steps, the sets taking turns), its ratio to none, and each
@@ -44,6 +45,8 @@ SETS = {
     # mixup / cutmix alone: one draw for the batch, or one per chunk of 16 images (the sources' per-GPU draws)
     "mix": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0},
     "mix_chunk16": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mixup_chunk": 16},
+    # batch-norm statistics per group of 16 images (ghost batch norm, the sources' per-GPU statistics)
+    "bn_group16": {"model_kwargs": {"bn_group_size": 16}},
     # the recipes' sets as their sources draw them (docs/recipes.md): per-chunk draws, torchvision's pairing and
     # bilinear TrivialAugmentWide; timm's clipped LAMB and thresholded BCE
     "tv2_sources": {"auto_augment": "trivial", "auto_augment_interpolation": "bilinear", "random_erasing": 0.1,
@@ -60,10 +63,11 @@ def build(model_name: str, batch: int, resolution: int, fields: dict):
     c = default_config()
     c.batch_size = batch
     for k, v in fields.items():
-        c[k] = v
+        if k != "model_kwargs":
+            c[k] = v
     mesh = parallel.make_mesh()
     num_classes = 10 if models.family(model_name) == "cifar" else 1000
-    model = models.create(model_name, num_classes=num_classes)
+    model = models.create(model_name, num_classes=num_classes, **fields.get("model_kwargs", {}))
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
     holder = {"state": create_train_state(model, tx, resolution, 0, mesh)}
     rng = np.random.default_rng(0)
@@ -88,7 +92,7 @@ def build(model_name: str, batch: int, resolution: int, fields: dict):
 
 
 # Each variant's ratio to the set it refines, measured in the same rounds.
-REFINES = {"mix_chunk16": "mix", "tv2_sources": "tv2", "rsb_a1_sources": "rsb_a1"}
+REFINES = {"bn_group16": "none", "mix_chunk16": "mix", "tv2_sources": "tv2", "rsb_a1_sources": "rsb_a1"}
 
 
 def main() -> None:
