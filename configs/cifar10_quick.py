@@ -26,6 +26,7 @@ def get_config():
     c.learning_rate = 0.1
     c.lr_schedule = "onecycle"
     c.warmup_epochs = 1
+    c.warmup_start_factor = 1 / 25
     c.nesterov = True
     c.weight_decay = 5e-4
     c.weight_decay_exclude_bn_bias = True

@@ -1,17 +1,24 @@
-"""ResNet-50 on ImageNet with FFCV's recipe (75.6% top-1 in 24 epochs, 78.1% in 88).
+"""ResNet-50 on ImageNet with FFCV's recipe (75.6% top-1 in 24 epochs, 78.4% in 88).
 
-Source: libffcv/ffcv-imagenet `rn50_configs` (`rn50_{16,24,32,40,56,88}_epochs.yaml`):
-SGD lr 1.7 at batch 1024, momentum 0.9, weight decay 1e-4 (none on batch
-norm), label smoothing 0.1, a triangular schedule (linear up over 2
-epochs, linear down to 0), progressive resizing from 160 to 192 over the last
-epochs (`data.progressive_resizing`: the ramp's epochs scale with `num_epochs`)
-and evaluation at 256 (FFCV's `val_res` 256 with a 224/256 centre crop ratio),
-test-time flips. Published: 71% (16 epochs), 75.6% (24), 78.1% (88) on 8 A100s.
-`--config.num_epochs=88` for the long one.
+Source: libffcv/ffcv-imagenet at commit 4dd291a1, `rn50_configs/rn50_{16,24,32,40,56,88}_epochs.yaml`
+and `train_imagenet.py`: 8 processes (`world_size: 8`) of `batch_size: 512`, a global batch of 4,096 at
+`lr: 1.7` (not scaled by the batch); SGD momentum 0.9, weight decay 1e-4 (none on the parameters named
+`bn`), label smoothing 0.1, the "cyclic" schedule (linear from 1e-4 x lr up to lr over 2 epochs, then
+linear down to 0 at the last epoch, set every iteration), progressive resizing of the random-resized
+crops from 160 to 192 between `start_ramp` and `end_ramp`, evaluation at 256 of the central 224/256
+of the image, test-time flips. Published top-1 (README, 8 A100s): 73.8% (16 epochs), 75.6% (24),
+76.6% (32), 77.2% (40), 78.0% (56), 78.4% (88).
 
-Not yet a result of this package. Differences: FFCV's BlurPool is not
-implemented; the onecycle schedule here starts at lr/25, FFCV's at 0 (with
-`lr_schedule="onecycle"`).
+`--config.num_epochs=88` (or any count) for a longer run: the resizing ramp follows `num_epochs` when
+the config is resolved (`resolution.ffcv_ramp`: each published yaml's `start_ramp`/`end_ramp`, and
+``3E/4 - 1``, ``7E/8 - 1`` for any other count E, the rule every yaml follows).
+
+Not yet a result of this package. Differences, each in docs/recipes.md: FFCV's BlurPool
+(`use_blurpool: 1`) is not implemented; batch-norm statistics are per group of 512 as FFCV's per
+GPU, but the running averages are the groups' mean where DDP keeps the first GPU's; FFCV decays the
+downsample shortcut's batch norm and the classifier's bias (their names lack "bn"), ours decays no
+1-D parameter; FFCV resizes with OpenCV's area interpolation, ours bicubic (antialiased); FFCV
+computes in float16 with loss scaling, ours bfloat16.
 """
 
 import os
@@ -20,24 +27,26 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 from imagenet_resnet50 import get_config as baseline  # noqa: E402
 
+from resnet_jax.data.resolution import ffcv_ramp_reference  # noqa: E402
+
 
 def get_config(model: str = "resnet50"):
     c = baseline(model)
-    c.batch_size = 1024
+    c.batch_size = 8 * 512  # world_size x batch_size of the yaml
     c.num_epochs = 24
     c.learning_rate = 1.7
     c.lr_linear_scaling = False
     c.lr_schedule = "onecycle"
-    c.warmup_epochs = 2
+    c.warmup_epochs = 2  # lr_peak_epoch
+    c.warmup_start_factor = 1e-4  # get_cyclic_lr: np.interp([epoch], [0, 2, epochs], [1e-4 * lr, lr, 0])
     c.nesterov = False
     c.weight_decay = 1e-4
     c.weight_decay_exclude_bn_bias = True
     c.label_smoothing = 0.1
     c.eval_flip = True
     c.model_kwargs.zero_init_residual = False
-    # FFCV's ramp for 88 epochs is 65 -> 76 (of 88): the same fractions of the run.
-    start, end = round(c.num_epochs * 65 / 88), round(c.num_epochs * 76 / 88)
-    c.data.progressive_resizing = f"160:192:{start}:{end}"
+    c.model_kwargs.bn_group_size = 512  # batch-norm statistics per GPU batch
+    c.data.progressive_resizing = ffcv_ramp_reference(c.get_ref("num_epochs"), 160, 192)
     c.data.image_size = 256
     c.data.crop_fraction = 224 / 256
     return c

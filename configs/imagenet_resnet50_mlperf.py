@@ -1,15 +1,28 @@
 """ResNet-50 on ImageNet with MLPerf Training's LARS recipe (target 75.9% top-1).
 
-Source: mlcommons/training `image_classification` (the TensorFlow 2 reference
-and its `lars_util.py`): LARS (momentum 0.9, trust coefficient 0.001, epsilon
-0, no weight decay or trust ratio on batch norm and bias), 5 linear warm-up
-epochs then polynomial decay of power 2 to 0.0001, label smoothing 0.1, weight
-decay 5e-5, about 41 epochs to the 75.9% target, at batch sizes of 3k and up.
-The peak learning rate is tuned with the batch in MLPerf submissions; 10.8
-here is the TensorFlow Model Garden's MLPerf LARS value: set `learning_rate`
-and `batch_size` together for your hardware.
+Source: mlcommons/training at commit db5b42e0 (the last before the benchmark was
+retired), `image_classification/README.md`, the "TPU-V3-64" command of the
+TensorFlow 2 reference (`tensorflow2/resnet_ctl_imagenet_main.py`), all of its
+values: batch 4,096, `--optimizer=LARS --base_learning_rate=10.0 --momentum=0.9
+--weight_decay=0.0002 --lars_epsilon=0 --label_smoothing=0.1
+--lr_schedule=polynomial --warmup_epochs=5 --train_epochs=42`, with
+`lars_util.py`'s defaults (linear warm-up from 0, then polynomial decay of power
+2 to `end_learning_rate` 1e-4, set every step) and `lars_optimizer.py`'s LARS
+(trust coefficient `eeta` 0.001; its `epsilon or backend_config.epsilon()` turns
+`--lars_epsilon=0` into Keras's 1e-7; batch norm and biases skip both the decay
+and the trust ratio), evaluation of the central 224 of the image resized to 256,
+bilinear resizing.
+The same README's "GPU-V100-8" command is the alternative: lr 8.5, batch 1,024 x
+2 accumulation steps = 2,048, 41 epochs (`--config.learning_rate=8.5
+--config.batch_size=2048 --config.num_epochs=41`).
 
-Not yet a result of this package.
+Not yet a result of this package. Differences, each in docs/recipes.md: batch-norm statistics are
+per group of 64 as the reference's per replica, their running averages the groups' mean; the
+reference initialises convolutions with Keras's `he_normal` (truncated normal, fan-in) and the
+classifier with N(0, 0.01), ours with torchvision's normal fan-out and uniform; its random crops
+cover 5-100% of the image, ours 8-100% (and 10 tries, not 100); it resizes bilinearly without
+antialiasing, ours bilinearly with it; its polynomial decay runs over ``train - warmup + 1`` steps,
+ours over ``train - warmup``; bfloat16 compute instead of float32.
 """
 
 import os
@@ -21,17 +34,23 @@ from imagenet_resnet50 import get_config as baseline  # noqa: E402
 
 def get_config(model: str = "resnet50"):
     c = baseline(model)
-    c.batch_size = 3072
-    c.num_epochs = 41
+    c.batch_size = 4096
+    c.num_epochs = 42
     c.optimizer = "lars"
-    c.learning_rate = 10.8
+    c.learning_rate = 10.0
     c.lr_linear_scaling = False
     c.lr_schedule = "polynomial"
     c.lr_power = 2.0
     c.lr_end = 1e-4
     c.warmup_epochs = 5
+    c.momentum = 0.9
     c.nesterov = False
-    c.weight_decay = 5e-5
+    c.lars_trust_coefficient = 0.001
+    c.lars_eps = 1e-7  # `0 or backend_config.epsilon()`
+    c.weight_decay = 2e-4
     c.weight_decay_exclude_bn_bias = True
     c.label_smoothing = 0.1
+    c.model_kwargs.zero_init_residual = False  # the reference's batch norms all start at 1
+    c.model_kwargs.bn_group_size = 64  # batch-norm statistics per TPU replica (4,096 over 64)
+    c.data.interpolation = "bilinear"  # imagenet_preprocessing._resize_image
     return c

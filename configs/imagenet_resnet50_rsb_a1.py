@@ -6,12 +6,25 @@ procedure in timm" (arXiv 2110.00476), Table 1: LAMB lr 5e-3, weight decay
 cosine, binary cross entropy, mixup 0.2 / cutmix 1.0, RandAugment
 rand-m7-mstd0.5-inc1, stochastic depth 0.05, repeated augmentation x3,
 training at 224, evaluation at 224 with crop ratio 0.95. Published: 80.4%.
+What Table 1 leaves out comes from timm at commit ae1ff579 (2021-10-04, the
+release of the RSB weights): its `Lamb` clips the gradients' global norm at 1.0
+(`max_grad_norm`), its `BinaryCrossEntropy` thresholds the targets at 0.2
+(`--bce-target-thresh 0.2` of the A1-A3 commands), its `train.py` steps the
+schedule once an epoch, warming up from `--warmup-lr` 1e-4 and decaying to
+`--min-lr` 1e-6, and `Mixup` draws once per GPU batch (8 GPUs x 256) and pairs
+each image with its mirror in the batch (flip).
 Procedures A2 (300 epochs, 79.8%) and A3 (100 epochs at 160, 78.1%):
 configs/imagenet_resnet50_rsb_a2.py, configs/imagenet_resnet50_rsb_a3.py.
 
-Not yet a result of this package. Differences: timm's BCE target threshold
-(0.2 in its A1 command) is not implemented; the augmentations run on the
-accelerator, inside the train step (`resnet_jax.data.batch_augment`).
+Not yet a result of this package. Differences, each in docs/recipes.md: batch-norm statistics are
+per group of 256 as timm's per GPU, but the running averages are the groups' mean where DDP keeps
+the first GPU's; timm's default train interpolation "random" (bilinear or bicubic per image) is
+bicubic here, and its RandAugment picks bilinear or bicubic per op where ours is bilinear; timm's
+cosine runs over all the epochs, warm-up included (`warmup_prefix=False`), ours over those after the
+warm-up; timm's `train.py` of that commit adds 10 cooldown epochs at `--min-lr` unless the command
+sets `--cooldown-epochs 0` (Table 1 counts 600 epochs: none here); bfloat16 compute instead of
+float16 with loss scaling; the augmentations run on the accelerator, inside the train step
+(`resnet_jax.data.batch_augment`).
 """
 
 import os
@@ -32,14 +45,22 @@ def rsb_config(model: str, epochs: int, lr: float, weight_decay: float, mixup: f
     c.lr_linear_scaling = False
     c.lr_schedule = "cosine"
     c.warmup_epochs = 5
+    c.warmup_start_factor = 1e-4 / c.get_ref("learning_rate")  # --warmup-lr, whatever the peak
+    c.lr_end = 1e-6  # --min-lr
+    c.lr_step_every_epoch = True  # timm's schedulers step per epoch unless --sched-on-updates
+    c.max_grad_norm = 1.0  # timm.optim.Lamb's max_grad_norm default
     c.weight_decay = weight_decay
     c.weight_decay_exclude_bn_bias = True
     c.loss = "bce"
+    c.bce_target_threshold = 0.2
     c.label_smoothing = 0.0
     c.mixup_alpha, c.cutmix_alpha = mixup, 1.0
+    c.mixup_chunk = 256  # one draw per GPU batch
+    c.mixup_style = "timm"
     c.auto_augment = "rand"
     c.randaugment_magnitude, c.randaugment_std = magnitude, 0.5
     c.model_kwargs.drop_path_rate = drop_path
+    c.model_kwargs.bn_group_size = 256  # batch-norm statistics per GPU batch
     d = c.data
     d.image_size = 224
     d.train_image_size = train_size

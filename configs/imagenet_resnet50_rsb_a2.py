@@ -2,7 +2,7 @@
 
 Source: arXiv 2110.00476, Table 1: as A1 (configs/imagenet_resnet50_rsb_a1.py)
 but 300 epochs, weight decay 0.02, mixup 0.1. Published: 79.8%. Not yet a
-result of this package.
+result of this package. Differences: A1's (docs/recipes.md).
 """
 
 import os

@@ -4,6 +4,7 @@ Source: arXiv 2110.00476, Table 1: as A1 (configs/imagenet_resnet50_rsb_a1.py)
 but 100 epochs, lr 8e-3, weight decay 0.02, mixup 0.1, RandAugment m6, no
 stochastic depth, no repeated augmentation, training at 160 (evaluation at 224,
 crop ratio 0.95). Published: 78.1%. Not yet a result of this package.
+Differences: A1's (docs/recipes.md).
 """
 
 import os

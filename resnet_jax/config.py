@@ -48,8 +48,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.lr_boundaries_in_epochs = False
     c.lr_decay_factor = 0.1
     c.warmup_epochs = 0.0  # cosine / onecycle / polynomial: linear warmup length
+    c.warmup_start_factor = 0.0  # the warm-up starts at this x learning_rate (torchvision's lr_warmup_decay)
+    c.lr_step_every_epoch = False  # the rate changes once an epoch, at its start (PyTorch's per-epoch schedulers)
     c.lr_power = 2.0  # polynomial: (lr - lr_end) * (1 - t / T) ** lr_power + lr_end after the warm-up
-    c.lr_end = 0.0
+    c.lr_end = 0.0  # polynomial and cosine: the final learning rate
     c.warmup_constant_steps = 0  # > 0: hold warmup_constant_lr first (the paper's ResNet-110)
     c.warmup_constant_lr = 0.01
     c.momentum = 0.9
@@ -57,10 +59,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.lars_trust_coefficient = 0.001
     c.lars_eps = 0.0
     c.lamb_b1, c.lamb_b2, c.lamb_eps = 0.9, 0.999, 1e-6
+    c.max_grad_norm = 0.0  # > 0: clip the gradients' global norm to this before the optimiser (timm's Lamb: 1.0)
     c.weight_decay = 1e-4  # coupled (added to the gradient), as in the paper
     c.weight_decay_exclude_bn_bias = False
     c.label_smoothing = 0.0
     c.loss = "ce"  # ce (softmax cross entropy) | bce (per-class sigmoid, timm's BinaryCrossEntropy)
+    c.bce_target_threshold = 0.0  # bce, > 0: targets above it become 1, the others 0 (timm's target_threshold)
     c.ema_decay = 0.0  # > 0: also keep and evaluate an EMA of the weights
     c.ema_every_steps = 1  # update the EMA every N steps (torchvision's V2 recipe: 32)
     # A training loss above this (or not finite) stops the run as diverged; 0: 100 x ln(num_classes)
@@ -69,6 +73,7 @@ def default_config() -> ml_collections.ConfigDict:
 
     # Augmentations on the accelerator, inside the train step, on any pipeline (resnet_jax.data.batch_augment).
     c.auto_augment = ""  # "" | trivial (torchvision's TrivialAugmentWide) | rand (timm's RandAugment)
+    c.auto_augment_interpolation = "nearest"  # trivial: of its geometric ops, nearest | bilinear (torchvision's V2)
     c.randaugment_magnitude = 9.0  # rand: timm's rand-m{magnitude}-mstd{std}-inc1, `layers` ops an image
     c.randaugment_std = 0.5
     c.randaugment_layers = 2
@@ -77,6 +82,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.cutmix_alpha = 0.0  # > 0: cutmix; with both on, cutmix with probability mixup_switch_prob
     c.mixup_prob = 1.0  # probability of mixing a batch at all
     c.mixup_switch_prob = 0.5
+    # > 0: one lambda (and box) per chunk of this many images of the global batch, as the sources draw one per
+    # process batch (torchvision's V2: 128, timm's RSB: 256); 0: one per global batch. Must divide batch_size.
+    c.mixup_chunk = 0
+    # timm (partner of image i: image B-1-i; timm's box) | torchvision (image i-1; transforms.v2.CutMix's box)
+    c.mixup_style = "timm"
 
     # Fine-tuning: start from another run's (or a converted) checkpoint.
     c.init_from = ""  # a workdir holding checkpoints/ (e.g. from python -m resnet_jax.convert)
@@ -108,6 +118,9 @@ def default_config() -> ml_collections.ConfigDict:
     d.augment = "cifar"  # cifar (pad + crop + flip) | inception (random-resized crop + flip) | none
     d.crop_padding = 4
     d.crop_fraction = 0.875  # inception eval: resize to image_size / crop_fraction, center crop
+    # inception: the resampling of the random-resized crops and of the eval resize, bicubic | bilinear (both
+    # antialiased; torchvision's reference: bilinear)
+    d.interpolation = "bicubic"
     # FixRes: side of the random-resized training crops (0 = image_size); evaluation keeps image_size / crop_fraction
     d.train_image_size = 0
     # FFCV's progressive resizing: "min:max:start_ramp:end_ramp" (e.g. "160:192:65:76"), the training crop size

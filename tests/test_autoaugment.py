@@ -258,9 +258,9 @@ TA_BATCH = 64
 
 
 @functools.cache
-def jitted_ta():
+def jitted_ta(interpolation: str = "nearest"):
     """trivial_augment_wide, compiled once for [TA_BATCH, 32, 32, 3] and FILL."""
-    return jax.jit(A.trivial_augment_wide)
+    return jax.jit(functools.partial(A.trivial_augment_wide, interpolation=interpolation))
 
 
 @functools.cache
@@ -269,25 +269,27 @@ def jitted_op(name: str, interpolation: str | None = None):
     return jax.jit(op if interpolation is None else functools.partial(op, interpolation=interpolation))
 
 
-def test_trivial_augment_wide_matches_torchvision_per_image():
-    """Each image against torchvision's TrivialAugmentWide op applied with the same draw; and exactly against
-    this module's own op functions."""
-    torchvision_f()
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_trivial_augment_wide_matches_torchvision_per_image(interpolation):
+    """Each image against torchvision's TrivialAugmentWide op applied with the same draw, with nearest
+    (torchvision's default) and bilinear interpolation (its classification reference's); and exactly
+    against this module's own op functions."""
+    F = torchvision_f()
     from torchvision.transforms import v2
 
-    tv = v2.TrivialAugmentWide(fill=list(FILL))
+    tv = v2.TrivialAugmentWide(fill=list(FILL), interpolation=F.InterpolationMode(interpolation))
     images = np.stack([structured_image(32, 32, seed=s) for s in range(TA_BATCH)])
     key = jax.random.key(7)
-    ours = np.asarray(jitted_ta()(key, images, FILL))
+    ours = np.asarray(jitted_ta(interpolation)(key, images, FILL))
     ops, args = map(np.asarray, A.trivial_augment_wide_choices(key, len(images)))
     assert len(set(ops.tolist())) == 14  # every op exercised
     own = {
         "Identity": lambda x, a: x,
-        "ShearX": lambda x, a: jitted_op("shear_x", "nearest")(x, a, FILL),
-        "ShearY": lambda x, a: jitted_op("shear_y", "nearest")(x, a, FILL),
-        "TranslateX": lambda x, a: jitted_op("translate_x", "nearest")(x, a, FILL),
-        "TranslateY": lambda x, a: jitted_op("translate_y", "nearest")(x, a, FILL),
-        "Rotate": lambda x, a: jitted_op("rotate", "nearest")(x, a, FILL),
+        "ShearX": lambda x, a: jitted_op("shear_x", interpolation)(x, a, FILL),
+        "ShearY": lambda x, a: jitted_op("shear_y", interpolation)(x, a, FILL),
+        "TranslateX": lambda x, a: jitted_op("translate_x", interpolation)(x, a, FILL),
+        "TranslateY": lambda x, a: jitted_op("translate_y", interpolation)(x, a, FILL),
+        "Rotate": lambda x, a: jitted_op("rotate", interpolation)(x, a, FILL),
         "Brightness": jitted_op("brightness"),
         "Color": jitted_op("color"),
         "Contrast": jitted_op("contrast"),

@@ -258,3 +258,79 @@ def test_random_erasing_matches_torchvision(monkeypatch):
             params = (0, 0, hh, ww, img)
         monkeypatch.setattr(tv_transforms.RandomErasing, "get_params", staticmethod(lambda *a, p=params, **kw: p))
         np.testing.assert_array_equal(erasing(img).numpy().transpose(1, 2, 0), out[k])
+
+
+# ---------------------------------------------------------------- one draw per chunk; torchvision's style
+
+
+def test_mix_batch_per_chunk_is_timms_mixup_on_each_chunk(monkeypatch):
+    """A global batch of 4 chunks of 4: each chunk is timm's Mixup(mode="batch") on those 4 images alone, with
+    the draw of its own key (jax.random.split(key, 4)[k]); chunks draw different lambdas, mixup and cutmix."""
+    n, chunk = 16, 4
+    rng = np.random.default_rng(5)
+    images = rng.uniform(-2, 2, (n, H, W, C)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, n).astype(np.int64)
+    key = jax.random.key(21)
+    mixed, target = jax.jit(
+        functools.partial(mix_batch, num_classes=CLASSES, mixup_alpha=1.0, cutmix_alpha=1.0, smoothing=0.1,
+                          chunk=chunk)  # fmt: skip
+    )(key, jnp.asarray(images), jnp.asarray(labels))
+    keys = jax.random.split(key, n // chunk)
+    kinds = set()
+    for k in range(n // chunk):
+        p = mix_params(keys[k], H, W, mixup_alpha=1.0, cutmix_alpha=1.0)
+        part = slice(k * chunk, (k + 1) * chunk)
+        box = p.box if bool(p.use_cutmix) else None
+        lam = 0.5 if bool(p.use_cutmix) else float(p.lam)
+        ref_images, ref_target = _timm_mix(monkeypatch, images[part], labels[part], lam, bool(p.use_cutmix), box)
+        np.testing.assert_allclose(np.asarray(mixed[part]), ref_images, atol=1e-5, err_msg=f"chunk {k}")
+        np.testing.assert_allclose(np.asarray(target[part]), ref_target, atol=1e-6, err_msg=f"chunk {k}")
+        kinds.add((bool(p.use_cutmix), round(float(p.lam), 6)))
+    assert len(kinds) == n // chunk and {c for c, _ in kinds} == {False, True}
+    whole, _ = mix_batch(key, jnp.asarray(images), jnp.asarray(labels), CLASSES, mixup_alpha=1.0, cutmix_alpha=1.0)
+    assert not np.allclose(np.asarray(whole), np.asarray(mixed))
+    with pytest.raises(ValueError, match="chunks of 5"):
+        mix_batch(key, jnp.asarray(images), jnp.asarray(labels), CLASSES, mixup_alpha=1.0, cutmix_alpha=0.0, chunk=5)
+
+
+def _torchvision_mix(monkeypatch, mixer, images, labels, **params):
+    """transforms.v2.MixUp / CutMix on torch tensors with its lambda (and cutmix centre) replaced by ours."""
+    from torchvision.transforms.v2 import _augment
+
+    monkeypatch.setattr(mixer._dist, "sample", lambda shape: torch.tensor(params["lam"]))
+    if "centre" in params:
+        draws = iter([params["centre"][1], params["centre"][0]])  # r_x, then r_y
+        monkeypatch.setattr(_augment.torch, "randint", lambda high, size: torch.tensor([next(draws)]))
+    x, target = mixer(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), torch.from_numpy(labels))
+    return x.numpy().transpose(0, 2, 3, 1), target.numpy()
+
+
+@pytest.mark.parametrize("method", ["mixup", "cutmix"])
+def test_torchvision_style_is_transforms_v2(monkeypatch, method):
+    """style="torchvision": the batch rolled by one (image i-1 is i's partner) and transforms.v2.CutMix's box."""
+    from torchvision.transforms import v2
+
+    images, labels = _batch(4)
+    alphas = {"mixup": (1.0, 0.0), "cutmix": (0.0, 1.0)}[method]
+    key = jax.random.key(8)
+    mixed, target = mix_batch(key, jnp.asarray(images), jnp.asarray(labels), CLASSES, mixup_alpha=alphas[0],
+                              cutmix_alpha=alphas[1], style="torchvision")  # fmt: skip
+    p = mix_params(key, H, W, mixup_alpha=alphas[0], cutmix_alpha=alphas[1], style="torchvision")
+    if method == "mixup":
+        ref = _torchvision_mix(monkeypatch, v2.MixUp(alpha=1.0, num_classes=CLASSES), images, labels, lam=float(p.lam))
+    else:
+        k_lam, k_box = jax.random.split(key, 4)[2:]
+        raw = float(jax.random.beta(k_lam, 1.0, 1.0))
+        centre = [int(v) for v in jax.random.randint(jax.random.split(k_box)[0], (), 0, H)[None]] + [
+            int(jax.random.randint(jax.random.split(k_box)[1], (), 0, W))
+        ]
+        ref = _torchvision_mix(monkeypatch, v2.CutMix(alpha=1.0, num_classes=CLASSES), images, labels, lam=raw,
+                               centre=centre)  # fmt: skip
+        y0, y1, x0, x1 = (int(v) for v in p.box)
+        assert 0 < (y1 - y0) * (x1 - x0) < H * W
+        # The two styles' boxes differ where timm's side is odd (W = 10, lam = 0.5: 7 pixels, torchvision's 2 x 3).
+        widths = {s: [int(b[3] - b[2]) for b in (cutmix_box(jax.random.key(i), 0.5, H, W, s)[0] for i in range(40))]
+                  for s in ("timm", "torchvision")}  # fmt: skip
+        assert max(widths["timm"]) == 7 and max(widths["torchvision"]) == 6
+    np.testing.assert_allclose(np.asarray(mixed), ref[0], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(target), ref[1], atol=1e-6)

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from resnet_jax.errors import ConfigError
+
 # ---------------------------------------------------------------- JAX (on device)
 
 
@@ -67,8 +69,10 @@ def tf_inception_crop(
     size: int,
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    interpolation: str = "bicubic",
 ) -> Any:
-    """Random-resized crop (area 8-100%, aspect 3/4-4/3) + flip, resized to `size`.
+    """Random-resized crop (area 8-100%, aspect 3/4-4/3) + flip, resized to `size`
+    (`interpolation`: "bicubic" or "bilinear", antialiased).
 
     Only the crop window of a JPEG is decoded. Falls back to a center crop when
     no valid window is found in 10 tries.
@@ -91,20 +95,20 @@ def tf_inception_crop(
     whole = tf.reduce_all(tf.equal(box_size[:2], shape[:2]))
     image = tf.cond(
         whole,
-        lambda: tf.cast(_center_crop(_decode(encoded), size, 224 / 256), tf.float32),
+        lambda: tf.cast(_center_crop(_decode(encoded), size, 224 / 256, interpolation), tf.float32),
         lambda: tf.cast(_decode_window(encoded, window), tf.float32),
     )
-    image = tf.image.resize(image, [size, size], method="bicubic", antialias=True)
+    image = tf.image.resize(image, [size, size], method=resize_method(interpolation), antialias=True)
     image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def tf_center_crop(encoded: Any, size: int, crop_fraction: float = 224 / 256) -> Any:
+def tf_center_crop(encoded: Any, size: int, crop_fraction: float = 224 / 256, interpolation: str = "bicubic") -> Any:
     """Evaluation transform: resize the short side to ``size / crop_fraction``
     (256 for 224) and take the central ``size`` x ``size`` crop."""
     import tensorflow as tf
 
-    image = _center_crop(_decode(encoded), size, crop_fraction)
+    image = _center_crop(_decode(encoded), size, crop_fraction, interpolation)
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
@@ -145,20 +149,30 @@ def _decode_window(encoded: Any, window: Any) -> Any:
     )
 
 
-def _resize_short_side(image: Any, short: int) -> Any:
+INTERPOLATIONS = ("bicubic", "bilinear")
+
+
+def resize_method(interpolation: str) -> str:
+    """`interpolation` checked: a `tf.image.resize` method (and a Pillow filter's name)."""
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"data.interpolation={interpolation!r}: use {' or '.join(INTERPOLATIONS)}")
+    return interpolation
+
+
+def _resize_short_side(image: Any, short: int, interpolation: str = "bicubic") -> Any:
     import tensorflow as tf
 
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = short / tf.reduce_min(shape)
     new = tf.cast(tf.round(shape * scale), tf.int32)
-    return tf.image.resize(image, new, method="bicubic", antialias=True)
+    return tf.image.resize(image, new, method=resize_method(interpolation), antialias=True)
 
 
-def _center_crop(image: Any, size: int, crop_fraction: float) -> Any:
+def _center_crop(image: Any, size: int, crop_fraction: float, interpolation: str = "bicubic") -> Any:
     """Resizes the short side to ``size / crop_fraction``, crops the center ``size``."""
     import tensorflow as tf
 
-    image = _resize_short_side(image, int(round(size / crop_fraction)))
+    image = _resize_short_side(image, int(round(size / crop_fraction)), interpolation)
     shape = tf.shape(image)
     return tf.image.crop_to_bounding_box(image, (shape[0] - size) // 2, (shape[1] - size) // 2, size, size)
 
@@ -183,6 +197,7 @@ def pil_inception_crop(
     crop_fraction: float = 224 / 256,
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    interpolation: str = "bicubic",
 ) -> np.ndarray:
     """`tf_inception_crop` for an opened, not yet decoded Pillow image: a window of
     8-100% of the area and aspect 3/4-4/3 (drawn as torchvision's RandomResizedCrop
@@ -199,11 +214,16 @@ def pil_inception_crop(
             x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             box = (x, y, x + w, y + h)
             break
-    out = pil_center_crop(image, size, crop_fraction) if box is None else decode_box(image, box, size)
+    if box is None:
+        out = pil_center_crop(image, size, crop_fraction, interpolation)
+    else:
+        out = decode_box(image, box, size, interpolation)
     return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
 
 
-def pil_center_crop(image: Image.Image, size: int, crop_fraction: float = 224 / 256) -> np.ndarray:
+def pil_center_crop(
+    image: Image.Image, size: int, crop_fraction: float = 224 / 256, interpolation: str = "bicubic"
+) -> np.ndarray:
     """`tf_center_crop` for an opened Pillow image: the central `size` x `size`
     of the image resized so that its short side is ``size / crop_fraction``."""
     width, height = image.size
@@ -211,12 +231,15 @@ def pil_center_crop(image: Image.Image, size: int, crop_fraction: float = 224 / 
     new_w, new_h = round(width * scale), round(height * scale)
     x, y = (new_w - size) // 2, (new_h - size) // 2
     sx, sy = width / new_w, height / new_h
-    return decode_box(image, (x * sx, y * sy, (x + size) * sx, (y + size) * sy), size)
+    return decode_box(image, (x * sx, y * sy, (x + size) * sx, (y + size) * sy), size, interpolation)
 
 
-def decode_box(image: Image.Image, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+def decode_box(
+    image: Image.Image, box: tuple[float, float, float, float], size: int, interpolation: str = "bicubic"
+) -> np.ndarray:
     """The `box` (left, top, right, bottom, in pixels of the full image) of an
-    opened Pillow image resized to `size` x `size` RGB uint8 (bicubic, antialiased).
+    opened Pillow image resized to `size` x `size` RGB uint8 (`interpolation`:
+    bicubic or bilinear, antialiased).
 
     A JPEG is decoded at the smallest of the scales 1, 1/2, 1/4 and 1/8 that keeps
     the box at least `size` pixels wide and high (Pillow's `Image.draft`: the
@@ -231,4 +254,5 @@ def decode_box(image: Image.Image, box: tuple[float, float, float, float], size:
         scale = drafted[1][2] / width
         box = (left * scale, top * scale, right * scale, bottom * scale)
     image = image.convert("RGB")
-    return np.asarray(image.resize((size, size), Image.BICUBIC, box=box), np.uint8)
+    resample = Image.BICUBIC if resize_method(interpolation) == "bicubic" else Image.BILINEAR
+    return np.asarray(image.resize((size, size), resample, box=box), np.uint8)

@@ -4,7 +4,7 @@ Both run inside a jit-compiled train step, on a batch of uint8 images [B, H, W, 
 draw per image. Every random choice comes from the JAX key, so the same key gives the same output.
 
 * `trivial_augment_wide` follows torchvision's `transforms.v2.TrivialAugmentWide` (31 magnitude bins, nearest
-  interpolation): one op per image, chosen uniformly, with a uniform magnitude bin and a random sign.
+  or bilinear interpolation): one op per image, chosen uniformly, with a uniform magnitude bin and a random sign.
 * `rand_augment` follows timm's `rand_augment_transform("rand-m9-mstd0.5-inc1")`: `num_layers` ops per image, chosen
   uniformly with replacement from timm's `_RAND_INCREASING_TRANSFORMS`, each applied with probability
   `probability` at a magnitude drawn per application from N(magnitude, magnitude_std) clipped to [0, 10], with
@@ -42,6 +42,7 @@ plus about ten elementwise passes over the batch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -441,7 +442,7 @@ def trivial_augment_wide_choices(key: jax.Array, batch_size: int) -> tuple[jax.A
     return ops, jnp.where(jnp.asarray(_TA_ENHANCE)[ops], 1.0 + magnitude, magnitude)
 
 
-def _ta_apply(image: jax.Array, op: jax.Array, arg: jax.Array, fill: jax.Array) -> jax.Array:
+def _ta_apply(image: jax.Array, op: jax.Array, arg: jax.Array, fill: jax.Array, interpolation: str) -> jax.Array:
     """One TrivialAugmentWide op on one image."""
     h, w, _ = image.shape
     matrices = jnp.stack(
@@ -455,7 +456,7 @@ def _ta_apply(image: jax.Array, op: jax.Array, arg: jax.Array, fill: jax.Array) 
         ]
     )
     geometric = (op >= 1) & (op <= 5)
-    warped = _affine_warp(image, matrices[jnp.where(geometric, op, 0)], fill, "nearest")
+    warped = _affine_warp(image, matrices[jnp.where(geometric, op, 0)], fill, interpolation)
     pixel_ops: list[Callable[[jax.Array, jax.Array], jax.Array]] = [
         lambda x, a: x,
         brightness,
@@ -471,13 +472,17 @@ def _ta_apply(image: jax.Array, op: jax.Array, arg: jax.Array, fill: jax.Array) 
     return jnp.where(geometric, warped, pixels)
 
 
-def trivial_augment_wide(key: jax.Array, images: jax.Array, fill: Sequence[float] = (0, 0, 0)) -> jax.Array:
-    """torchvision's TrivialAugmentWide (31 bins, nearest interpolation) with an independent draw per image.
+def trivial_augment_wide(
+    key: jax.Array, images: jax.Array, fill: Sequence[float] = (0, 0, 0), interpolation: str = "nearest"
+) -> jax.Array:
+    """torchvision's TrivialAugmentWide (31 bins) with an independent draw per image.
 
     Args:
       key: a PRNG key.
       images: uint8 [B, H, W, 3].
       fill: the colour of the pixels a geometric op brings in from outside the image.
+      interpolation: of the geometric ops, "nearest" (torchvision's default) or
+        "bilinear" (torchvision's classification reference, ``presets.py``).
 
     Returns:
       uint8 [B, H, W, 3].
@@ -485,7 +490,10 @@ def trivial_augment_wide(key: jax.Array, images: jax.Array, fill: Sequence[float
     images = jnp.asarray(images)
     ops, args = trivial_augment_wide_choices(key, images.shape[0])
     fill_vec = _fill_vector(fill, images.shape[-1])
-    return jax.vmap(_ta_apply, in_axes=(0, 0, 0, None))(images, ops, args, fill_vec)
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
+    apply = functools.partial(_ta_apply, interpolation=interpolation)
+    return jax.vmap(apply, in_axes=(0, 0, 0, None))(images, ops, args, fill_vec)
 
 
 # ---------------------------------------------------------------- RandAugment (timm, "inc1")

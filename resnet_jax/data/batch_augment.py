@@ -49,6 +49,14 @@ def batch_transform(
     erases = on("random_erasing")
     if not (config.auto_augment or erases or mixes):
         return None
+    chunk, style = config.get("mixup_chunk", 0), config.get("mixup_style", "timm")
+    interpolation = config.get("auto_augment_interpolation", "nearest")
+    if mixes and chunk and (chunk < 0 or config.batch_size % chunk):
+        raise ConfigError(f"mixup_chunk={chunk} must divide batch_size={config.batch_size} (0: one draw a batch)")
+    if style not in mixing.STYLES:
+        raise ConfigError(f"unknown mixup_style {style!r}; use {' or '.join(mixing.STYLES)}")
+    if interpolation not in ("nearest", "bilinear"):
+        raise ConfigError(f"unknown auto_augment_interpolation {interpolation!r}; use 'nearest' or 'bilinear'")
     mean_pixel = tuple(255 * m for m in config.data.mean)  # erased to 0 once normalised, as torchvision's V2
     fill = tuple(round(v) for v in mean_pixel)  # timm's RandAugment fills with the rounded mean
 
@@ -56,7 +64,7 @@ def batch_transform(
         value = lambda field: hp.get(field, config[field])  # noqa: E731
         k_auto, k_erase, k_mix = jax.random.split(key, 3)
         if config.auto_augment == "trivial":
-            images = autoaugment.trivial_augment_wide(k_auto, images)
+            images = autoaugment.trivial_augment_wide(k_auto, images, interpolation=interpolation)
         elif config.auto_augment == "rand":
             images = autoaugment.rand_augment(
                 k_auto, images, value("randaugment_magnitude"), config.randaugment_std, config.randaugment_layers,
@@ -70,6 +78,7 @@ def batch_transform(
         return mixing.mix_batch(
             k_mix, images, labels, num_classes, mixup_alpha=value("mixup_alpha"), cutmix_alpha=value("cutmix_alpha"),
             switch_prob=value("mixup_switch_prob"), prob=value("mixup_prob"), smoothing=hp["label_smoothing"],
+            chunk=chunk, style=style,
         )  # fmt: skip
 
     return transform

@@ -20,7 +20,7 @@ images are resized to ``image_size`` if needed. Where they differ from tf.data:
   tf.data uses `sample_distorted_bounding_box` (same ranges and fallback);
 - a JPEG is decoded at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the
   crop window at least ``image_size`` pixels (`augment.decode_box`), then resized
-  bicubically with antialiasing; tf.data decodes the window at full scale;
+  with ``data.interpolation`` (bicubic by default), antialiased; tf.data decodes the window at full scale;
 - every epoch shuffles the whole share (``shuffle_buffer`` and ``cache`` are not
   used).
 
@@ -139,14 +139,17 @@ class Decoder:
     augment: str  # inception | cifar | none
     crop_padding: int
     crop_fraction: float
+    interpolation: str = "bicubic"  # of the inception crops and the eval resize
 
     def __call__(self, file: Any, name: str, rng: np.random.Generator | None, crop_size: int = 0) -> np.ndarray:
         """`crop_size` (> 0): the size of a training crop, instead of ``size`` (`resolution`)."""
         if self.augment == "inception":
             with folder.open_image(file, name) as image:
                 if rng is None:
-                    return augment.pil_center_crop(image, self.size, self.crop_fraction)
-                return augment.pil_inception_crop(image, rng, crop_size or self.size, self.crop_fraction)
+                    return augment.pil_center_crop(image, self.size, self.crop_fraction, self.interpolation)
+                return augment.pil_inception_crop(
+                    image, rng, crop_size or self.size, self.crop_fraction, interpolation=self.interpolation
+                )
         image = folder.load_rgb(file, (self.size, self.size), name)
         if self.augment == "cifar" and rng is not None:
             return augment.np_crop_flip(image, rng, self.crop_padding)
@@ -377,6 +380,7 @@ class GrainPipeline:
             flags.FLAGS.mark_as_parsed()
         self.cfg, self.mesh = cfg, mesh
         self.train_sizes = resolution.train_sizes(cfg)  # checks the options before any file is read
+        augment.resize_method(cfg.get("interpolation", "bicubic"))
         repeats = repeated.repeats(cfg)
         self.batch_size = batch_size // jax.process_count()
         self.eval_batch_size = eval_batch_size // jax.process_count()
@@ -389,7 +393,9 @@ class GrainPipeline:
         self.info = DataInfo(check_class_names(names), len(train), len(evaluation), cfg.image_size)
         largest_share = -(-len(evaluation) // count)  # every process runs as many evaluation steps
         self.num_eval_batches = -(-largest_share // self.eval_batch_size)
-        decoder = Decoder(cfg.image_size, cfg.augment, cfg.crop_padding, cfg.crop_fraction)
+        decoder = Decoder(
+            cfg.image_size, cfg.augment, cfg.crop_padding, cfg.crop_fraction, cfg.get("interpolation", "bicubic")
+        )
         length = self.steps_per_epoch * self.batch_size
         train_examples = TrainExamples(
             self._train, decoder, max(length, 1), seed, cfg.skip_bad_images, self.train_sizes, repeats

@@ -13,6 +13,12 @@ training at ``image_size``):
   up to epoch ``start_ramp``, ``max`` from epoch ``end_ramp``, in between the
   linear interpolation rounded to a multiple of 32; e.g. ``"160:192:65:76"``.
 
+`ffcv_ramp(epochs)` is the ramp of FFCV's ResNet-50 configs for a run of `epochs`
+(the ``start_ramp``/``end_ramp`` of every ``rn50_*_epochs.yaml``), and
+`ffcv_ramp_reference` the same as an ``ml_collections`` reference to a config's
+``num_epochs``: a recipe's ramp then follows the epoch count wherever it is set,
+command line included, and is fixed when the config is resolved.
+
 Both change only the training crops, so they need ``augment="inception"``, and
 they exclude each other. Epochs count from 0, as in FFCV. The compiled train step
 is traced once per distinct size (`training_sizes`).
@@ -58,6 +64,30 @@ class TrainSizes:
 
     def at(self, epoch: int) -> int:
         return self.image_size if self.ramp is None else self.ramp.at(epoch)
+
+
+# libffcv/ffcv-imagenet at 4dd291a1, rn50_configs/rn50_{E}_epochs.yaml: E -> (start_ramp, end_ramp).
+FFCV_RN50_RAMPS = {16: (11, 13), 24: (17, 20), 32: (23, 27), 40: (29, 34), 56: (41, 48), 88: (65, 76)}
+
+
+def ffcv_ramp(epochs: int) -> tuple[int, int]:
+    """FFCV's ResNet-50 ``(start_ramp, end_ramp)`` for a run of `epochs`:
+    ``3E/4 - 1`` and ``7E/8 - 1`` (floored, and 0 at least), which is every
+    published yaml's pair (`FFCV_RN50_RAMPS`: 16, 24, 32, 40, 56 and 88 epochs)
+    and the same fractions of any other run."""
+    return max(0, 3 * epochs // 4 - 1), max(0, 7 * epochs // 8 - 1)
+
+
+def ffcv_ramp_reference(epochs: Any, min_res: int, max_res: int) -> Any:
+    """``"min:max:start_ramp:end_ramp"`` of `ffcv_ramp` as a string reference to
+    `epochs`, an ``ml_collections`` ``FieldReference`` to an int (``config.get_ref("num_epochs")``):
+    its value follows the epoch count until ``copy_and_resolve_references``."""
+
+    def at_least_zero(x: Any) -> Any:
+        return (x + abs(x)) // 2  # max(0, x) with a FieldReference's own operations
+
+    start, end = at_least_zero(epochs * 3 // 4 - 1), at_least_zero(epochs * 7 // 8 - 1)
+    return f"{min_res}:{max_res}:" + start.to_str() + ":" + end.to_str()
 
 
 def parse_ramp(spec: str) -> Ramp | None:

@@ -88,6 +88,7 @@ class TFDataPipeline:
         self.cfg, self.mesh = cfg, mesh
         self.seed = seed
         self.train_sizes = resolution.train_sizes(cfg)  # checks the options before any file is read
+        augment.resize_method(cfg.get("interpolation", "bicubic"))
         self.repeats = repeated.repeats(cfg)
         self.batch_size = batch_size // jax.process_count()
         self.eval_batch_size = eval_batch_size // jax.process_count()
@@ -166,6 +167,7 @@ class TFDataPipeline:
             ds = self._repeated(length, int(epoch_seed[0]), int(epoch_seed[2]))
         ds = ds.take(length).enumerate().skip(start_step * self.batch_size)
         base_seed = tf.constant([int(epoch_seed[1]) % 2**31, 0], tf.int64)
+        interpolation = cfg.get("interpolation", "bicubic")
 
         def preprocess(i: Any, example: tuple[Any, Any]) -> tuple[Any, Any]:
             image, label = example
@@ -175,7 +177,7 @@ class TFDataPipeline:
                     image = augment.tf_decode(image, (size, size))
                 image = augment.tf_crop_flip(image, seed, pad=cfg.crop_padding)
             elif cfg.augment == "inception":
-                image = augment.tf_inception_crop(image, seed, size)
+                image = augment.tf_inception_crop(image, seed, size, interpolation=interpolation)
             elif not cfg.cache:
                 image = augment.tf_decode(image, (size, size))
             return image, label
@@ -203,7 +205,7 @@ class TFDataPipeline:
         if cfg.augment == "inception":
 
             def decode(x):
-                return augment.tf_center_crop(x, size, cfg.crop_fraction)
+                return augment.tf_center_crop(x, size, cfg.crop_fraction, cfg.get("interpolation", "bicubic"))
         else:
 
             def decode(x):

@@ -105,6 +105,8 @@ class ResNet(nn.Module):
         statistics stay float32, and logits are returned as float32.
       bn_momentum, bn_epsilon: torchvision's numerics by default.
       bn_one_pass: batch-norm variance in one pass (faster, less exact; see `BatchNorm`).
+      bn_group_size: > 0: training statistics over each group of this many
+        examples of the batch (ghost batch norm; PyTorch's per-GPU batch norm).
       drop_path_rate: stochastic depth (timm's ``drop_path_rate``): in training,
         block k of the network's n blocks drops its residual branch per example
         with probability ``drop_path_rate * k / (n - 1)`` (see `drop_path_rates`
@@ -130,6 +132,7 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     bn_one_pass: bool = False
+    bn_group_size: int = 0
     drop_path_rate: float = 0.0
 
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
@@ -167,6 +170,7 @@ class ResNet(nn.Module):
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             one_pass=self.bn_one_pass,
+            group_size=self.bn_group_size,
             dtype=self.dtype,
         )
         preact = self.block in (PreActBasicBlock, PreActBottleneck)

@@ -177,6 +177,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
             make_tx=make_tx,
             ema_every=config.ema_every_steps,
             loss=config.loss,
+            bce_target_threshold=config.get("bce_target_threshold", 0.0),
             transform=batch_augment.batch_transform(config, info.num_classes, members.swept),
             dropout=config.model_kwargs.get("drop_path_rate", 0.0) > 0,
         ),

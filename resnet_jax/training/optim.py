@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,11 +44,15 @@ def learning_rate_schedule(
     ``lr_schedule``:
       * "piecewise": the paper's; multiply by ``lr_decay_factor`` at each of
         ``lr_boundaries`` (in steps; or epochs if ``lr_boundaries_in_epochs``).
-      * "cosine": linear warm-up over ``warmup_epochs`` from 0, then cosine to 0.
-      * "onecycle": linear up over ``warmup_epochs`` from lr/25, linear down to 0.
-      * "polynomial": linear warm-up from 0, then ``(lr - lr_end) * (1 - t / T)
+      * "cosine": linear warm-up over ``warmup_epochs``, then cosine from lr to ``lr_end``.
+      * "onecycle": linear warm-up over ``warmup_epochs``, then linear down to 0 (FFCV's "cyclic").
+      * "polynomial": linear warm-up, then ``(lr - lr_end) * (1 - t / T)
         ** lr_power + lr_end`` over the remaining T steps (MLPerf's LARS recipe).
       * "constant".
+    Every warm-up starts at ``warmup_start_factor`` x lr (torchvision's
+    ``--lr-warmup-decay``; FFCV's 1e-4). With ``lr_step_every_epoch`` the rate
+    changes at the start of each epoch only, held through it (PyTorch schedulers
+    stepped once an epoch: torchvision's and timm's recipes).
     ``warmup_constant_steps`` > 0 first holds ``warmup_constant_lr`` that many
     steps, and the schedule starts after them (the paper's ResNet-110 warm-up at 0.01).
     """
@@ -63,6 +67,8 @@ def learning_rate_schedule(
         warmup = xp.round(hp.get("warmup_epochs", cfg.warmup_epochs) * steps_per_epoch)
         n = cfg.warmup_constant_steps
         t = xp.asarray(step, xp.float32) - n
+        if cfg.get("lr_step_every_epoch", False):
+            t = xp.floor(t / steps_per_epoch) * steps_per_epoch
         value = _schedule(cfg, xp, t, lr, warmup, steps_per_epoch, total_steps)
         return xp.where(t < 0, cfg.warmup_constant_lr, value) if n > 0 else value
 
@@ -79,14 +85,13 @@ def _schedule(cfg: ml_collections.ConfigDict, xp: Any, t: Any, lr: Any, warmup: 
         return value
     if cfg.lr_schedule == "constant":
         return lr + 0 * t
-    if cfg.lr_schedule == "onecycle":
-        up = lr / 25 + (lr - lr / 25) * xp.clip(t / xp.maximum(warmup, 1), 0, 1)
-        down = lr * (1 - xp.clip((t - warmup) / xp.maximum(total - warmup, 1), 0, 1))
-        return xp.where(t < warmup, up, down)
-    ramp = lr * t / xp.maximum(warmup, 1)
+    start = lr * cfg.get("warmup_start_factor", 0.0)
+    ramp = start + (lr - start) * xp.clip(t / xp.maximum(warmup, 1), 0, 1)
     progress = xp.clip((t - warmup) / xp.maximum(total - warmup, 1), 0, 1)
-    if cfg.lr_schedule == "cosine":
-        decay = lr * 0.5 * (1 + xp.cos(math.pi * progress))
+    if cfg.lr_schedule == "onecycle":
+        decay = lr * (1 - progress)
+    elif cfg.lr_schedule == "cosine":
+        decay = cfg.lr_end + (lr - cfg.lr_end) * 0.5 * (1 + xp.cos(math.pi * progress))
     else:  # polynomial
         decay = (lr - cfg.lr_end) * (1 - progress) ** cfg.lr_power + cfg.lr_end
     return xp.where(t < warmup, ramp, decay)
@@ -105,11 +110,14 @@ def make_optimizer(
 
     * "sgd": momentum SGD with weight decay coupled as in PyTorch's SGD and the
       paper (added to the gradient before momentum);
-    * "lars": optax's LARS (You et al. 2017; MLPerf's ResNet-50), weight decay
+    * "lars": LARS as MLPerf's reference computes it (`lars`), weight decay
       and the trust ratio on the parameters that `decay_mask` selects;
     * "lamb": optax's LAMB (You et al. 2019; timm's "ResNet strikes back"),
       decoupled weight decay and the trust ratio on the same parameters (timm's
       `Lamb` adapts only where it decays: ``always_adapt=False``).
+
+    ``max_grad_norm`` > 0 first scales the gradients down to that global norm
+    when they exceed it (timm's `Lamb` does with 1.0 by default).
 
     ``weight_decay_exclude_bn_bias`` leaves batch-norm and bias parameters out
     of the decay (and, for LARS and LAMB, of the trust ratio). For fine-tuning,
@@ -124,8 +132,7 @@ def make_optimizer(
     if cfg.optimizer == "sgd":
         tx = optax.chain(optax.add_decayed_weights(wd, mask=mask), optax.sgd(schedule, momentum, cfg.nesterov))
     elif cfg.optimizer == "lars":
-        tx = optax.lars(schedule, wd, mask, cfg.lars_trust_coefficient, cfg.lars_eps, mask, momentum or 0.0,
-                        cfg.nesterov)  # fmt: skip
+        tx = lars(schedule, wd, mask, cfg.lars_trust_coefficient, cfg.lars_eps, momentum or 0.0, cfg.nesterov)
     elif cfg.optimizer == "lamb":  # optax.lamb's chain, its trust ratio masked as its decay
         tx = optax.chain(
             optax.scale_by_adam(cfg.lamb_b1, cfg.lamb_b2, cfg.lamb_eps),
@@ -135,10 +142,69 @@ def make_optimizer(
         )
     else:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; use {', '.join(OPTIMIZERS)}")
+    if cfg.get("max_grad_norm", 0.0) > 0:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), tx)
     if not cfg.freeze_backbone and cfg.backbone_lr_multiplier == 1.0:
         return tx
     backbone = optax.set_to_zero() if cfg.freeze_backbone else optax.chain(tx, optax.scale(cfg.backbone_lr_multiplier))
     return optax.multi_transform({"head": tx, "backbone": backbone}, _head_or_backbone)
+
+
+class LarsState(NamedTuple):
+    """The step count (the schedule's argument) and the momentum buffers."""
+
+    count: jax.Array
+    momentum: optax.Updates
+
+
+def lars(
+    learning_rate: optax.ScalarOrSchedule,
+    weight_decay: Any,
+    mask: Callable[[optax.Params], Any],
+    trust_coefficient: float = 0.001,
+    eps: float = 0.0,
+    momentum: Any = 0.9,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    """LARS as MLPerf's ResNet-50 reference computes it (mlcommons/training
+    ``image_classification/tensorflow2/lars_optimizer.py``, ``compute_lr`` and
+    ``_resource_apply_dense``). Where `mask` is True:
+
+        trust = trust_coefficient * |w| / (|g| + weight_decay * |w| + eps)   (1 if |w| or |g| is 0)
+        m <- momentum * m + lr * trust * (g + weight_decay * w);   w <- w - m
+
+    elsewhere (batch norm, biases: the reference's ``skip_list``) plain momentum
+    with neither: ``m <- momentum * m + lr * g``. The learning rate is inside the
+    momentum buffer (Keras's momentum), and the denominator adds the norms of the
+    gradient and of the decay; optax's `lars` takes the norm of their sum and
+    applies the rate after the momentum. `nesterov`: ``w <- w - momentum * m - lr * trust * (g + wd w)``.
+    """
+
+    def init(params: optax.Params) -> LarsState:
+        return LarsState(jnp.zeros([], jnp.int32), jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update(grads: optax.Updates, state: LarsState, params: optax.Params | None = None) -> tuple[Any, LarsState]:
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+
+        def one(g: jax.Array, w: jax.Array, m: jax.Array, adapt: bool) -> tuple[jax.Array, jax.Array]:
+            if adapt:
+                w_norm, g_norm = jnp.linalg.norm(w), jnp.linalg.norm(g)
+                ratio = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
+                trust = jnp.where((w_norm > 0) & (g_norm > 0), ratio, 1.0)
+                step = lr * trust * (g + weight_decay * w)
+            else:
+                step = lr * g
+            m = momentum * m + step
+            return -(momentum * m + step) if nesterov else -m, m
+
+        adapt = mask(params)
+        pairs = jax.tree_util.tree_map(one, grads, params, state.momentum, adapt)
+        is_pair = lambda x: isinstance(x, tuple)  # noqa: E731
+        updates = jax.tree_util.tree_map(lambda p: p[0], pairs, is_leaf=is_pair)
+        buffers = jax.tree_util.tree_map(lambda p: p[1], pairs, is_leaf=is_pair)
+        return updates, LarsState(optax.safe_increment(state.count), buffers)
+
+    return optax.GradientTransformation(init, update)
 
 
 def _head_or_backbone(params: optax.Params) -> optax.Params:

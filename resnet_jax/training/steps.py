@@ -25,11 +25,16 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: Any = 0
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def binary_cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: Any = 0.0) -> jax.Array:
+def binary_cross_entropy(
+    logits: jax.Array, labels: jax.Array, label_smoothing: Any = 0.0, target_threshold: float = 0.0
+) -> jax.Array:
     """Per-example sigmoid cross entropy over the classes, averaged over them as
     timm's `BinaryCrossEntropy` (``reduction="mean"`` over batch and classes)
-    does; `labels` as in `cross_entropy`."""
+    does; `labels` as in `cross_entropy`. `target_threshold` > 0: the (smoothed,
+    mixed) targets become 1 above it and 0 elsewhere (timm's ``target_threshold``)."""
     targets = labels if labels.ndim == 2 else _smooth(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    if target_threshold > 0:
+        targets = (targets > target_threshold).astype(logits.dtype)
     return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1)
 
 
@@ -72,6 +77,7 @@ def train_step(
     loss: str = "ce",
     transform: BatchTransform | None = None,
     dropout: bool = False,
+    bce_target_threshold: float = 0.0,
 ) -> tuple[TrainState, Metrics]:
     """One optimiser step on a global batch of uint8 images; returns the new
     state and ``{"loss", "accuracy"}`` averaged over the batch, and
@@ -84,6 +90,7 @@ def train_step(
         optimiser (default: the state's).
       freeze_bn: batch norm uses (and keeps) its running statistics, as when fine-tuning.
       loss: "ce" or "bce" (`LOSSES`).
+      bce_target_threshold: "bce"'s `target_threshold` (0: none).
       transform: ``transform(key, images, labels, hp) -> (images, targets)``,
         the batch augmentations (mixup, cutmix, ...: `resnet_jax.data.batch`),
         keyed by the state's key and step (the same on resume).
@@ -105,7 +112,8 @@ def train_step(
         else:
             logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"], rngs=rngs)
             batch_stats = updates["batch_stats"]
-        value = jnp.mean(LOSSES[loss](logits, targets, smoothing))
+        threshold = {"target_threshold": bce_target_threshold} if loss == "bce" else {}
+        value = jnp.mean(LOSSES[loss](logits, targets, smoothing, **threshold))
         return value, (logits, batch_stats)
 
     (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
