@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,23 +16,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.errors import DivergedError
+from resnet_jax.errors import DivergedError, cannot_write
 
 
 class MetricWriter:
     """Appends ``{"step", "split", ...}`` records to ``<workdir>/metrics.jsonl``
     and scalars to TensorBoard (when tensorboardX is installed), whose file is
     flushed at most every `tensorboard_flush_seconds` (a flush syncs to disk:
-    1-2 ms, with the device idle, if done at every record) and at `close`."""
+    1-2 ms, with the device idle, if done at every record) and at `close`.
 
-    def __init__(self, workdir: str, tensorboard_flush_seconds: float = 10.0):
+    A run resumed at step `after` trains the steps after it again: their
+    records, written before the run stopped, are dropped first (from
+    ``metrics.jsonl`` and from the event files), so that each step is recorded
+    once. A file or folder that cannot be written raises `WorkdirWriteError`."""
+
+    def __init__(self, workdir: str, after: int | None = None, tensorboard_flush_seconds: float = 10.0):
         self.enabled = jax.process_index() == 0
         self._tb = None
         self._flush_every, self._flushed = tensorboard_flush_seconds, time.time()
+        self.path = os.path.join(workdir, "metrics.jsonl")
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            if after is not None:
+                drop_records_after(workdir, after)
+            self._jsonl = open(self.path, "a")
+        except OSError as e:
+            raise cannot_write(e.filename or self.path, e) from None
         try:
             from tensorboardX import SummaryWriter
 
@@ -42,8 +55,11 @@ class MetricWriter:
         if not self.enabled:
             return
         record = {"step": step, "split": split, "time": time.time(), **metrics}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
         if self._tb is not None:
             scalars = [(f"{split}/{k}", float(v)) for k, v in metrics.items() if isinstance(v, (int, float))]
             self._tb.file_writer.add_summary(_summary(scalars), step)  # one event (add_scalar: ~75 us a scalar)
@@ -56,6 +72,59 @@ class MetricWriter:
             self._jsonl.close()
             if self._tb is not None:
                 self._tb.close()
+
+
+def drop_records_after(workdir: str, step: int) -> None:
+    """Removes the records of steps after `step` from `workdir`'s
+    ``metrics.jsonl`` and TensorBoard event files (and a last record cut off
+    midway), each file replaced whole, and only where something goes."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            lines = f.read().splitlines(keepends=True)
+        kept = [line for line in lines if _jsonl_step(line) <= step]
+        if len(kept) < len(lines):
+            _replace(path, b"".join(kept))
+    for events in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+        _drop_events_after(events, step)
+
+
+def _jsonl_step(line: bytes) -> float:
+    """A record's step; a line that is not a whole record (cut off) counts as after every step."""
+    try:
+        return json.loads(line)["step"] if line.endswith(b"\n") else math.inf
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _drop_events_after(path: str, step: int) -> None:
+    """Keeps the TFRecord frames of an event file (8-byte length, its CRC, the
+    `Event`, its CRC) whose event's step is at most `step`, copied as they are."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    with open(path, "rb") as f:
+        data = f.read()
+    kept, pos = [], 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        end = pos + 12 + length + 4
+        if end > len(data):
+            break  # cut off midway
+        if Event.FromString(data[pos + 12 : pos + 12 + length]).step <= step:
+            kept.append(data[pos:end])
+        pos = end
+    if sum(map(len, kept)) != len(data):
+        _replace(path, b"".join(kept))
+
+
+def _replace(path: str, data: bytes) -> None:
+    """Writes `data` as `path` in one rename: a stop midway leaves the old file or the new one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _summary(scalars: list[tuple[str, float]]) -> Any:
