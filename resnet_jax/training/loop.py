@@ -8,7 +8,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.finetune import load_pretrained, use_pretrained_normalization
 from resnet_jax.training.lock import WorkdirLock
-from resnet_jax.training.metrics import MetricWriter, TrainLog
+from resnet_jax.training.metrics import MetricWriter, TrainLog, compile_seconds
 from resnet_jax.training.state import TrainState, create_train_state, step_of
 from resnet_jax.training.stops import Stops, is_out_of_memory, out_of_memory
 
@@ -185,7 +185,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     run = _Run(
         config, workdir, members, pipeline, ckpt, metadata, total_steps, stops,
         evaluate=make_evaluator(model, config, info.num_classes, mesh, members.size),
-        log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in schedules], max_loss),
+        log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in schedules], max_loss,
+                     parallel.replicated(mesh)),
     )  # fmt: skip
     try:
         return run.train(state, train_step)
@@ -244,14 +245,16 @@ class _Run:
         if step >= total:
             return self._finished(step)
         self.stops.training = True  # from here a Ctrl-C saves first
+        self.log.restart_clock()
         stop = self.stops.requested  # read once a step: the value the save and the exit both act on
         while step < total and not stop:
             epoch = step // spe
             n = self.every.steps_per_call  # the steps of one call (one item for them all)
             with _progress(epoch, min((epoch + 1) * spe, total) - step) as bar:  # closed on any way out: an
                 for item in itertools.islice(self.pipeline.train_epoch(epoch, step % spe), 0, None, n):  # error
-                    state, self.log.window = train_step(state, self.log.window, item)  # line starts a line
-                    self.log.added(n)
+                    called = time.perf_counter()  # line starts a line
+                    state, self.log.window = train_step(state, self.log.window, item)
+                    self.log.added(n, time.perf_counter() - called)
                     step += n  # counted here: reading the state's step back would wait for the device
                     bar.update(n)
                     stop = self.stops.requested
@@ -315,7 +318,7 @@ class _Run:
             with self.stops.saving():
                 self.ckpt.save(state, self.metadata, self.results.get("eval") if evaluates else None)
             self.last_save = time.time()
-        if evaluates:
+        if evaluates or saves:  # each waited for the device: the next window starts from an idle one
             self.log.restart_clock()
 
     def _evaluate(self, state: TrainState, step: int) -> None:
@@ -379,17 +382,29 @@ class _Cadence:
         return step % self.steps_per_epoch == 0 and (step // self.steps_per_epoch) % self.eval_epochs == 0
 
 
+@contextlib.contextmanager
+def _closed_after(batches: Iterator[Any]) -> Iterator[Iterator[Any]]:
+    """`batches`, closed at the end however it ends (a generator over Grain's
+    worker processes stops them; an iterator without ``close`` is left be)."""
+    try:
+        yield batches
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def _evaluate_all(
     state: TrainState, evaluate: Callable, pipeline: Any, config: ml_collections.ConfigDict
 ) -> list[dict[str, dict]]:
     """``[{"eval": metrics, "eval_ema": metrics}]``, one per member."""
-    t0 = time.time()
-    with contextlib.closing(pipeline.eval_batches()) as batches:  # closed (its workers too) on any way out
-        evals = evaluate(state.variables(), batches)
-    seconds = time.time() - t0
+    t0, compiled = time.perf_counter(), compile_seconds()  # the training before was waited for (TrainLog.flush)
+    with _closed_after(pipeline.eval_batches()) as batches:
+        evals = evaluate(state.variables(), batches)  # returns floats: the evaluation is over
+    seconds = time.perf_counter() - t0 - (compile_seconds() - compiled)  # its first call's compilation left out
     emas = None
     if state.ema_params is not None:
-        with contextlib.closing(pipeline.eval_batches()) as batches:
+        with _closed_after(pipeline.eval_batches()) as batches:
             emas = evaluate(state.variables(ema=True), batches)
     out = []
     for k, ev in enumerate(evals):
