@@ -42,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    run_app(main)
+    run_app(main, config_file=True)

@@ -2,25 +2,33 @@
 
 Every problem a user can fix (a wrong name or config value, a missing or
 unreadable file, a checkpoint of another model or a damaged one, a busy
-workdir, a full disk, a diverged run) is raised as a
-`UserError`. Each one also subclasses the built-in exception it refines
-(``ValueError``, ``FileNotFoundError``, ...), so library code can catch either.
-The tools (``train.py``, ``python -m resnet_jax.predict``, ``.convert``,
-``.reproduce``, ``.plot``) print a `UserError` as one line, ``error: ...``,
-and exit with status 2; any other exception is a bug and keeps its traceback.
+workdir, a workdir that cannot be written, a full disk, a diverged run, a
+model that does not fit the device's memory) is raised as a `UserError`.
+Each one also subclasses the built-in exception it refines (``ValueError``,
+``FileNotFoundError``, ...), so library code can catch either. The tools
+(``train.py``, ``python -m resnet_jax.predict``, ``.convert``, ``.reproduce``,
+``.plot``) print a `UserError` as one line, ``error: ...``, and exit with
+status 2; any other exception is a bug and keeps its traceback.
 A run stopped by SIGTERM after saving raises `Preempted`: one line and exit
-status 3 (``EXIT_PREEMPTED``), so a scheduler can tell it from success; the
-survivors of a lost process exit with status 75 (``EXIT_LOST_PEER``, `resnet_jax.peers`).
+status 3 (``EXIT_PREEMPTED``), so a scheduler can tell it from success; one
+stopped by Ctrl-C raises `Interrupted` (after saving) or `StoppedNow` (a second
+Ctrl-C, or one before training began: nothing saved): one line and status 130
+(``EXIT_INTERRUPTED``, the shell's for SIGINT); the survivors of a lost
+process exit with status 75 (``EXIT_LOST_PEER``, `resnet_jax.peers`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import gc
+import os
 import sys
 from collections.abc import Callable, Iterator
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C
 EXIT_LOST_PEER = 75  # EX_TEMPFAIL: a process of a multi-process run was lost; restart all (resnet_jax.peers)
 
 
@@ -64,8 +72,29 @@ class WorkdirBusyError(UserError, RuntimeError):
     """Another live process is writing into the workdir."""
 
 
+class WorkdirWriteError(UserError, OSError):
+    """The workdir, or a file the run writes in it, cannot be written (a read-only mount or folder, a full disk)."""
+
+
+class OutOfMemoryError(UserError, MemoryError):
+    """The model, batch and image size need more memory than the device has."""
+
+
+class ConfigFileError(ConfigError):
+    """The config file cannot be loaded (a syntax error, an exception in ``get_config``, no such file)."""
+
+
 class Preempted(Exception):
     """SIGTERM stopped training (after saving, or before its first step); the same command resumes."""
+
+
+class Interrupted(Preempted):
+    """Ctrl-C stopped training after saving; the same command resumes."""
+
+
+class StoppedNow(KeyboardInterrupt):
+    """Ctrl-C stopped the run at once, saving nothing (a second Ctrl-C, or one
+    before training began); the checkpoints already written stay as they were."""
 
 
 class MissingDependencyError(UserError, ImportError):
@@ -75,16 +104,53 @@ class MissingDependencyError(UserError, ImportError):
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Inside a tool's ``main``: a `UserError` becomes ``error: <message>`` on
-    stderr and exit status 2, `Preempted` its message and status 3; other
-    exceptions propagate with their traceback."""
+    stderr and exit status 2, `Preempted` its message and status 3, Ctrl-C
+    (`Interrupted`, `StoppedNow` or a bare ``KeyboardInterrupt``) its message
+    and status 130; other exceptions propagate with their traceback."""
     try:
         yield
+        return
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        message, status = f"error: {e}", EXIT_USER_ERROR
+    except Interrupted as e:
+        message, status = str(e), EXIT_INTERRUPTED
     except Preempted as e:
-        print(e, file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        message, status = str(e), EXIT_PREEMPTED
+    except KeyboardInterrupt as e:
+        message, status = str(e) or "Ctrl-C: stopped", EXIT_INTERRUPTED
+    # Out of the except block the exception is gone; the collection frees the
+    # frames its traceback held in cycles, and what they held (a batch in
+    # Grain's shared memory, reported leaked at exit if never freed).
+    gc.collect()
+    with contextlib.suppress(OSError):  # a terminal closed (SIGHUP): the status still says it
+        print(message, file=sys.stderr)
+    sys.exit(status)
+
+
+_NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_advice(reason: str | OSError) -> str:
+    """What to do about a failed write, from its OS error (or the error's text,
+    for TensorStore's, which name the cause in words): free space, make the
+    folder writable, or look at the cause."""
+    number = reason.errno if isinstance(reason, OSError) else None
+    text = str(reason)
+    if number in _NOT_WRITABLE or any(w in text for w in ("Read-only", "Permission denied", "PERMISSION_DENIED")):
+        return "make it writable (or copy the run to a writable place)"
+    if number in _FULL or any(w in text for w in ("No space left", "quota", "RESOURCE_EXHAUSTED")):
+        return "free space"
+    return "fix the cause above"
+
+
+def cannot_write(path: str, error: OSError, what: str = "") -> WorkdirWriteError:
+    """The one-line error of a file or folder of the workdir that cannot be
+    written: the path, the OS's reason and what to do."""
+    reason = error.strerror or str(error)
+    return WorkdirWriteError(
+        f"cannot write {path} ({reason}){what}; {write_advice(error)}, then run the same command to resume"
+    )
 
 
 def warn(message: str) -> None:
@@ -92,21 +158,64 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def run_app(main: Callable[[list[str]], object], define_flags: Callable[[], object] = lambda: None) -> None:
+def run_app(
+    main: Callable[[list[str]], object], define_flags: Callable[[], object] = lambda: None, config_file: bool = False
+) -> None:
     """``absl.app.run(main)``, with an unknown ``--config.<field>`` reported as one
     line: ml_collections raises it while the flags are parsed, before `main`
     (or, for ``DEFINE_config_dict``, while the flag is defined: pass that as
-    `define_flags`)."""
+    `define_flags`). With `config_file` (``--config`` names a file, as
+    ``DEFINE_config_file``'s), a file that does not exist or fails to load (a
+    syntax error, an exception in ``get_config``) is one line too: the file,
+    the line and the error."""
     from absl import app, flags
 
+    config_file = _config_path(sys.argv[1:]) if config_file else None
     try:
+        if config_file and not os.path.isfile(config_file):
+            raise ConfigFileError(f"config file {config_file} does not exist")
         define_flags()
         app.run(main)
-    except (AttributeError, KeyError) as e:
+    except ConfigFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception as e:
         if flags.FLAGS.is_parsed():
             raise  # from inside main: a bug
+        where = _where_in(e, config_file) if config_file else None
+        if where is None and not isinstance(e, (AttributeError, KeyError)):
+            raise
+        if where is not None:  # the file failed to load: its line and the error
+            print(f"error: config file {where}: {type(e).__name__}: {getattr(e, 'msg', None) or e}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
         field = str(e).strip("'\"")
         given = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.") and field in a]
         print(f"error: the config has no field {field!r} ({', '.join(given) or 'a --config override'}); "
               "the fields are those of resnet_jax/config.py and the config file", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def _config_path(args: list[str]) -> str | None:
+    """The file of ``--config=<file>[:args]`` (or ``--config <file>``) in `args`."""
+    for k, arg in enumerate(args):
+        value = arg[len("--config=") :] if arg.startswith("--config=") else None
+        if arg == "--config" and k + 1 < len(args):
+            value = args[k + 1]
+        if value:
+            return value.split(":")[0]
+    return None
+
+
+def _where_in(error: BaseException, path: str) -> str | None:
+    """``"<file> line <n>"`` where `error` arose in the file `path` (a syntax
+    error's own line, else the innermost frame of the traceback in that file)."""
+    target = os.path.realpath(path)
+    if isinstance(error, SyntaxError) and error.filename and os.path.realpath(error.filename) == target:
+        return f"{path} line {error.lineno}"
+    line = None
+    tb = error.__traceback__
+    while tb is not None:
+        if os.path.realpath(tb.tb_frame.f_code.co_filename) == target:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return None if line is None else f"{path} line {line}"

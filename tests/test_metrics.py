@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import struct
+import time
 from types import SimpleNamespace
 
 import jax
@@ -90,3 +91,81 @@ def test_tensorboard_holds_the_records(tmp_path):
     got = [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in events]
     assert got == [(10, {"train/loss": 2.5, "train/lr": pytest.approx(0.1), "train/steps": 10.0}),
                    (20, {"eval/top1": 0.75})]  # fmt: skip
+
+
+def _device_bound_step(state: jax.Array, batch: dict, hp: dict) -> tuple[jax.Array, dict]:
+    """A step of a fixed amount of device work (a chain of 64 x 64 matrix
+    products) and no host callback (which XLA:CPU would run synchronously), so
+    that it runs asynchronously, as a real step does."""
+    work = jax.lax.fori_loop(0, 500, lambda i, v: jnp.tanh(v @ v), batch["x"])
+    loss = batch["loss"].mean() + 0 * work.mean()
+    return state + 1, {"loss": loss, "accuracy": loss / 100, "diverged": loss > 50}
+
+
+@pytest.mark.parametrize("every", [1, 3, 12])
+@pytest.mark.parametrize("bound", ["device", "host"])
+def test_a_windows_seconds_are_the_time_it_trained(tmp_path, bound, every):
+    """Each record's seconds (and images/s) is the time its steps took, whether
+    the device (a step of fixed work) or the host (a batch that takes 30 ms to
+    load) is the slower, for windows of 1, 3 and 12 steps, the first one (whose
+    call compiles the step) and the first after an evaluation (the host busy,
+    the device idle) included: within each of the two phases of 12 steps, the
+    windows split the phase's time (measured here: from its start, less the
+    first call, to the end of its last step) as their steps do."""
+    host_delay = 0.03 if bound == "host" else 0.0
+    step_fn = _device_bound_step if bound == "device" else _loss_step
+    mesh = parallel.make_mesh(jax.devices()[:1])  # one device: a step's work is not 8 threads on 2 cores
+    train = compile_train_step(step_fn, SimpleNamespace(mesh=mesh))
+    batch = {"x": np.full((8, 64, 64), 0.01, np.float32), "loss": np.full(8, 1.0, np.float32)}
+    writer = MetricWriter(str(tmp_path))
+    log = TrainLog([writer], batch_size=8, learning_rates=lambda step: [0.1], sharding=parallel.replicated(mesh))
+    state, step = jax.device_put(jnp.zeros((), jnp.int32), parallel.replicated(mesh)), 0  # placed as a run's
+    phases = []
+    for _ in range(2):  # training, an evaluation, training again
+        log.restart_clock()
+        start, first_call = time.perf_counter(), None
+        for _ in range(12):
+            time.sleep(host_delay)  # the batch loading
+            called = time.perf_counter()
+            state, log.window = train(state, log.window, batch)
+            log.added(1, time.perf_counter() - called)
+            first_call = first_call or time.perf_counter() - called
+            step += 1
+            if step % every == 0:
+                log.flush(step)
+        log.flush(step, now=True)  # returns once the last step is done
+        phases.append(time.perf_counter() - start - first_call)
+        time.sleep(0.3)  # an evaluation: not training time
+    writer.close()
+    records = _read(tmp_path)
+    assert [r["steps"] for r in records] == [every] * (24 // every)
+    per_phase = 12 // every
+    for phase, seconds in enumerate(phases):
+        mine = records[phase * per_phase : (phase + 1) * per_phase]
+        assert sum(r["seconds"] for r in mine) == pytest.approx(seconds, rel=0.05, abs=0.02)
+        for r in mine:
+            assert 0.6 <= r["seconds"] / (seconds * r["steps"] / 12) <= 1.6, (r, phases, records)
+            assert r["images_per_sec"] == pytest.approx(8 * r["steps"] / r["seconds"])
+
+
+def test_an_evaluations_seconds_leave_its_compilation_out():
+    """The first evaluation compiles its step: its seconds leave the compilation
+    out (the training before it was waited for by the log's flush, so it
+    absorbs no training either)."""
+    from resnet_jax.training.loop import _evaluate_all
+
+    fresh = float(time.time_ns() % 997)  # a program no cache holds: the first call compiles it
+    work = jax.jit(lambda x: jax.lax.fori_loop(0, 500, lambda i, v: jnp.tanh(v @ v), x + fresh).sum())
+
+    def evaluate(variables, batches):
+        return [{"count": 8, "loss": sum(float(work(b["x"])) for b in batches)}]
+
+    state = SimpleNamespace(variables=lambda ema=False: None, ema_params=None)
+    pipeline = SimpleNamespace(eval_batches=lambda: iter([{"x": np.full((8, 64, 64), 0.01, np.float32)}] * 2))
+    from resnet_jax.training.metrics import compile_seconds
+
+    t0, compiled = time.perf_counter(), compile_seconds()
+    first = _evaluate_all(state, evaluate, pipeline, None)[0]["eval"]
+    wall, compiled = time.perf_counter() - t0, compile_seconds() - compiled
+    assert compiled > 0.05 and first["seconds"] == pytest.approx(wall - compiled, abs=0.01), (first, wall, compiled)
+    assert first["images_per_sec"] == pytest.approx(8 / first["seconds"])

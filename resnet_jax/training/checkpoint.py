@@ -46,7 +46,9 @@ from resnet_jax.errors import (
     ConfigError,
     NotFoundError,
     UserError,
+    cannot_write,
     warn,
+    write_advice,
 )
 from resnet_jax.training import population as pop
 from resnet_jax.training.state import step_of
@@ -292,7 +294,7 @@ class Checkpointer:
         if free < needed:
             raise CheckpointWriteError(
                 f"cannot save step {step} into {self.directory}: it needs up to {needed / 2**20:.1f} MiB and "
-                f"{free / 2**20:.1f} MiB are free; {self._advice(step)}"
+                f"{free / 2**20:.1f} MiB are free; {self._advice(step, 'free space')}"
             )
 
     def _write_error(self, step: int | None, error: BaseException) -> CheckpointWriteError:
@@ -300,9 +302,10 @@ class Checkpointer:
         self._failed.add(step)
         self._remove_partial()
         free = shutil.disk_usage(self.directory).free / 2**20
+        reason = _reason(error)
         return CheckpointWriteError(
-            f"could not save step {step} into {self.directory} ({_reason(error)}; {free:.1f} MiB free); "
-            f"{self._advice(step)}"
+            f"could not save step {step} into {self.directory} ({reason}; {free:.1f} MiB free); "
+            f"{self._advice(step, write_advice(reason))}"
         )
 
     def _remove_partial(self) -> None:
@@ -313,11 +316,31 @@ class Checkpointer:
                 for partial in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")):
                     shutil.rmtree(partial, ignore_errors=True)
 
-    def _advice(self, failed: int | None) -> str:
+    def _advice(self, failed: int | None, remedy: str) -> str:
         self.manager.reload()
         kept = [s for s in self.all_steps() if s != failed]
         where = f"steps {kept} are intact" if kept else "no earlier checkpoint exists"
-        return f"{where}: free space and run the same command to resume"
+        return f"{where}: {remedy} and run the same command to resume"
+
+    def prepare_to_train(self) -> None:
+        """Before a run writes here: removes what saves cut off midway left
+        (Orbax's temporary folders: never read, and the workdir's lock means no
+        save is running), and checks that the folder can be written, so that a
+        read-only one stops the run before its first step, not at its first save.
+
+        Raises:
+          WorkdirWriteError: `directory` cannot be written.
+        """
+        if jax.process_index() != 0:
+            return
+        for partial in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+            shutil.rmtree(partial, ignore_errors=True)
+        probe = os.path.join(self.directory, f".write-test-{os.getpid()}")
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            os.remove(probe)
+        except OSError as e:
+            raise cannot_write(self.directory, e, ": checkpoints go there") from None
 
     def _read(self, step: int, read: Callable[[], Any]) -> Any:
         """`read()`, with any failure to read the step's files raised as `CheckpointDamagedError`."""

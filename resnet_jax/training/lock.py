@@ -21,9 +21,10 @@ from typing import Any
 
 import jax
 
-from resnet_jax.errors import WorkdirBusyError, warn
+from resnet_jax.errors import WorkdirBusyError, cannot_write, warn
 
 LOCK_FILE = "lock"
+_WHY = ": training writes its lock, checkpoints and metrics in the workdir (--mode=eval and predict only read it)"
 
 
 class WorkdirLock:
@@ -36,8 +37,11 @@ class WorkdirLock:
     def __enter__(self) -> WorkdirLock:
         if jax.process_index() != 0:
             return self
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a read-only mount or folder, a file in the way
+            raise cannot_write(e.filename or self.path, e, _WHY) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

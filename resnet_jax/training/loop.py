@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,43 +21,22 @@ from tqdm import tqdm
 from resnet_jax import models, parallel, plot
 from resnet_jax.data import batch_augment, make_pipeline, resolution
 from resnet_jax.data.pipeline import OnDevicePipeline
-from resnet_jax.errors import ConfigError, DivergedError, Preempted
+from resnet_jax.errors import ConfigError, DivergedError, Interrupted, Preempted, StoppedNow, cannot_write
 from resnet_jax.training import optim, population, population_report, steps
 from resnet_jax.training.checkpoint import Checkpointer, check_resumable, restore_newest, run_metadata
 from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.finetune import load_pretrained, use_pretrained_normalization
 from resnet_jax.training.lock import WorkdirLock
-from resnet_jax.training.metrics import MetricWriter, TrainLog
+from resnet_jax.training.metrics import MetricWriter, TrainLog, compile_seconds
 from resnet_jax.training.state import TrainState, create_train_state, step_of
+from resnet_jax.training.stops import Stops, is_out_of_memory, out_of_memory
 
 
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> Any:
     """The configured model (`config.model`, `config.model_kwargs`, `config.half_precision`)."""
     dtype = jnp.bfloat16 if config.half_precision else jnp.float32
     return models.create(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs.to_dict())
-
-
-class _Preemption:
-    """Turns SIGTERM (a preemption notice) into a flag the loop checks each step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> _Preemption:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _resume_or_initialise(
@@ -84,9 +63,12 @@ def _announce(
     steps_per_epoch: int,
 ) -> None:
     """Saves the resolved config into the workdir and prints what will run."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path, "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    except OSError as e:
+        raise cannot_write(path, e) from None
     print(
         f"{config.model}: {models.count_params(population.first(state.variables(), members.size)):,} parameters, "
         f"{info.num_classes} classes, {info.num_train:,} train / {info.num_eval:,} eval examples, "
@@ -113,16 +95,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Raises:
       Preempted: SIGTERM stopped training before its last step (after a save).
+      Interrupted: Ctrl-C stopped training before its last step (after a save).
+      StoppedNow: a second Ctrl-C (or one before training began) stopped the
+        run at once, saving nothing.
       WorkdirBusyError: another process is training in `workdir`.
+      WorkdirWriteError: `workdir` (or its checkpoints/) cannot be written.
       DivergedError: the training loss went above the divergence bound or is
         not finite; nothing after it was saved.
       CheckpointWriteError: a checkpoint could not be written (a full disk).
+      OutOfMemoryError: the step or the evaluation does not fit the device.
     """
-    with WorkdirLock(workdir), _Preemption() as preemption:  # from the start: SIGTERM while loading is kept
-        return _train_and_evaluate(config, workdir, preemption)
+    with WorkdirLock(workdir), Stops() as stops:  # from the start: SIGTERM while loading is kept
+        try:
+            return _train_and_evaluate(config, workdir, stops)
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            error = out_of_memory(e, config, evaluating=False)
+        raise error  # out of the except block: not chained to XLA's error and the frames it holds
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preemption: _Preemption) -> dict[str, Any]:
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: Stops) -> dict[str, Any]:
     mesh = parallel.make_mesh()
     parallel.check_batch_size(config.batch_size, mesh)
     config = config.copy_and_resolve_references()
@@ -157,6 +150,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
     ckpt = Checkpointer(
         workdir, config.keep_checkpoints, async_save=config.async_checkpoints, data_iterator=data_iterator
     )
+    ckpt.prepare_to_train()
     state = _resume_or_initialise(state, ckpt, metadata, config, mesh)
     if jax.process_index() == 0:
         _announce(config, workdir, state, info, total_steps, members, steps_per_epoch)
@@ -187,19 +181,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, preempt
         config.seed_batching,
         _check_steps_per_call(config, pipeline, total_steps, step_of(state)),
     )
+    resumed_at = step_of(state)  # the records of later steps are written again: the writers drop them
+    writers = [MetricWriter(d, after=resumed_at) for d in population.member_dirs(workdir, members)]
     run = _Run(
-        config, workdir, members, pipeline, ckpt, metadata, total_steps, preemption,
+        config, workdir, members, pipeline, ckpt, metadata, total_steps, stops,
         evaluate=make_evaluator(model, config, info.num_classes, mesh, members.size),
-        log=TrainLog([MetricWriter(d) for d in population.member_dirs(workdir, members)], config.batch_size,
-                     lambda step: [float(s(step)) for s in schedules], max_loss),
+        log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in schedules], max_loss,
+                     parallel.replicated(mesh)),
     )  # fmt: skip
     try:
         return run.train(state, train_step)
+    except StoppedNow as e:
+        ckpt.wait()  # a save under way is finished: no partial folder, nothing lost
+        if not stops.requested:
+            raise  # before training began: its message is whole
+        kept = ckpt.latest_step()
+        where = f"the latest checkpoint is step {kept} in {ckpt.directory}" if kept is not None else "no checkpoint"
+        raise StoppedNow(f"{e}, saving nothing new; {where}; the same command resumes") from None
     finally:
-        ckpt.wait()
-        ckpt.close()
+        if data_iterator is not None:
+            data_iterator.close()  # its worker processes and their shared memory, on every way out
         for writer in run.log.writers:
             writer.close()
+        ckpt.wait()
+        ckpt.close()
 
 
 def _check_steps_per_call(config: ml_collections.ConfigDict, pipeline: Any, total_steps: int, step: int) -> int:
@@ -223,12 +228,12 @@ class _Run:
     actions, each on its own cadence: the log (``log_every_steps``), evaluation
     (``eval_every_epochs`` or ``eval_every_steps``), checkpoints
     (``checkpoint_every_steps`` / ``checkpoint_every_minutes``, at evaluations
-    with ``checkpoint_on_eval``, and always at the end and on SIGTERM), curves
+    with ``checkpoint_on_eval``, and always at the end and on SIGTERM or Ctrl-C), curves
     (at an evaluation, at most every ``curves_every_seconds``)."""
 
-    def __init__(self, config, workdir, members, pipeline, ckpt, metadata, total_steps, preemption, evaluate, log):
+    def __init__(self, config, workdir, members, pipeline, ckpt, metadata, total_steps, stops, evaluate, log):
         self.config, self.workdir, self.members, self.pipeline = config, workdir, members, pipeline
-        self.ckpt, self.metadata, self.total_steps, self.preemption = ckpt, metadata, total_steps, preemption
+        self.ckpt, self.metadata, self.total_steps, self.stops = ckpt, metadata, total_steps, stops
         self.evaluate, self.log = evaluate, log
         self.dirs = population.member_dirs(workdir, members)
         self.every = _Cadence.of(config, pipeline.steps_per_epoch, total_steps)
@@ -240,28 +245,31 @@ class _Run:
         step, start_time = step_of(state), time.time()
         if step >= total:
             return self._finished(step)
-        stop = self.preemption.requested  # read once a step: the value the save and the exit both act on
+        self.stops.training = True  # from here a Ctrl-C saves first
+        self.log.restart_clock()
+        stop = self.stops.requested  # read once a step: the value the save and the exit both act on
         while step < total and not stop:
             epoch = step // spe
-            bar = _progress(epoch, min((epoch + 1) * spe, total) - step)
             n = self.every.steps_per_call  # the steps of one call (one item for them all)
-            for item in itertools.islice(self.pipeline.train_epoch(epoch, step % spe), 0, None, n):
-                state, self.log.window = train_step(state, self.log.window, item)
-                self.log.added(n)
-                step += n  # counted here: reading the state's step back would wait for the device
-                bar.update(n)
-                stop = self.preemption.requested
-                self._periodic(state, step, stop)
-                if step == total or step % spe == 0 or stop:
-                    break
-            bar.close()
+            with _progress(epoch, min((epoch + 1) * spe, total) - step) as bar:  # closed on any way out: an
+                for item in itertools.islice(self.pipeline.train_epoch(epoch, step % spe), 0, None, n):  # error
+                    called = time.perf_counter()  # line starts a line
+                    state, self.log.window = train_step(state, self.log.window, item)
+                    self.log.added(n, time.perf_counter() - called)
+                    step += n  # counted here: reading the state's step back would wait for the device
+                    bar.update(n)
+                    stop = self.stops.requested
+                    self._periodic(state, step, stop)
+                    if step == total or step % spe == 0 or stop:
+                        break
         if stop and step < total:
             self.ckpt.wait()
             if self.ckpt.latest_step() == step:
                 what = f"saved a checkpoint at step {step} of {total} in {self.ckpt.directory}"
             else:  # SIGTERM came while the run was starting: nothing trained, nothing to save
                 what = f"stopped before training (at step {step} of {total}); nothing new to save"
-            raise Preempted(f"SIGTERM: {what}; the same command resumes")
+            error = Interrupted if stop == "Ctrl-C" else Preempted
+            raise error(f"{stop}: {what}; the same command resumes")
         if jax.process_index() == 0 and self.members.size > 1:
             print("Population report: " + ", ".join(population_report.write_report(self.workdir, self.members)))
         if jax.process_index() == 0 and self.results:
@@ -286,7 +294,7 @@ class _Run:
         return metrics
 
     def _periodic(self, state: TrainState, step: int, stop: bool) -> None:
-        """The actions due after `step` (`stop`: SIGTERM came, save now)."""
+        """The actions due after `step` (`stop`: SIGTERM or Ctrl-C came, save now)."""
         every = self.every
         evaluates = every.evaluates(step)
         saves = (
@@ -308,13 +316,19 @@ class _Run:
         if evaluates:
             self._evaluate(state, step)
         if saves:
-            self.ckpt.save(state, self.metadata, self.results.get("eval") if evaluates else None)
+            with self.stops.saving():
+                self.ckpt.save(state, self.metadata, self.results.get("eval") if evaluates else None)
             self.last_save = time.time()
-        if evaluates:
+        if evaluates or saves:  # each waited for the device: the next window starts from an idle one
             self.log.restart_clock()
 
     def _evaluate(self, state: TrainState, step: int) -> None:
-        per_member = _evaluate_all(state, self.evaluate, self.pipeline, self.config)
+        try:
+            per_member = _evaluate_all(state, self.evaluate, self.pipeline, self.config)
+        except Exception as e:
+            if is_out_of_memory(e):
+                raise out_of_memory(e, self.config, evaluating=True) from None
+            raise
         for writer, member_results in zip(self.log.writers, per_member):
             for split, metrics in member_results.items():
                 writer.write(step, split, metrics)
@@ -369,14 +383,30 @@ class _Cadence:
         return step % self.steps_per_epoch == 0 and (step // self.steps_per_epoch) % self.eval_epochs == 0
 
 
+@contextlib.contextmanager
+def _closed_after(batches: Iterator[Any]) -> Iterator[Iterator[Any]]:
+    """`batches`, closed at the end however it ends (a generator over Grain's
+    worker processes stops them; an iterator without ``close`` is left be)."""
+    try:
+        yield batches
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
+
+
 def _evaluate_all(
     state: TrainState, evaluate: Callable, pipeline: Any, config: ml_collections.ConfigDict
 ) -> list[dict[str, dict]]:
     """``[{"eval": metrics, "eval_ema": metrics}]``, one per member."""
-    t0 = time.time()
-    evals = evaluate(state.variables(), pipeline.eval_batches())
-    seconds = time.time() - t0
-    emas = evaluate(state.variables(ema=True), pipeline.eval_batches()) if state.ema_params is not None else None
+    t0, compiled = time.perf_counter(), compile_seconds()  # the training before was waited for (TrainLog.flush)
+    with _closed_after(pipeline.eval_batches()) as batches:
+        evals = evaluate(state.variables(), batches)  # returns floats: the evaluation is over
+    seconds = time.perf_counter() - t0 - (compile_seconds() - compiled)  # its first call's compilation left out
+    emas = None
+    if state.ema_params is not None:
+        with _closed_after(pipeline.eval_batches()) as batches:
+            emas = evaluate(state.variables(ema=True), batches)
     out = []
     for k, ev in enumerate(evals):
         ev = {**ev, "seconds": seconds, "images_per_sec": ev["count"] * len(evals) / seconds}

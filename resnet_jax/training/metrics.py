@@ -3,34 +3,48 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
+import struct
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.errors import DivergedError
+from resnet_jax.errors import DivergedError, cannot_write
 
 
 class MetricWriter:
     """Appends ``{"step", "split", ...}`` records to ``<workdir>/metrics.jsonl``
     and scalars to TensorBoard (when tensorboardX is installed), whose file is
     flushed at most every `tensorboard_flush_seconds` (a flush syncs to disk:
-    1-2 ms, with the device idle, if done at every record) and at `close`."""
+    1-2 ms, with the device idle, if done at every record) and at `close`.
 
-    def __init__(self, workdir: str, tensorboard_flush_seconds: float = 10.0):
+    A run resumed at step `after` trains the steps after it again: their
+    records, written before the run stopped, are dropped first (from
+    ``metrics.jsonl`` and from the event files), so that each step is recorded
+    once. A file or folder that cannot be written raises `WorkdirWriteError`."""
+
+    def __init__(self, workdir: str, after: int | None = None, tensorboard_flush_seconds: float = 10.0):
         self.enabled = jax.process_index() == 0
         self._tb = None
         self._flush_every, self._flushed = tensorboard_flush_seconds, time.time()
+        self.path = os.path.join(workdir, "metrics.jsonl")
         if not self.enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            if after is not None:
+                drop_records_after(workdir, after)
+            self._jsonl = open(self.path, "a")
+        except OSError as e:
+            raise cannot_write(e.filename or self.path, e) from None
         try:
             from tensorboardX import SummaryWriter
 
@@ -42,8 +56,11 @@ class MetricWriter:
         if not self.enabled:
             return
         record = {"step": step, "split": split, "time": time.time(), **metrics}
-        self._jsonl.write(json.dumps(record) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps(record) + "\n")
+            self._jsonl.flush()
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
         if self._tb is not None:
             scalars = [(f"{split}/{k}", float(v)) for k, v in metrics.items() if isinstance(v, (int, float))]
             self._tb.file_writer.add_summary(_summary(scalars), step)  # one event (add_scalar: ~75 us a scalar)
@@ -58,6 +75,59 @@ class MetricWriter:
                 self._tb.close()
 
 
+def drop_records_after(workdir: str, step: int) -> None:
+    """Removes the records of steps after `step` from `workdir`'s
+    ``metrics.jsonl`` and TensorBoard event files (and a last record cut off
+    midway), each file replaced whole, and only where something goes."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            lines = f.read().splitlines(keepends=True)
+        kept = [line for line in lines if _jsonl_step(line) <= step]
+        if len(kept) < len(lines):
+            _replace(path, b"".join(kept))
+    for events in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+        _drop_events_after(events, step)
+
+
+def _jsonl_step(line: bytes) -> float:
+    """A record's step; a line that is not a whole record (cut off) counts as after every step."""
+    try:
+        return json.loads(line)["step"] if line.endswith(b"\n") else math.inf
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _drop_events_after(path: str, step: int) -> None:
+    """Keeps the TFRecord frames of an event file (8-byte length, its CRC, the
+    `Event`, its CRC) whose event's step is at most `step`, copied as they are."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    with open(path, "rb") as f:
+        data = f.read()
+    kept, pos = [], 0
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
+        end = pos + 12 + length + 4
+        if end > len(data):
+            break  # cut off midway
+        if Event.FromString(data[pos + 12 : pos + 12 + length]).step <= step:
+            kept.append(data[pos:end])
+        pos = end
+    if sum(map(len, kept)) != len(data):
+        _replace(path, b"".join(kept))
+
+
+def _replace(path: str, data: bytes) -> None:
+    """Writes `data` as `path` in one rename: a stop midway leaves the old file or the new one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def _summary(scalars: list[tuple[str, float]]) -> Any:
     """One TensorBoard ``Summary`` holding all of a record's scalars."""
     from tensorboardX.proto.summary_pb2 import Summary
@@ -69,10 +139,12 @@ Window = jax.Array  # [5] (one network) or [K, 5]: the columns below, per popula
 LOSS, ACCURACY, STEPS, DIVERGED_AT, DIVERGED_LOSS = range(5)
 
 
-def empty_window(size: int) -> Window:
+def empty_window(size: int, sharding: jax.sharding.Sharding | None = None) -> Window:
     """Running sums of a log window with no step yet, for `size` population
-    members: one array (one buffer to read back)."""
-    return jnp.zeros((5,) if size == 1 else (size, 5), jnp.float32)
+    members: one array (one buffer to read back), placed with `sharding`
+    (that of the step's window: another placement compiles the step again)."""
+    window = jnp.zeros((5,) if size == 1 else (size, 5), jnp.float32)
+    return window if sharding is None else jax.device_put(window, sharding)
 
 
 def accumulate(window: Window, metrics: dict[str, jax.Array]) -> Window:
@@ -91,6 +163,30 @@ def accumulate(window: Window, metrics: dict[str, jax.Array]) -> Window:
     return jnp.stack([c.astype(jnp.float32) for c in columns], axis=-1)
 
 
+_compiling = [0.0]  # seconds this process has spent compiling (JAX's monitoring events)
+_COMPILE_EVENTS = ("/jax/core/compile/", "/jax/compilation_cache/cache_retrieval_time_sec")
+
+
+def _count_compilation(event: str, duration: float, **kwargs: Any) -> None:
+    if event.startswith(_COMPILE_EVENTS):
+        _compiling[0] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compilation)
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling so far (JAX's tracing,
+    lowering, compiling and reading compiled programs from the cache)."""
+    return _compiling[0]
+
+
+def _ready_at(window: Window) -> float:
+    """`time.perf_counter` when `window` is ready on the device (waiting for it, the interpreter's lock released)."""
+    window.block_until_ready()
+    return time.perf_counter()
+
+
 class TrainLog:
     """The training loss and accuracy of each step, averaged over the steps of
     a window (``log_every_steps``) and written as one ``train`` record per
@@ -98,7 +194,18 @@ class TrainLog:
     compiled step adds each step to `window`; `flush` reads a window back one
     window behind (while the device runs the next), so the device never waits
     for logging, and `flush(now=True)` (before a save, an evaluation, the end)
-    reads everything, stopping a diverged run before anything after it is kept."""
+    reads everything, stopping a diverged run before anything after it is kept.
+
+    A window's seconds run from the end of the window before it (or from
+    `restart_clock`, called where the device has nothing queued: the start of
+    training, the end of an evaluation or a save; less its first call, which
+    compiles the step) to when its results became ready on the device. A
+    thread waits for each window's results as it ends and notes the time they
+    are ready (within the interpreter's thread switch interval, 5 ms), so the
+    time is the device's whether the device or the host was the slower, and
+    the read one window behind still never makes the device wait. So images/s
+    is the rate the run trained at, at any window length, the first after a
+    start, a resume or an evaluation included."""
 
     def __init__(
         self,
@@ -106,6 +213,7 @@ class TrainLog:
         batch_size: int,
         learning_rates: Callable[[int], list[float]],
         max_loss: float = math.inf,
+        sharding: jax.sharding.Sharding | None = None,
     ):
         """
         Args:
@@ -113,22 +221,33 @@ class TrainLog:
           batch_size: images per step and member.
           learning_rates: step -> each member's learning rate (on the host).
           max_loss: the divergence bound the train step checked (for the message).
+          sharding: where the compiled step puts its window (replicated over
+            the mesh): each window starts there, so the step compiles once.
         """
         self.writers, self.batch_size, self.learning_rates = writers, batch_size, learning_rates
         self.max_loss = max_loss
         self.last: list[dict[str, float]] = []  # the records written last, one per member
-        self._empty = empty_window(len(writers))  # the start of every window (the step does not donate it)
+        self._empty = empty_window(len(writers), sharding)  # the start of every window (the step does not donate it)
         self.window = self._empty
-        self._steps, self._t0 = 0, time.time()
-        self._pending: tuple[Window, int, int, float] | None = None
+        self._steps = 0
+        self._start: float | None = time.perf_counter()  # None: when the window before it was ready
+        self._ended = self._start  # when the last window written was ready
+        self._ready = ThreadPoolExecutor(1, thread_name_prefix="window-ready")  # one waiter: windows in order
+        self._pending: tuple[Window, int, int, float | None, Future] | None = None
 
-    def added(self, steps: int = 1) -> None:
-        """Counts the steps the compiled step added to `window`."""
+    def added(self, steps: int = 1, call_seconds: float = 0.0) -> None:
+        """Counts the steps the compiled step added to `window`; `call_seconds`:
+        how long its call took on the host (left out of the first window after
+        `restart_clock`: the device was idle while it compiled and dispatched
+        the step, whose work starts as the call returns)."""
+        if self._steps == 0 and self._start is not None:
+            self._start += call_seconds
         self._steps += steps
 
     def restart_clock(self) -> None:
-        """Starts timing anew (after an evaluation, which is not training time)."""
-        self._t0 = time.time()
+        """Starts the next window's time now: where the device has nothing queued
+        and the host did other work (an evaluation, a save), which is not training."""
+        self._start = time.perf_counter()
 
     def flush(self, step: int, now: bool = False) -> list[dict[str, float]]:
         """Ends the window at `step`; writes the previous window's records (all of
@@ -140,8 +259,9 @@ class TrainLog:
         """
         if self._steps:
             self.window.copy_to_host_async()
-            ended = (self.window, step, self._steps, time.time() - self._t0)
-            self.window, self._steps, self._t0 = self._empty, 0, time.time()
+            ready = self._ready.submit(_ready_at, self.window)
+            ended = (self.window, step, self._steps, self._start, ready)
+            self.window, self._steps, self._start = self._empty, 0, None
             if self._pending is not None:
                 self._write(*self._pending)
             self._pending = ended
@@ -150,8 +270,11 @@ class TrainLog:
             self._write(*pending)
         return self.last
 
-    def _write(self, window: Window, step: int, steps: int, seconds: float) -> None:
+    def _write(self, window: Window, step: int, steps: int, start: float | None, ready: Future) -> None:
         members = np.asarray(window).reshape(-1, 5)  # copied to the host since its flush
+        end = ready.result()
+        seconds = max(end - (self._ended if start is None else start), 1e-9)
+        self._ended = end
         for k, m in enumerate(members):
             if m[DIVERGED_AT]:
                 self._diverged(step - steps + int(m[DIVERGED_AT]), float(m[DIVERGED_LOSS]), k)
