@@ -88,7 +88,7 @@ def tiny_config(path: str, **overrides):
 
 @pytest.fixture
 def tiny(image_folder):
-    """`tiny_config` bound to the session's image folder."""
+    """`tiny_config` bound to the image folder shared by all tests."""
     return lambda **kw: tiny_config(image_folder, **kw)
 
 

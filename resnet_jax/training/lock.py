@@ -1,8 +1,8 @@
 """One writer per workdir: ``<workdir>/lock``, held while a training run lives.
 
 The lock is an advisory `fcntl.flock` on that file, which the kernel releases
-when its process ends, however it ends (SIGKILL, OOM, a lost machine's NFS
-lease). The file says who holds it (PID, host, start time): a second run on
+when its process ends, however it ends (SIGKILL, OOM, a lost machine whose
+NFS locks expire). The file says who holds it (PID, host, start time): a second run on
 the same workdir is refused with that line, and a run that finds the file
 filled in but the lock free takes it over with a warning (its holder is gone).
 Local disks and NFS honour flock; object stores mounted as files (gcsfuse, for
