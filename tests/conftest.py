@@ -77,6 +77,11 @@ def tiny_config(path: str, **overrides):
     c.log_every_steps = 1
     c.async_checkpoints = False
     c.checkpoint_on_eval = True  # a checkpoint at every evaluation, as the tests of faults and resumes expect
+    return override(c, **overrides)
+
+
+def override(c, **overrides):
+    """`c` with each ``"a.b": value`` of `overrides` set (dotted keys reach nested fields)."""
     for key, value in overrides.items():
         target = c
         *parents, leaf = key.split(".")

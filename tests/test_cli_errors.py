@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, cli_args, env_with_devices, make_image_folder, tiny_config
+from conftest import ROOT, cli_args, env_with_devices, make_image_folder, override, tiny_config
 
 from resnet_jax import convert, errors, parallel, predict
 from resnet_jax.evaluate import evaluate_checkpoint
@@ -48,13 +48,7 @@ def quick(folder, **overrides):
     """The quick recipe shrunk to the fixture folder, as `conftest.cli_args` gives it to train.py."""
     c = load_config(os.path.join(ROOT, "configs", "cifar10_quick.py"))
     c.data.path, c.data.image_size, c.batch_size, c.eval_batch_size, c.eval_flip = str(folder), 16, 16, 16, False
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
+    return override(c, **overrides)
 
 
 @pytest.fixture(scope="module")
