@@ -142,9 +142,9 @@ def test_a_windows_seconds_are_the_time_it_trained(tmp_path, bound, every):
     per_phase = 12 // every
     for phase, seconds in enumerate(phases):
         mine = records[phase * per_phase : (phase + 1) * per_phase]
-        assert sum(r["seconds"] for r in mine) == pytest.approx(seconds, rel=0.05, abs=0.02)
-        for r in mine:
-            assert 0.6 <= r["seconds"] / (seconds * r["steps"] / 12) <= 1.6, (r, phases, records)
+        assert sum(r["seconds"] for r in mine) == pytest.approx(seconds, rel=0.1, abs=0.05)
+        for r in mine:  # a busy machine moves a step's time by 2x; timing the hand-over instead is off by 5-12x
+            assert 1 / 3 <= r["seconds"] / (seconds * r["steps"] / 12) <= 3, (r, phases, records)
             assert r["images_per_sec"] == pytest.approx(8 * r["steps"] / r["seconds"])
 
 
