@@ -215,11 +215,12 @@ def test_sighup_saves_and_stops_unless_ignored_as_under_nohup(at_step_3, tiny, t
         return run
 
     monkeypatch.setattr(loop, "compile_train_step", sighup_at_first_step)
-    status, tail = as_train_py(capfd, lambda: train_and_evaluate(tiny(num_train_steps=6, **FAST), workdir))
-    assert (status, tail) == (3, [f"SIGHUP: saved a checkpoint at step 4 of 6 in {workdir}/checkpoints; the same "
-                                  "command resumes"])  # fmt: skip
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal (the suite may run under nohup)
     try:
+        status, tail = as_train_py(capfd, lambda: train_and_evaluate(tiny(num_train_steps=6, **FAST), workdir))
+        assert (status, tail) == (3, [f"SIGHUP: saved a checkpoint at step 4 of 6 in {workdir}/checkpoints; the "
+                                      "same command resumes"])  # fmt: skip
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         train_and_evaluate(tiny(num_train_steps=6, **FAST), workdir)
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
