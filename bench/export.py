@@ -55,8 +55,8 @@ def runners(fmt: str, path: str, model_name: str) -> Callable[[np.ndarray], obje
     if fmt == "onnx":
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-        return lambda x: session.run(["logits"], {"images": x})[0]
+        runner = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return lambda x: runner.run(["logits"], {"images": x})[0]
     if fmt == "savedmodel":
         import tensorflow as tf
 

@@ -118,8 +118,8 @@ def torch_sources(tmp_path_factory):
 def run_onnx(path, images):
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run(["logits"], {"images": images})[0]
+    runner = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return runner.run(["logits"], {"images": images})[0]
 
 
 def run_savedmodel(path, images):
@@ -245,8 +245,8 @@ def test_onnx_graph_expresses_every_architecture(name, kwargs):
     x = np.random.default_rng(0).standard_normal((3, size, size, 3)).astype(np.float32)
     variables = randomize_stats(model.init(jax.random.key(0), x, train=False))
     proto = onnx_graph.build(model, variables, size, "none", None, None)
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    assert_logits(session.run(["logits"], {"images": x})[0], np.asarray(model.apply(variables, x, train=False)))
+    runner = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert_logits(runner.run(["logits"], {"images": x})[0], np.asarray(model.apply(variables, x, train=False)))
 
 
 def test_a_member_of_a_population_is_exported(image_paths, tmp_path):
