@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -33,7 +34,7 @@ import numpy as np  # noqa: E402
 from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.data import batch_augment  # noqa: E402
-from resnet_jax.training import optim, steps  # noqa: E402
+from resnet_jax.training import optim, population, steps  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
 SETS = {
@@ -69,15 +70,16 @@ def build(model_name: str, batch: int, resolution: int, fields: dict):
     num_classes = 10 if models.family(model_name) == "cifar" else 1000
     model = models.create(model_name, num_classes=num_classes, **fields.get("model_kwargs", {}))
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
-    holder = {"state": create_train_state(model, tx, resolution, 0, mesh)}
+    holder = {"state": population.take(create_train_state(model, tx, resolution, [0], mesh), 0)}
     rng = np.random.default_rng(0)
     data = parallel.shard_batch({"image": rng.integers(0, 256, (batch, resolution, resolution, 3), np.uint8),
                                  "label": rng.integers(0, num_classes, batch).astype(np.int32)}, mesh)  # fmt: skip
-    step = jax.jit(functools.partial(
-        steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=c.label_smoothing,
-        ema_decay=0.0, loss=c.loss, transform=batch_augment.batch_transform(c, num_classes),
-        bce_target_threshold=c.bce_target_threshold,
-    ), donate_argnums=0)  # fmt: skip
+    options = steps.StepOptions(
+        mean=tuple(c.data.mean), std=tuple(c.data.std), dtype=jnp.float32, label_smoothing=c.label_smoothing,
+        ema_decay=0.0, max_loss=math.inf, make_tx=lambda hp: tx, loss=c.loss,
+        transform=batch_augment.batch_transform(c, num_classes), bce_target_threshold=c.bce_target_threshold,
+    )  # fmt: skip
+    step = jax.jit(functools.partial(steps.train_step, hp={}, options=options), donate_argnums=0)
 
     def five_steps() -> float:
         t0 = time.perf_counter()

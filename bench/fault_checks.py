@@ -40,7 +40,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
-from resnet_jax.training import optim, steps  # noqa: E402
+from resnet_jax.training import optim, population, steps  # noqa: E402
 from resnet_jax.training.checkpoint import Checkpointer, _to_tree, check_resumable, restore_newest  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
@@ -121,10 +121,10 @@ def _checkpoint_costs(state: Any, repeats: int) -> dict[str, float]:
 
 def _step_costs(model_name: str, state: Any, batch: dict[str, Any], repeats: int) -> dict[str, float]:
     c = default_config()
-    step = functools.partial(
-        steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.0, ema_decay=0.0,
-        max_loss=steps.divergence_bound(10),
-    )  # fmt: skip
+    options = steps.StepOptions(mean=tuple(c.data.mean), std=tuple(c.data.std), dtype=jnp.float32,
+                                label_smoothing=0.0, ema_decay=0.0, max_loss=steps.divergence_bound(10),
+                                make_tx=lambda hp: state.tx)  # fmt: skip
+    step = functools.partial(steps.train_step, hp={}, options=options)
     checked = jax.jit(step)
     unchecked = jax.jit(lambda s, b: (lambda out: (out[0], {k: v for k, v in out[1].items() if k != "diverged"}))(
         step(s, b)))  # fmt: skip
@@ -150,7 +150,7 @@ def main() -> None:
         size = default_resolution(name)
         batch_size = 128 if size <= 64 else 32
         tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
-        state = create_train_state(models.create(name, num_classes=10), tx, size, 0, mesh)
+        state = population.take(create_train_state(models.create(name, num_classes=10), tx, size, [0], mesh), 0)
         rng = np.random.default_rng(0)
         batch = {
             "image": jnp.asarray(rng.integers(0, 256, (batch_size, size, size, 3), np.uint8)),

@@ -47,7 +47,7 @@ from resnet_jax import parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.data.device import DevicePipeline  # noqa: E402
 from resnet_jax.plot import read_metrics  # noqa: E402
-from resnet_jax.training import loop, optim  # noqa: E402
+from resnet_jax.training import loop, optim, population  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
 
@@ -65,14 +65,14 @@ def _use_synthetic_data(n: int, seed: int = 0) -> None:
     images, labels = rng.integers(0, 256, (n, 32, 32, 3), np.uint8), rng.integers(0, 10, n).astype(np.int32)
 
     def make(config: Any, mesh: Any, seeds: Any = None) -> DevicePipeline:
-        seeds = config.seed if seeds is None else seeds
+        seeds = [config.seed] if seeds is None else seeds
         return DevicePipeline((images, labels), (images[:1000], labels[:1000]), tuple("abcdefghij"),
                               config.batch_size, config.eval_batch_size, seeds, mesh)  # fmt: skip
 
     loop.make_pipeline = make
 
 
-def _counting_step(state: Any, batch: Any, hp: Any = None, **_: Any) -> tuple[Any, dict[str, jax.Array]]:
+def _counting_step(state: Any, batch: Any, hp: Any = None, options: Any = None) -> tuple[Any, dict[str, jax.Array]]:
     """The proxy: counts the step (the batch is not read: XLA drops its making)."""
     x = jnp.zeros(())
     return state.replace(step=state.step + 1), {"loss": x, "accuracy": x, "diverged": x > 1}
@@ -103,14 +103,14 @@ def _bare_loop(config: Any, step_fn: Any) -> Callable[[int], list[float]]:
     pipeline = loop.make_pipeline(config, mesh)
     model = loop.model_from_config(config, 10)
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, pipeline.steps_per_epoch, 1))
-    state = create_train_state(model, tx, 32, 0, mesh)
+    state = population.take(create_train_state(model, tx, 32, [0], mesh), 0)  # one network, unstacked
     spe, block = pipeline.steps_per_epoch, config.log_every_steps
 
     def bare(state: Any, data: Any, perm: Any, key: Any) -> Any:
         return step_fn(state, pipeline.make_batch(data, perm, key, state.step % spe))
 
     jitted = jax.jit(bare, donate_argnums=0)
-    perm, key = next(pipeline.train_epoch(0))
+    perm, key = population.take(next(pipeline.train_epoch(0)), 0)
     state, metrics = jitted(state, pipeline.data, perm, key)
     jax.block_until_ready(metrics)
 
@@ -144,9 +144,9 @@ def overhead(what: str, num_steps: int, batch: int, repeats: int = 1) -> dict[st
     if what == "proxy":
         step_fn = _counting_step
     else:
-        c = config
-        step_fn = lambda s, b: real_step(s, b, mean=c.data.mean, std=c.data.std, dtype=jnp.float32,  # noqa: E731
-                                         label_smoothing=0.0, ema_decay=0.0)  # fmt: skip
+        options = loop.step_options(config, loop.model_from_config(config, 10), 10,
+                                    population.from_config(config), 1, num_steps)  # fmt: skip
+        step_fn = lambda s, b: real_step(s, b, {}, options)  # noqa: E731
     blocks, n = _bare_loop(config, step_fn), max(2, num_steps // config.log_every_steps // 3)
     loops, bares = [], []
 
@@ -182,15 +182,13 @@ def sweep(num_steps: int, batch: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     loop.train_and_evaluate(config, tempfile.mkdtemp(prefix="sweep_"))
     together = time.perf_counter() - t0
-    from resnet_jax.training import population
-
     members = population.from_config(config)
     t0 = time.perf_counter()
     for k in range(members.size):
         loop.train_and_evaluate(population.member_config(config, members, k), tempfile.mkdtemp(prefix="alone_"))
     alone = time.perf_counter() - t0
     return {"what": "sweep", "members": members.size, "batch": batch, "steps": num_steps,
-            "seed_batching": parallel.seed_batching(config.seed_batching),
+            "member_batching": parallel.member_batching(config.member_batching),
             "together_s": together, "separate_s": alone, "ratio": together / alone}  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -63,7 +64,7 @@ def _time(fn, n: int, start_at: float = 0.0) -> float:
 def measure(
     model_name: str, batch: int, resolution: int, dtype: str, num_steps: int, num_classes: int, steps_per_call: int = 1,
     model_kwargs: dict | None = None, pipeline: Any = None, seeds: int = 1, start_at: float = 0.0,
-    seed_batching: str = "auto",
+    member_batching: str = "auto",
 ) -> dict:
     """JAX train/eval images/s, compile seconds, peak memory and MFU.
 
@@ -79,7 +80,7 @@ def measure(
     model_kwargs = model_kwargs or {}
     model = models.create(model_name, num_classes=num_classes, dtype=compute, **model_kwargs)
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
-    state = create_train_state(model, tx, resolution, 0 if seeds == 1 else list(range(seeds)), mesh)
+    state = create_train_state(model, tx, resolution, list(range(seeds)), mesh)
     rng = np.random.default_rng(0)
     batch_data = parallel.shard_batch(
         {
@@ -89,12 +90,11 @@ def measure(
         },
         mesh,
     )
-    one_step = functools.partial(
-        steps.train_step, mean=c.data.mean, std=c.data.std, dtype=compute, label_smoothing=0.0, ema_decay=0.0
-    )
-    if seeds > 1:  # K seeds, each on its own batch (the synthetic batch shifted by the seed's index)
-        batch_data = {k: jnp.stack([jnp.roll(v, i, axis=0) for i in range(seeds)]) for k, v in batch_data.items()}
-        one_step = parallel.over_seeds(one_step, (0, 0), seed_batching)
+    options = steps.StepOptions(mean=tuple(c.data.mean), std=tuple(c.data.std), dtype=compute, label_smoothing=0.0,
+                                ema_decay=0.0, max_loss=math.inf, make_tx=lambda hp: tx)  # fmt: skip
+    # K seeds, each on its own batch (the synthetic batch shifted by the seed's index)
+    batch_data = {k: jnp.stack([jnp.roll(v, i, axis=0) for i in range(seeds)]) for k, v in batch_data.items()}
+    one_step = parallel.over_members(lambda s, b: steps.train_step(s, b, {}, options), (0, 0), member_batching)
 
     def train_steps(state, batch):
         return jax.lax.scan(lambda s, _: one_step(s, batch), state, length=steps_per_call)
@@ -118,18 +118,16 @@ def measure(
     train_s = _time(train_once, max(1, num_steps // steps_per_call), start_at) / steps_per_call / seeds
     if pipeline is not None and seeds > 1:
         raise ValueError("--data times one seed's pipeline; leave out --seeds")
-    pipeline_s = _time_pipeline(pipeline, one_step, holder, num_steps) if pipeline is not None else None
-    variables = holder["state"].variables() if seeds == 1 else jax.tree_util.tree_map(
-        lambda x: x[0], holder["state"].variables()
-    )
-    eval_batch = batch_data if seeds == 1 else {k: v[0] for k, v in batch_data.items()}
+    pipeline_s = _time_pipeline(pipeline, options, holder, num_steps) if pipeline is not None else None
+    variables = jax.tree_util.tree_map(lambda x: x[0], holder["state"].variables())
+    eval_batch = {k: v[0] for k, v in batch_data.items()}
     eval_s = _time(lambda: evaluate(variables, eval_batch), num_steps)
     macs = models.profile(model_name, resolution, num_classes=num_classes)["macs"]
     device = jax.devices()[0]
     stats = device.memory_stats() or {}
     result = {
         "model": model_name, "batch": batch, "resolution": resolution, "dtype": dtype, "steps_per_call": steps_per_call,
-        "model_kwargs": model_kwargs, "seeds": seeds, "seed_batching": seed_batching,
+        "model_kwargs": model_kwargs, "seeds": seeds, "member_batching": member_batching,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "device": f"{jax.device_count()} x {device.device_kind}", "jax": jax.__version__,
         "train_images_per_s": batch / train_s, "train_images_per_s_per_seed": batch / train_s / seeds,
@@ -142,10 +140,10 @@ def measure(
     return result
 
 
-def _time_pipeline(pipeline: Any, one_step: Any, holder: dict, num_steps: int) -> float:
+def _time_pipeline(pipeline: Any, options: steps.StepOptions, holder: dict, num_steps: int) -> float:
     """Seconds per train step fed by `pipeline`, as the trainer's loop feeds it
     (after 2 steps of warm-up and compilation)."""
-    train = compile_train_step(one_step, pipeline)
+    train = compile_train_step(options, pipeline, {})
     items = pipeline.train_epoch(0)
     if pipeline.steps_per_epoch < num_steps + 2:
         raise ValueError(f"the data has {pipeline.steps_per_epoch} batches per epoch; --steps needs {num_steps + 2}")
@@ -172,7 +170,7 @@ def main() -> None:
     p.add_argument("--model-kwargs", type=json.loads, default={}, help='e.g. \'{"bn_one_pass": true}\'')
     p.add_argument("--peak-tflops", type=float, default=0.0)
     p.add_argument("--seeds", type=int, default=1, help="seeds trained together in one compiled step")
-    p.add_argument("--seed-batching", choices=["auto", "vmap", "loop"], default="auto",
+    p.add_argument("--member-batching", choices=["auto", "vmap", "loop"], default="auto",
                    help="several seeds: vmap (the same kernels), loop (one after another in the step)")  # fmt: skip
     p.add_argument("--start-at", type=float, default=0.0, help="Unix time to start timing at, once compiled")
     p.add_argument("--torch", action="store_true", help="also time PyTorch training the same architecture")
@@ -193,7 +191,7 @@ def main() -> None:
         num_classes = pipeline.info.num_classes
     r = measure(
         args.model, args.batch, resolution, args.dtype, args.steps, num_classes, args.steps_per_call, args.model_kwargs,
-        pipeline, args.seeds, args.start_at, args.seed_batching,
+        pipeline, args.seeds, args.start_at, args.member_batching,
     )
     peak = args.peak_tflops or PEAK_TFLOPS.get((jax.devices()[0].platform, args.dtype))
     if peak:

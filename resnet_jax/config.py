@@ -26,7 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
     # > 1: train seeds seed ... seed + num_seeds - 1 together in one compiled step (data.pipeline="device");
     # each seed's metrics and curves in <workdir>/seed<k>/ (resnet_jax.training.population)
     c.num_seeds = 1
-    c.seed_batching = "auto"  # several members: vmap (same kernels; GPU/TPU), loop (one after another; CPU), auto
+    c.member_batching = "auto"  # several members: vmap (same kernels; GPU/TPU), loop (one after another; CPU), auto
     # A grid of per-run scalars trained together with num_seeds seeds each, e.g.
     # "learning_rate=0.05,0.1 weight_decay=1e-4,5e-4" (resnet_jax.training.population).
     c.sweep = ""

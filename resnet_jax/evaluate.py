@@ -15,6 +15,7 @@ import ml_collections
 
 from resnet_jax import parallel
 from resnet_jax.errors import CheckpointMismatchError
+from resnet_jax.training import population
 from resnet_jax.training.checkpoint import restore, use_checkpoint_preprocessing
 from resnet_jax.training.evaluator import make_evaluator
 
@@ -40,7 +41,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
         raise CheckpointMismatchError(
             f"the checkpoint's classes {info['class_names']} differ from the dataset's {dataset_classes}"
         )
-    variables = parallel.replicate(variables, mesh)
+    variables = parallel.replicate(population.restacked(variables, 1), mesh)
     [metrics] = make_evaluator(model, config, info["num_classes"], mesh)(variables, pipeline.eval_batches())
     metrics["step"] = info["step"]
     split = config.data.eval_split.replace("/", "_")

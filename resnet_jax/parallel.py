@@ -148,33 +148,33 @@ def gather_from_processes(value: int) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(np.asarray(value)))
 
 
-def seed_batching(how: str = "auto") -> str:
-    """``config.seed_batching`` resolved: ``"auto"`` is ``"loop"`` on CPUs and
-    ``"vmap"`` on GPUs and TPUs (see `over_seeds`)."""
+def member_batching(how: str = "auto") -> str:
+    """``config.member_batching`` resolved: ``"auto"`` is ``"loop"`` on CPUs and
+    ``"vmap"`` on GPUs and TPUs (see `over_members`)."""
     if how == "auto":
         return "loop" if jax.default_backend() == "cpu" else "vmap"
     if how not in ("vmap", "loop"):
-        raise ConfigError(f"unknown seed_batching {how!r}; use 'auto', 'vmap' or 'loop'")
+        raise ConfigError(f"unknown member_batching {how!r}; use 'auto', 'vmap' or 'loop'")
     return how
 
 
-def over_seeds(fn: Callable[..., Any], in_axes: Sequence[int | None], how: str = "auto") -> Callable[..., Any]:
-    """`fn` applied to each seed of arguments stacked on a leading axis (``in_axes``
-    0) with the others shared (None), inside one compiled function: ``"vmap"``
-    runs the seeds in the same kernels (convolutions with a group per seed),
-    ``"loop"`` one after another (unrolled, results stacked); ``"auto"``: loop on
-    CPUs, vmap on GPUs and TPUs. On XLA:CPU (jax 0.10, 2 cores) grouped
-    convolutions are slow: ResNet-20's forward for 2 seeds took 1,569 ms vmapped
-    against 121 ms for one; a gradient inside `jax.lax.map` (a while loop) took
-    10.9 s against 0.8 s unrolled."""
-    how = seed_batching(how)
-    if how == "vmap":
-        return jax.vmap(fn, in_axes=tuple(in_axes))
+def over_members(fn: Callable[..., Any], in_axes: Sequence[int | None], how: str = "auto") -> Callable[..., Any]:
+    """`fn` applied to each population member of arguments stacked on a leading
+    axis (``in_axes`` 0), the others shared (None), inside one compiled function;
+    the results are stacked. ``"vmap"`` runs the members in the same kernels
+    (a convolution with a group per member), ``"loop"`` one after another
+    (unrolled); ``"auto"``: loop on CPUs, whose grouped convolutions are slow
+    (docs/cpu.md), vmap on GPUs and TPUs. A single member is its one iteration
+    of the loop, whatever `how`: the program of an unstacked network."""
+    how = member_batching(how)
 
     def looped(*args: Any) -> Any:
-        count = jax.tree_util.tree_leaves([a for a, axis in zip(args, in_axes) if axis == 0])[0].shape[0]
+        stacked = [(a, axis) for a, axis in zip(args, in_axes)]
+        count = jax.tree_util.tree_leaves([a for a, axis in stacked if axis == 0])[0].shape[0]
+        if how == "vmap" and count > 1:
+            return jax.vmap(fn, in_axes=tuple(in_axes))(*args)
         outs = [
-            fn(*[jax.tree_util.tree_map(lambda x, k=k: x[k], a) if axis == 0 else a for a, axis in zip(args, in_axes)])
+            fn(*[jax.tree_util.tree_map(lambda x, k=k: x[k], a) if axis == 0 else a for a, axis in stacked])
             for k in range(count)
         ]
         return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)

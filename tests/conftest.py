@@ -91,6 +91,27 @@ def override(c, **overrides):
     return c
 
 
+def step_options(c, model, num_classes: int = 10, steps_per_epoch: int = 10, total_steps: int = 100):
+    """The train step's options of config `c` for `model` (`loop.step_options`)."""
+    from resnet_jax.training import loop, population
+
+    return loop.step_options(c, model, num_classes, population.from_config(c), steps_per_epoch, total_steps)
+
+
+def host_step(options, mesh):
+    """``step(state, batch) -> (state, window)``: the compiled train step of a
+    stacked state over host batches sharded on `mesh`, each call from an empty
+    log window (so ``window[k]`` holds member k's loss and accuracy of that step)."""
+    from types import SimpleNamespace
+
+    from resnet_jax import parallel
+    from resnet_jax.training.compiled import compile_train_step
+    from resnet_jax.training.metrics import empty_window
+
+    train = compile_train_step(options, SimpleNamespace(mesh=mesh), {})
+    return lambda state, batch: train(state, empty_window(1, parallel.replicated(mesh)), batch)
+
+
 @pytest.fixture
 def tiny(image_folder):
     """`tiny_config` bound to the image folder shared by all tests."""

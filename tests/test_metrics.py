@@ -15,6 +15,7 @@ import pytest
 
 from resnet_jax import parallel
 from resnet_jax.errors import DivergedError
+from resnet_jax.training import steps
 from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.metrics import MetricWriter, TrainLog, accumulate
 
@@ -43,14 +44,20 @@ def _loss_step(state: jax.Array, batch: dict, hp: dict) -> tuple[jax.Array, dict
     return state + 1, {"loss": loss, "accuracy": loss / 100, "diverged": loss > 50}
 
 
-def test_windows_are_the_means_of_their_steps(tmp_path):
+def _compiled(monkeypatch, step_fn, mesh):
+    """The run's compiled step (one member, host batches) around `step_fn` instead of `steps.train_step`."""
+    monkeypatch.setattr(steps, "train_step", lambda state, batch, hp, options: step_fn(state, batch, hp))
+    return compile_train_step(None, SimpleNamespace(mesh=mesh), {})
+
+
+def test_windows_are_the_means_of_their_steps(tmp_path, monkeypatch):
     """Each record is the mean of its own window's steps, through the compiled
     step: every window starts from the same zeros, which the step (donating the
     state, not the window) leaves untouched."""
     writer = MetricWriter(str(tmp_path))
     log = TrainLog([writer], batch_size=8, learning_rates=lambda step: [0.1 * (step + 1)])
-    train = compile_train_step(_loss_step, SimpleNamespace(mesh=parallel.make_mesh()))
-    state, step = jnp.zeros((), jnp.int32), 0
+    train = _compiled(monkeypatch, _loss_step, parallel.make_mesh())
+    state, step = jnp.zeros((1,), jnp.int32), 0  # a population of one member
     for window in [[1.0, 2.0, 3.0], [10.0, 20.0], [5.0]]:
         for loss in window:
             state, log.window = train(state, log.window, {"loss": np.full(8, loss, np.float32)})
@@ -66,8 +73,8 @@ def test_windows_are_the_means_of_their_steps(tmp_path):
     np.testing.assert_allclose([r["loss"] for r in records], [2.0, 15.0, 5.0])
     np.testing.assert_allclose([r["accuracy"] for r in records], [0.02, 0.15, 0.05])
     np.testing.assert_allclose([r["lr"] for r in records], [0.3, 0.5, 0.6])
-    np.testing.assert_array_equal(np.asarray(log.window), np.zeros(5))
-    assert int(state) == 6
+    np.testing.assert_array_equal(np.asarray(log.window), np.zeros((1, 5)))
+    assert int(state[0]) == 6
 
 
 def test_a_diverged_step_is_named(tmp_path):
@@ -104,7 +111,7 @@ def _device_bound_step(state: jax.Array, batch: dict, hp: dict) -> tuple[jax.Arr
 
 @pytest.mark.parametrize("every", [1, 3, 12])
 @pytest.mark.parametrize("bound", ["device", "host"])
-def test_a_windows_seconds_are_the_time_it_trained(tmp_path, bound, every):
+def test_a_windows_seconds_are_the_time_it_trained(tmp_path, monkeypatch, bound, every):
     """Each record's seconds (and images/s) is the time its steps took, whether
     the device (a step of fixed work) or the host (a batch that takes 30 ms to
     load) is the slower, for windows of 1, 3 and 12 steps, the first one (whose
@@ -115,11 +122,11 @@ def test_a_windows_seconds_are_the_time_it_trained(tmp_path, bound, every):
     host_delay = 0.03 if bound == "host" else 0.0
     step_fn = _device_bound_step if bound == "device" else _loss_step
     mesh = parallel.make_mesh(jax.devices()[:1])  # one device: a step's work is not 8 threads on 2 cores
-    train = compile_train_step(step_fn, SimpleNamespace(mesh=mesh))
+    train = _compiled(monkeypatch, step_fn, mesh)
     batch = {"x": np.full((8, 64, 64), 0.01, np.float32), "loss": np.full(8, 1.0, np.float32)}
     writer = MetricWriter(str(tmp_path))
     log = TrainLog([writer], batch_size=8, learning_rates=lambda step: [0.1], sharding=parallel.replicated(mesh))
-    state, step = jax.device_put(jnp.zeros((), jnp.int32), parallel.replicated(mesh)), 0  # placed as a run's
+    state, step = jax.device_put(jnp.zeros((1,), jnp.int32), parallel.replicated(mesh)), 0  # placed as a run's
     phases = []
     for _ in range(2):  # training, an evaluation, training again
         log.restart_clock()

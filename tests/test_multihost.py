@@ -17,12 +17,14 @@ import numpy as np
 from conftest import env_with_devices
 
 WORKER = textwrap.dedent("""
-    import functools, sys
-    import jax, jax.numpy as jnp, numpy as np
+    import sys
+    from types import SimpleNamespace
+    import jax, numpy as np
     from resnet_jax import models, parallel
     from resnet_jax.config import default_config
-    from resnet_jax.training import optim, steps
-    from resnet_jax.training.compiled import compile_host_step
+    from resnet_jax.training import loop, population
+    from resnet_jax.training.compiled import compile_train_step
+    from resnet_jax.training.metrics import LOSS, empty_window
     from resnet_jax.training.state import create_train_state
 
     out, num_processes = sys.argv[1], int(sys.argv[2])
@@ -32,21 +34,21 @@ WORKER = textwrap.dedent("""
     assert jax.process_count() == num_processes
     c = default_config()
     mesh = parallel.make_mesh()
-    tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 10, 100))
-    state = create_train_state(models.create("cifar_resnet20"), tx, 8, 0, mesh)
-    step = compile_host_step(functools.partial(
-        steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.0,
-        ema_decay=0.0), mesh)
+    model = models.create("cifar_resnet20")
+    options = loop.step_options(c, model, 10, population.from_config(c), 10, 100)
+    state = create_train_state(model, options.make_tx({}), 8, [0], mesh)
+    train = compile_train_step(options, SimpleNamespace(mesh=mesh), {})
+    step = lambda state, batch: train(state, empty_window(1, parallel.replicated(mesh)), batch)
     rng = np.random.default_rng(0)
     local = 16 // jax.process_count()
     lo = jax.process_index() * local
     for _ in range(3):
         images = rng.integers(0, 256, (16, 8, 8, 3), np.uint8)
         labels = rng.integers(0, 10, 16).astype(np.int32)
-        state, metrics = step(state, {"image": images[lo:lo + local], "label": labels[lo:lo + local]})
+        state, window = step(state, {"image": images[lo:lo + local], "label": labels[lo:lo + local]})
     leaves = [np.asarray(x.addressable_data(0)) for x in jax.tree_util.tree_leaves(state.params)]
     if jax.process_index() == 0:
-        np.savez(out, loss=float(metrics["loss"].addressable_data(0)), *leaves)
+        np.savez(out, loss=float(window.addressable_data(0)[0, LOSS]), *leaves)
 """)
 
 

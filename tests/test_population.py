@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
+from fixtures import make_one_member as one_member
 from fixtures.make_checkpoints import HERE as FIXTURES
 from fixtures.make_checkpoints import fixture_config
 
@@ -87,6 +88,22 @@ def test_a_one_member_run_ends_where_the_trainer_before_the_population_axis_did(
     assert a.keys() == b.keys() and len(a) > 20
     for key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+@pytest.mark.parametrize("pipeline", one_member.PIPELINES)
+def test_a_one_member_population_ends_where_the_unstacked_trainer_did(image_folder, tmp_path, pipeline):
+    """Every run is a population: one member, stacked on its axis of 1 with
+    traced hyperparameters, ends 6 steps of warm-up, cosine, momentum, label
+    smoothing and EMA with the state the trainer of commit 9be39cb (no member
+    axis for one network) wrote, on the on-device and the tf.data pipelines."""
+    workdir = str(tmp_path / pipeline)
+    train_and_evaluate(one_member.one_member_config(image_folder, pipeline), workdir)
+    now = one_member.state_leaves(workdir)
+    before = np.load(one_member.OUT)
+    assert len(now) > 50
+    assert sorted(f"{pipeline}{k}" for k in now) == sorted(k for k in before if k.startswith(pipeline))
+    for key, x in now.items():
+        np.testing.assert_allclose(x, before[f"{pipeline}{key}"], rtol=1e-6, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("fixture,num_seeds", [("one_seed", 1), ("two_seeds", 2)])

@@ -33,14 +33,14 @@ def train_records(path):
         return [r for r in map(json.loads, f) if r["split"] == "train"]
 
 
-@pytest.mark.parametrize("seed_batching", ["vmap", "loop"])
-def test_seeds_trained_together_equal_each_seed_trained_alone(image_folder, tmp_path, seed_batching):
+@pytest.mark.parametrize("member_batching", ["vmap", "loop"])
+def test_seeds_trained_together_equal_each_seed_trained_alone(image_folder, tmp_path, member_batching):
     """2 seeds for 4 steps (an epoch boundary and a mid-epoch stop) in one step
     == seed 0 and seed 1 each in a run of its own: parameters, batch statistics,
     their EMA, training losses and evaluation. (The vmapped convolutions sum in
     another order; the momentum traces, made of the last gradients, differ most:
     up to 1.5% in step 4 of seed 1, while parameters differ by 5e-6.)"""
-    config = tiny_config(image_folder, num_train_steps=4, num_seeds=2, seed_batching=seed_batching, **DEVICE)
+    config = tiny_config(image_folder, num_train_steps=4, num_seeds=2, member_batching=member_batching, **DEVICE)
     packed = train_and_evaluate(config, str(tmp_path / "k2"))
     assert len(packed["eval"]["per_seed"]) == 2
     for k in range(2):
@@ -75,8 +75,9 @@ def test_seeds_trained_together_equal_each_seed_trained_alone(image_folder, tmp_
 def test_seeds_need_the_device_pipeline_and_their_own_initialisation(image_folder, tmp_path):
     with pytest.raises(ConfigError, match="needs data.pipeline='device'"):
         train_and_evaluate(tiny_config(image_folder, num_seeds=2), str(tmp_path / "a"))
-    with pytest.raises(ConfigError, match="unknown seed_batching 'pmap'"):
-        train_and_evaluate(tiny_config(image_folder, num_seeds=2, seed_batching="pmap", **DEVICE), str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="unknown member_batching 'pmap'"):
+        config = tiny_config(image_folder, num_seeds=2, member_batching="pmap", **DEVICE)
+        train_and_evaluate(config, str(tmp_path / "c"))
     with pytest.raises(ConfigError, match="init_from needs num_seeds=1"):
         train_and_evaluate(tiny_config(image_folder, num_seeds=2, init_from="x", **DEVICE), str(tmp_path / "b"))
 

@@ -1,6 +1,5 @@
 """The training job: pipelines, steps, the loop and its errors."""
 
-import functools
 import json
 import os
 
@@ -9,17 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import host_step, step_options
 
 from resnet_jax import models, parallel
 from resnet_jax.config import default_config
 from resnet_jax.data import augment
 from resnet_jax.data.pipeline import array_eval_batches
 from resnet_jax.data.tfds import DatasetError, TFDataPipeline
-from resnet_jax.training import optim, steps
+from resnet_jax.training import optim, population, steps
 from resnet_jax.training.checkpoint import Checkpointer
-from resnet_jax.training.compiled import compile_host_step
 from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.loop import train_and_evaluate
+from resnet_jax.training.metrics import LOSS
 from resnet_jax.training.state import create_train_state
 
 
@@ -67,19 +67,17 @@ def test_one_and_eight_devices_agree():
         {"image": rng.integers(0, 256, (32, 16, 16, 3), np.uint8), "label": rng.integers(0, 10, 32).astype(np.int32)}
         for _ in range(3)
     ]
-    step = functools.partial(
-        steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.1, ema_decay=0.0
-    )
+    c.label_smoothing = 0.1
+    options = step_options(c, model)
     outcomes = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = parallel.make_mesh(devices)
-        tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 10, 100))
-        state = create_train_state(model, tx, 16, 0, mesh)
-        train = compile_host_step(step, mesh)
+        state = create_train_state(model, options.make_tx({}), 16, [0], mesh)
+        train = host_step(options, mesh)
         losses = []
         for b in batches:
-            state, m = train(state, b)
-            losses.append(float(m["loss"]))
+            state, window = train(state, b)
+            losses.append(float(window[0, LOSS]))
         outcomes.append((losses, jax.device_get(state.params), jax.device_get(state.batch_stats)))
     (l1, p1, s1), (l8, p8, s8) = outcomes
     np.testing.assert_allclose(l1, l8, rtol=1e-5)
@@ -97,7 +95,8 @@ def test_eval_counts_every_example_once(num_examples):
     images = rng.integers(0, 256, (num_examples, 8, 8, 3), np.uint8)
     labels = rng.integers(0, 3, num_examples).astype(np.int32)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
-    [metrics] = make_evaluator(model, c, 3, mesh)(variables, array_eval_batches(images, labels, 16))
+    stacked = population.restacked(variables, 1)
+    [metrics] = make_evaluator(model, c, 3, mesh)(stacked, array_eval_batches(images, labels, 16))
     logits = model.apply(variables, augment.normalize(images, c.data.mean, c.data.std), train=False)
     pred = np.asarray(jnp.argmax(logits, -1))
     assert metrics["count"] == num_examples

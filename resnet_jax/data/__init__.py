@@ -21,12 +21,12 @@ from resnet_jax.data.pipeline import Pipeline
 from resnet_jax.errors import ConfigError, MissingDependencyError
 
 
-def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: int | list[int] | None = None) -> Pipeline:
+def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: list[int] | None = None) -> Pipeline:
     """The pipeline `config.data.pipeline` names: "tfds" (tf.data), "grain" or "device".
 
-    `seeds`: the data seed of each network trained together (the on-device
-    pipeline draws each one's batches; default ``config.seed``); the host
-    pipelines serve one stream, shared by networks of the same seed."""
+    `seeds`: the data seed of each population member (the on-device pipeline
+    draws each one's batches; default ``[config.seed]``); the host pipelines
+    serve one stream of ``config.seed``, shared by members of that seed."""
     cfg = config.data
     if cfg.pipeline == "tfds":
         from resnet_jax.data.tfds import TFDataPipeline
@@ -54,7 +54,7 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: int | li
         train, evaluation, names = _load_arrays(cfg)
         return DevicePipeline(
             train, evaluation, names, config.batch_size, config.eval_batch_size,
-            config.seed if seeds is None else seeds, mesh,
+            [config.seed] if seeds is None else seeds, mesh,
             crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
         )
     raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds', 'grain' or 'device'")

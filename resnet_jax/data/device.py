@@ -32,7 +32,7 @@ class DevicePipeline:
         class_names: tuple[str, ...],
         batch_size: int,
         eval_batch_size: int,
-        seed: int | Sequence[int],
+        seeds: Sequence[int],
         mesh: Mesh,
         crop_padding: int = 4,
         augment_images: bool = True,
@@ -42,9 +42,9 @@ class DevicePipeline:
           train, eval: (uint8 images [N, H, W, 3], int labels [N]) of the whole split.
           class_names: names of the labels.
           batch_size, eval_batch_size: global batch sizes.
-          seed: data seed (permutations and augmentation); a sequence of seeds
-            draws each seed's own batches, stacked on a leading axis, for
-            seeds trained together (`compile_step` then vmaps the step).
+          seeds: the data seed (permutations and augmentation) of each
+            population member: each draws its own batches, its inputs stacked
+            on a leading axis (`resnet_jax.training.compiled`).
           mesh: the device mesh.
           crop_padding: zero padding before the random crop (0: no crop).
           augment_images: random crop and flip (False: plain shuffled batches).
@@ -55,8 +55,8 @@ class DevicePipeline:
         self.info = DataInfo(check_class_names(class_names), len(labels), len(eval[1]), images.shape[1])
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.mesh, self.crop_padding, self.augment_images = mesh, crop_padding, augment_images
-        self.num_seeds = 1 if isinstance(seed, int) else len(seed)
-        self._key = jax.random.key(seed) if isinstance(seed, int) else jax.vmap(jax.random.key)(jnp.asarray(seed))
+        self.num_members = len(seeds)
+        self._key = jax.vmap(jax.random.key)(jnp.asarray(seeds))
         self.data = parallel.replicate({"image": images, "label": labels.astype(np.int32)}, mesh)
         self._eval = (eval[0], eval[1].astype(np.int32))
 
@@ -64,7 +64,7 @@ class DevicePipeline:
             key = jax.random.fold_in(key, epoch)
             return jax.random.permutation(key, len(labels)).astype(jnp.int32), key
 
-        self._permute = permute if self.num_seeds == 1 else jax.vmap(permute, in_axes=(0, None))  # once an epoch
+        self._permute = jax.vmap(permute, in_axes=(0, None))  # once an epoch
 
     @property
     def steps_per_epoch(self) -> int:

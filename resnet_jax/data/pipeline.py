@@ -41,10 +41,11 @@ class OnDevicePipeline(Pipeline, Protocol):
     yields the epoch's inputs (the same device arrays at every step), and
     `make_batch(data, *inputs, step)`, a pure function traced inside the step,
     gathers and augments batch `step` of the epoch from `data` (device arrays).
-    With ``num_seeds > 1`` the inputs are stacked per seed (the data is shared)."""
+    The inputs are stacked per population member, each drawn with its own seed
+    (the data is shared)."""
 
     data: Batch
-    num_seeds: int
+    num_members: int
 
     def make_batch(self, data: Batch, *inputs_and_step: Any) -> Batch:
         """Batch `step` of the epoch (the last argument), traced inside the step."""

@@ -40,19 +40,21 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> An
 
 
 def _resume_or_initialise(
-    state: TrainState, ckpt: Checkpointer, metadata: dict[str, Any], config: ml_collections.ConfigDict, mesh: Any
+    state: TrainState, ckpt: Checkpointer, metadata: dict[str, Any], config: ml_collections.ConfigDict, mesh: Any,
+    size: int,
 ) -> TrainState:
     """The newest readable checkpoint of the workdir if any (of the same model,
     batch size, classes and data: `check_resumable`; damaged ones are set aside),
-    else ``config.init_from``'s variables if set, else `state` itself."""
+    else ``config.init_from``'s variables if set (one member), else `state` itself."""
     check = functools.partial(check_resumable, current=metadata, where=ckpt.directory)
-    resumed = restore_newest(ckpt, state, check)
+    resumed = restore_newest(ckpt, population.stored(state, size), check)
     if resumed is not None:
-        state = resumed
+        state = population.restacked(resumed, size)
         if jax.process_index() == 0:
             print(f"Resumed from {ckpt.directory} at step {step_of(state)}.")
     elif config.init_from:
-        state, report = load_pretrained(state, config.init_from, mesh)
+        one, report = load_pretrained(population.stored(state, size), config.init_from, mesh)
+        state = population.restacked(one, size)
         if jax.process_index() == 0:
             print(report)
     return state
@@ -70,7 +72,7 @@ def _announce(
     except OSError as e:
         raise cannot_write(path, e) from None
     print(
-        f"{config.model}: {models.count_params(population.first(state.variables(), members.size)):,} parameters, "
+        f"{config.model}: {models.count_params(population.take(state.variables(), 0)):,} parameters, "
         f"{info.num_classes} classes, {info.num_train:,} train / {info.num_eval:,} eval examples, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
     )
@@ -80,7 +82,7 @@ def _announce(
     if members.size > 1:
         how = {"vmap": "vmapped (the same kernels)", "loop": "looped (one after another)"}
         print(f"{members.size} networks ({', '.join(members.names())}) train together in one step, "
-              f"{how[parallel.seed_batching(config.seed_batching)]}; each one's metrics and curves go to its "
+              f"{how[parallel.member_batching(config.member_batching)]}; each one's metrics and curves go to its "
               f"folder in {workdir}.")  # fmt: skip
 
 
@@ -126,7 +128,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     members = population.from_config(config)
     use_pretrained_normalization(config)
     models.create(config.model)  # an unknown name fails here, before any data is read
-    pipeline = make_pipeline(config, mesh, population.seeds_arg(members))
+    pipeline = make_pipeline(config, mesh, list(members.seeds))
     info = pipeline.info
     model = model_from_config(config, info.num_classes)
 
@@ -137,56 +139,32 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     schedules = [
         optim.learning_rate_schedule(config, steps_per_epoch, total_steps, hp) for hp in members.swept_values()
     ]
-
-    def make_tx(hp: dict[str, Any]) -> optax.GradientTransformation:
-        return optim.make_optimizer(config, optim.learning_rate_schedule(config, steps_per_epoch, total_steps, hp), hp)
-
+    options = step_options(config, model, info.num_classes, members, steps_per_epoch, total_steps)
     use_ema = max((config.ema_decay, *members.swept.get("ema_decay", ()))) > 0
-    state = create_train_state(
-        model, make_tx(members.swept_values()[0]), info.image_size, population.seeds_arg(members), mesh, use_ema
-    )
+    tx = options.make_tx(members.swept_values()[0])  # the state's structure (each member's values are traced)
+    state = create_train_state(model, tx, info.image_size, members.seeds, mesh, use_ema)
     metadata = run_metadata(config, info.class_names, info.num_train)
     data_iterator = getattr(pipeline, "data_iterator", None)  # Grain's: saved and restored with the state
     ckpt = Checkpointer(
         workdir, config.keep_checkpoints, async_save=config.async_checkpoints, data_iterator=data_iterator
     )
     ckpt.prepare_to_train()
-    state = _resume_or_initialise(state, ckpt, metadata, config, mesh)
+    state = _resume_or_initialise(state, ckpt, metadata, config, mesh, members.size)
     if jax.process_index() == 0:
         _announce(config, workdir, state, info, total_steps, members, steps_per_epoch)
 
     if config.loss not in steps.LOSSES:
         raise ConfigError(f"unknown loss {config.loss!r}; use {' or '.join(steps.LOSSES)}")
-    max_loss = config.max_train_loss if config.max_train_loss > 0 else steps.divergence_bound(info.num_classes)
     train_step = compile_train_step(
-        functools.partial(
-            steps.train_step,
-            mean=tuple(config.data.mean),
-            std=tuple(config.data.std),
-            dtype=model.dtype,
-            label_smoothing=config.label_smoothing,
-            ema_decay=config.ema_decay,
-            max_loss=max_loss,
-            freeze_bn=config.freeze_bn,
-            make_tx=make_tx,
-            ema_every=config.ema_every_steps,
-            loss=config.loss,
-            bce_target_threshold=config.get("bce_target_threshold", 0.0),
-            transform=batch_augment.batch_transform(config, info.num_classes, members.swept),
-            dropout=config.model_kwargs.get("drop_path_rate", 0.0) > 0,
-        ),
-        pipeline,
-        members.hyperparameters(),
-        members.size,
-        config.seed_batching,
+        options, pipeline, members.hyperparameters(), config.member_batching,
         _check_steps_per_call(config, pipeline, total_steps, step_of(state)),
-    )
+    )  # fmt: skip
     resumed_at = step_of(state)  # the records of later steps are written again: the writers drop them
     writers = [MetricWriter(d, after=resumed_at) for d in population.member_dirs(workdir, members)]
     run = _Run(
         config, workdir, members, pipeline, ckpt, metadata, total_steps, stops,
-        evaluate=make_evaluator(model, config, info.num_classes, mesh, members.size),
-        log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in schedules], max_loss,
+        evaluate=make_evaluator(model, config, info.num_classes, mesh),
+        log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in schedules], options.max_loss,
                      parallel.replicated(mesh)),
     )  # fmt: skip
     try:
@@ -205,6 +183,32 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
             writer.close()
         ckpt.wait()
         ckpt.close()
+
+
+def step_options(
+    config: ml_collections.ConfigDict, model: Any, num_classes: int, members: population.Population,
+    steps_per_epoch: int, total_steps: int,
+) -> steps.StepOptions:
+    """The train step's options for `config` (resolved), built once."""
+
+    def make_tx(hp: dict[str, Any]) -> optax.GradientTransformation:
+        return optim.make_optimizer(config, optim.learning_rate_schedule(config, steps_per_epoch, total_steps, hp), hp)
+
+    return steps.StepOptions(
+        mean=tuple(config.data.mean),
+        std=tuple(config.data.std),
+        dtype=model.dtype,
+        label_smoothing=config.label_smoothing,
+        ema_decay=config.ema_decay,
+        max_loss=config.max_train_loss if config.max_train_loss > 0 else steps.divergence_bound(num_classes),
+        make_tx=make_tx,
+        transform=batch_augment.batch_transform(config, num_classes, members.swept),
+        loss=config.loss,
+        bce_target_threshold=config.bce_target_threshold,
+        freeze_bn=config.freeze_bn,
+        ema_every=config.ema_every_steps,
+        dropout=config.model_kwargs.get("drop_path_rate", 0.0) > 0,
+    )
 
 
 def _check_steps_per_call(config: ml_collections.ConfigDict, pipeline: Any, total_steps: int, step: int) -> int:
@@ -317,7 +321,8 @@ class _Run:
             self._evaluate(state, step)
         if saves:
             with self.stops.saving():
-                self.ckpt.save(state, self.metadata, self.results.get("eval") if evaluates else None)
+                stored = population.stored(state, self.members.size)
+                self.ckpt.save(stored, self.metadata, self.results.get("eval") if evaluates else None)
             self.last_save = time.time()
         if evaluates or saves:  # each waited for the device: the next window starts from an idle one
             self.log.restart_clock()

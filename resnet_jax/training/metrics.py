@@ -135,7 +135,7 @@ def _summary(scalars: list[tuple[str, float]]) -> Any:
     return Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in scalars])
 
 
-Window = jax.Array  # [5] (one network) or [K, 5]: the columns below, per population member
+Window = jax.Array  # [K, 5]: the columns below, per population member
 LOSS, ACCURACY, STEPS, DIVERGED_AT, DIVERGED_LOSS = range(5)
 
 
@@ -143,14 +143,14 @@ def empty_window(size: int, sharding: jax.sharding.Sharding | None = None) -> Wi
     """Running sums of a log window with no step yet, for `size` population
     members: one array (one buffer to read back), placed with `sharding`
     (that of the step's window: another placement compiles the step again)."""
-    window = jnp.zeros((5,) if size == 1 else (size, 5), jnp.float32)
+    window = jnp.zeros((size, 5), jnp.float32)
     return window if sharding is None else jax.device_put(window, sharding)
 
 
 def accumulate(window: Window, metrics: dict[str, jax.Array]) -> Window:
     """Adds one step's metrics to the window (inside the compiled step): sums of
     loss and accuracy, the step count, and the first diverged step of the window
-    (1-based, 0 if none) with its loss; per member where [K]."""
+    (1-based, 0 if none) with its loss; per member."""
     steps = window[..., STEPS] + 1
     first = (window[..., DIVERGED_AT] == 0) & metrics["diverged"]
     columns = [
@@ -271,7 +271,7 @@ class TrainLog:
         return self.last
 
     def _write(self, window: Window, step: int, steps: int, start: float | None, ready: Future) -> None:
-        members = np.asarray(window).reshape(-1, 5)  # copied to the host since its flush
+        members = np.asarray(window)  # copied to the host since its flush
         end = ready.result()
         seconds = max(end - (self._ended if start is None else start), 1e-9)
         self._ended = end

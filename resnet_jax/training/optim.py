@@ -67,7 +67,7 @@ def learning_rate_schedule(
         warmup = xp.round(hp.get("warmup_epochs", cfg.warmup_epochs) * steps_per_epoch)
         n = cfg.warmup_constant_steps
         t = xp.asarray(step, xp.float32) - n
-        if cfg.get("lr_step_every_epoch", False):
+        if cfg.lr_step_every_epoch:
             t = xp.floor(t / steps_per_epoch) * steps_per_epoch
         value = _schedule(cfg, xp, t, lr, warmup, steps_per_epoch, total_steps)
         return xp.where(t < 0, cfg.warmup_constant_lr, value) if n > 0 else value
@@ -85,7 +85,7 @@ def _schedule(cfg: ml_collections.ConfigDict, xp: Any, t: Any, lr: Any, warmup: 
         return value
     if cfg.lr_schedule == "constant":
         return lr + 0 * t
-    start = lr * cfg.get("warmup_start_factor", 0.0)
+    start = lr * cfg.warmup_start_factor
     ramp = start + (lr - start) * xp.clip(t / xp.maximum(warmup, 1), 0, 1)
     progress = xp.clip((t - warmup) / xp.maximum(total - warmup, 1), 0, 1)
     if cfg.lr_schedule == "onecycle":
@@ -142,7 +142,7 @@ def make_optimizer(
         )
     else:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; use {', '.join(OPTIMIZERS)}")
-    if cfg.get("max_grad_norm", 0.0) > 0:
+    if cfg.max_grad_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), tx)
     if not cfg.freeze_backbone and cfg.backbone_lr_multiplier == 1.0:
         return tx

@@ -1,5 +1,6 @@
 """A population: the members one run trains together in one compiled step,
-differing in seed and in swept hyperparameters.
+differing in seed and in swept hyperparameters. Every run is one: an ordinary
+run is a population of one member.
 
 ``config.sweep`` names a grid of hyperparameters, e.g.
 ``"learning_rate=0.05,0.1,0.2 weight_decay=1e-4,5e-4"`` (6 points), and
@@ -11,16 +12,18 @@ its seed, its hyperparameters those of its grid point. Only per-run scalars can
 be swept (`SWEEPABLE`): anything that changes shapes (model, batch size, image
 size) needs runs of its own.
 
-The train state of K > 1 members is stacked on a leading axis of K; the step
-runs them vmapped or looped (``config.seed_batching``, `parallel.over_seeds`),
-the swept values entering it as per-member scalars. Checkpoints in
-``<workdir>/checkpoints`` hold all members; each member's metrics, TensorBoard
-events and curves go to its folder (`member_dirs`: ``seed<k>`` when only seeds
-differ, else named by its values, e.g. ``learning_rate=0.1_weight_decay=0.0005_seed0``),
-and ``resnet_jax.restore("<workdir>/<member folder>")`` (or ``restore(workdir,
-member=k)``) takes one member out. A population of one is an ordinary run:
-nothing is stacked, its folder is the workdir. Every place where K = 1 and
-K > 1 differ is a function of this module.
+The train state of K >= 1 members is stacked on a leading axis of K; the step
+runs them vmapped or looped (``config.member_batching``,
+`parallel.over_members`), the swept values entering it as traced per-member
+arrays (`Population.hyperparameters`). The member axis is dropped only where
+data leaves the trainer, by the functions of this module: each member's
+metrics, TensorBoard events and curves go to its folder (`member_dirs`: the
+workdir itself for one member; ``seed<k>`` when only seeds differ; else named
+by its values, e.g. ``learning_rate=0.1_weight_decay=0.0005_seed0``); a
+one-member run's checkpoint holds its state unstacked (`stored`, `restacked`:
+the layout of every checkpoint written before populations); its evaluation is
+its own (`combine`). ``resnet_jax.restore("<workdir>/<member folder>")`` (or
+``restore(workdir, member=k)``) takes one member out of a population's checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import itertools
 import os
 import re
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,10 +89,8 @@ class Population:
         return [{f: v[k] for f, v in self.swept.items()} for k in range(self.size)]
 
     def hyperparameters(self) -> dict[str, jax.Array]:
-        """The swept values as per-member arrays, the step's per-member input
-        (empty for a population of one: its values are the config's)."""
-        if self.size == 1:
-            return {}
+        """The swept values as [K] arrays, the step's traced per-member input (the
+        values of the fields not swept are the config's, constants of the step)."""
         return {f: jnp.asarray(v, jnp.float32) for f, v in self.swept.items()}
 
     def describe(self) -> list[dict[str, Any]]:
@@ -139,7 +140,7 @@ def from_config(config: ml_collections.ConfigDict) -> Population:
     """
     grid = parse_sweep(config.get("sweep", ""))
     num_seeds = int(config.num_seeds)
-    parallel.seed_batching(config.seed_batching)  # a wrong name is refused here, before any work
+    parallel.member_batching(config.member_batching)  # a wrong name is refused here, before any work
     if num_seeds < 1:
         raise ConfigError(f"num_seeds must be at least 1, got {num_seeds}")
     points = list(itertools.product(*grid.values())) or [()]
@@ -198,38 +199,32 @@ def stacked_size(info: dict[str, Any]) -> int:
     return int(info.get("num_members", info.get("num_seeds", 1)))
 
 
-def seeds_arg(population: Population) -> int | list[int]:
-    """What `create_train_state` and the on-device pipeline take: one seed, or one per member."""
-    return population.seeds[0] if population.size == 1 else list(population.seeds)
-
-
-def over_members(fn: Callable[..., Any], in_axes: Sequence[int | None], size: int, how: str = "auto") -> Callable:
-    """`fn` over each member: itself for one member, else `parallel.over_seeds`
-    (arguments with axis 0 are stacked per member, None ones shared)."""
-    return fn if size == 1 else parallel.over_seeds(fn, in_axes, how)
-
-
 def take(tree: Any, k: int) -> Any:
     """Member `k` of a stacked pytree."""
     return jax.tree_util.tree_map(lambda x: x[k], tree)
 
 
-def first(tree: Any, size: int) -> Any:
-    """The first member of a pytree of `size` members (the tree itself for one)."""
-    return tree if size == 1 else take(tree, 0)
+def stored(state: Any, size: int) -> Any:
+    """The state as a checkpoint holds it: stacked for several members, a single
+    member's unstacked (the layout of checkpoints from before populations)."""
+    return take(state, 0) if size == 1 else state
+
+
+def restacked(state: Any, size: int) -> Any:
+    """`stored`'s inverse: a restored state with its member axis."""
+    return jax.tree_util.tree_map(lambda x: x[None], state) if size == 1 else state
 
 
 def per_member(metrics: dict[str, Any], size: int) -> list[dict[str, Any]]:
-    """``{name: [K] values}`` (or scalars for one member) -> one dict per member, on the host."""
+    """``{name: [K, ...] values}`` -> one dict per member, on the host."""
     host = {k: np.asarray(jax.device_get(v)) for k, v in metrics.items()}
-    if size == 1:
-        return [host]
     return [{name: v[k] for name, v in host.items()} for k in range(size)]
 
 
 def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean over members of each number in their evaluation metrics, with
-    the members' own under ``"per_seed"`` (what the checkpoint's metadata keeps)."""
+    the members' own under ``"per_seed"`` (what the checkpoint's metadata keeps);
+    a single member's own."""
     if len(results) == 1:
         return results[0]
     numbers = [k for k, v in results[0].items() if isinstance(v, (int, float))]

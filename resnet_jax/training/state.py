@@ -74,7 +74,7 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def step_of(state: TrainState) -> int:
-    """The state's step as a Python int (the seeds of a stacked state share it)."""
+    """The state's step as a Python int (the members of a stacked state share it)."""
     return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
 
 
@@ -82,15 +82,13 @@ def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
     image_size: int,
-    seed: int | Sequence[int],
+    seeds: Sequence[int],
     mesh: Mesh,
     use_ema: bool = False,
 ) -> TrainState:
-    """Initialises the model on the devices, replicated over `mesh`.
-
-    With a sequence of seeds, one state per seed stacked on a leading axis (each
-    seed's arrays are those `create_train_state` makes for that seed alone).
-    """
+    """The states of a population's members, one per seed, stacked on a leading
+    axis and replicated over `mesh` (each member's arrays are those its seed
+    makes alone: `population.take(state, k)` is a network's whole state)."""
 
     def init(key: jax.Array) -> TrainState:
         init_key, run_key = jax.random.split(key)
@@ -109,8 +107,6 @@ def create_train_state(
             tx=tx,
         )
 
-    out = parallel.replicated(mesh)
-    if isinstance(seed, int):
-        return jax.jit(lambda: init(jax.random.key(seed)), out_shardings=out)()
-    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seed])
-    return jax.jit(lambda k: jax.vmap(init)(jax.random.wrap_key_data(k)), out_shardings=out)(keys)
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    init_all = jax.jit(lambda k: jax.vmap(init)(jax.random.wrap_key_data(k)), out_shardings=parallel.replicated(mesh))
+    return init_all(keys)

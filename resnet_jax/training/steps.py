@@ -1,10 +1,12 @@
 """Pure train and eval steps. They hold no constants of their own: everything
-comes from their arguments (bind them with `functools.partial`, then `jax.jit`)."""
+comes from their arguments, the train step's options from one frozen
+`StepOptions` built from the config once (`resnet_jax.training.loop`)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -60,67 +62,76 @@ def divergence_bound(num_classes: int) -> float:
     return 100.0 * math.log(max(num_classes, 2))
 
 
-def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    hp: dict[str, jax.Array] | None = None,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    dtype: Any,
-    label_smoothing: float,
-    ema_decay: float,
-    max_loss: float = math.inf,
-    freeze_bn: bool = False,
-    make_tx: Callable[[dict[str, Any]], optax.GradientTransformation] | None = None,
-    ema_every: int = 1,
-    loss: str = "ce",
-    transform: BatchTransform | None = None,
-    dropout: bool = False,
-    bce_target_threshold: float = 0.0,
-) -> tuple[TrainState, Metrics]:
-    """One optimiser step on a global batch of uint8 images; returns the new
-    state and ``{"loss", "accuracy"}`` averaged over the batch, and
-    ``"diverged"``: whether the loss is not finite or above `max_loss` (checked
-    here, on the device, at every step).
+@dataclass(frozen=True)
+class StepOptions:
+    """What a run's train step does besides its state, batch and per-member
+    hyperparameters: fixed for the run.
 
-    Args:
-      hp: a population member's own hyperparameters (`population.SWEEPABLE`:
-        may be traced), overriding the keyword ones; `make_tx(hp)` builds its
-        optimiser (default: the state's).
-      freeze_bn: batch norm uses (and keeps) its running statistics, as when fine-tuning.
-      loss: "ce" or "bce" (`LOSSES`).
-      bce_target_threshold: "bce"'s `target_threshold` (0: none).
+    Attributes:
+      mean, std, dtype: the images' normalisation and the compute dtype.
+      label_smoothing, ema_decay: the values of members that do not sweep them.
+      max_loss: the divergence bound (`divergence_bound`).
+      make_tx: ``make_tx(hp)``, the optimiser of a member with hyperparameters `hp`.
       transform: ``transform(key, images, labels, hp) -> (images, targets)``,
-        the batch augmentations (mixup, cutmix, ...: `resnet_jax.data.batch`),
-        keyed by the state's key and step (the same on resume).
+        the batch augmentations (mixup, cutmix, ...: `resnet_jax.data.batch_augment`),
+        keyed by the state's key and step (the same on resume); None: none.
+      loss: "ce" or "bce" (`LOSSES`); bce_target_threshold: "bce"'s `target_threshold` (0: none).
+      freeze_bn: batch norm uses (and keeps) its running statistics, as when fine-tuning.
+      ema_every: the EMA is updated every this many steps.
       dropout: the model draws from a "dropout" rng (stochastic depth).
     """
-    hp = hp or {}
-    smoothing = hp.get("label_smoothing", label_smoothing)
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dtype: Any
+    label_smoothing: float
+    ema_decay: float
+    max_loss: float
+    make_tx: Callable[[dict[str, Any]], optax.GradientTransformation]
+    transform: BatchTransform | None = None
+    loss: str = "ce"
+    bce_target_threshold: float = 0.0
+    freeze_bn: bool = False
+    ema_every: int = 1
+    dropout: bool = False
+
+
+def train_step(
+    state: TrainState, batch: dict[str, jax.Array], hp: dict[str, jax.Array], options: StepOptions
+) -> tuple[TrainState, Metrics]:
+    """One optimiser step of one network on a global batch of uint8 images;
+    returns the new state and ``{"loss", "accuracy"}`` averaged over the batch,
+    and ``"diverged"``: whether the loss is not finite or above
+    ``options.max_loss`` (checked here, on the device, at every step).
+
+    `hp`: the network's own swept hyperparameters (`population.SWEEPABLE`,
+    traced), overriding `options`' values; ``options.make_tx(hp)`` builds its
+    optimiser.
+    """
+    o = options
+    smoothing = hp.get("label_smoothing", o.label_smoothing)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     images, targets = batch["image"], batch["label"]
-    if transform is not None:
-        images, targets = transform(jax.random.fold_in(key, 0), images, targets, {**hp, "label_smoothing": smoothing})
-    images = normalize(images, mean, std, dtype)
-    rngs = {"dropout": jax.random.fold_in(key, 1)} if dropout else {}
+    if o.transform is not None:
+        images, targets = o.transform(jax.random.fold_in(key, 0), images, targets, {**hp, "label_smoothing": smoothing})
+    images = normalize(images, o.mean, o.std, o.dtype)
+    rngs = {"dropout": jax.random.fold_in(key, 1)} if o.dropout else {}
 
     def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
         variables = {"params": params, "batch_stats": state.batch_stats}
-        if freeze_bn:
+        if o.freeze_bn:
             logits, batch_stats = state.apply_fn(variables, images, train=False), state.batch_stats
         else:
             logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"], rngs=rngs)
             batch_stats = updates["batch_stats"]
-        threshold = {"target_threshold": bce_target_threshold} if loss == "bce" else {}
-        value = jnp.mean(LOSSES[loss](logits, targets, smoothing, **threshold))
+        threshold = {"target_threshold": o.bce_target_threshold} if o.loss == "bce" else {}
+        value = jnp.mean(LOSSES[o.loss](logits, targets, smoothing, **threshold))
         return value, (logits, batch_stats)
 
     (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    tx = make_tx(hp) if make_tx is not None else None
-    state = state.apply_gradients(grads, batch_stats, hp.get("ema_decay", ema_decay), tx, ema_every)
+    state = state.apply_gradients(grads, batch_stats, hp.get("ema_decay", o.ema_decay), o.make_tx(hp), o.ema_every)
     accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    diverged = ~(value <= max_loss)  # NaN compares false
+    diverged = ~(value <= o.max_loss)  # NaN compares false
     return state, {"loss": value, "accuracy": accuracy, "diverged": diverged}
 
 
