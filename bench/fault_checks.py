@@ -41,7 +41,8 @@ from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
 from resnet_jax.training import optim, population, steps  # noqa: E402
-from resnet_jax.training.checkpoint import Checkpointer, _to_tree, check_resumable, restore_newest  # noqa: E402
+from resnet_jax.training.checkpoint import Checkpointer, _to_tree, restore_newest  # noqa: E402
+from resnet_jax.training.metadata import check_resumable, run_metadata  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
 
@@ -67,7 +68,7 @@ def _blocking_seconds(start: Any, wait: Any, repeats: int) -> float:
 
 def _checkpoint_costs(state: Any, repeats: int) -> dict[str, float]:
     root = tempfile.mkdtemp(prefix="fault_checks_")
-    metadata = {"model": "x", "batch_size": 1}
+    metadata = run_metadata(default_config(), [f"class_{i}" for i in range(10)])
     ours = Checkpointer(os.path.join(root, "ours"), keep=2)
     plain = Checkpointer(os.path.join(root, "plain"), keep=2).manager
     # Orbax's default: a save's temporary folders made by a thread of their own

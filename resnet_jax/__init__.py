@@ -5,7 +5,7 @@ only when a config asks for them.
 """
 
 from resnet_jax.export import export
-from resnet_jax.training.checkpoint import restore
+from resnet_jax.restore import restore
 
 __version__ = "0.1.0"
 __all__ = ["export", "restore"]

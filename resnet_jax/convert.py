@@ -254,28 +254,25 @@ def write_checkpoint(
     overwrite: bool = False,
 ) -> None:
     """Writes `variables` of model `name` as a step-0 checkpoint that
-    `resnet_jax.restore(out_dir)` loads, with the metadata of a run that
-    evaluated with `preprocessing` (default: torchvision's IMAGENET1K_V1 one:
-    ImageNet mean and std, 224 of 256) and the weights' `source`.
+    `resnet_jax.restore(out_dir)` loads, with metadata naming the weights'
+    `source` and the preprocessing they are evaluated with (`preprocessing`,
+    default: torchvision's IMAGENET1K_V1 one: ImageNet mean and std, 224 of 256).
 
     Raises:
       ConfigError: `out_dir` is neither new nor empty nor (with `overwrite`) an
         earlier conversion; nothing in it is changed.
     """
-    from resnet_jax.config import default_config
-    from resnet_jax.training.checkpoint import Checkpointer, run_metadata
+    from resnet_jax.training.checkpoint import Checkpointer
+    from resnet_jax.training.metadata import weights_metadata
 
     num_classes = variables["params"]["head"]["kernel"].shape[1]
     class_names = class_names or [f"class_{i}" for i in range(num_classes)]
     if len(class_names) != num_classes:
         raise ConfigError(f"{len(class_names)} class names for a head of {num_classes} classes")
     prep = preprocessing or weights.preprocessing("torchvision", "resnet50")[1]
-    config = default_config()
-    config.model = name
-    config.data.augment = "inception"
-    for field in weights.FIELDS:
-        config.data[field] = getattr(prep, field)
-    metadata = {**run_metadata(config, class_names), "source": source}
+    metadata = weights_metadata(
+        name, class_names, prep.image_size, prep.mean, prep.std, prep.crop_fraction, source=source
+    )
     state = {"step": np.zeros((), np.int32), **variables}
     _clear_out_dir(out_dir, overwrite)
     ckpt = Checkpointer(out_dir, async_save=False)
@@ -289,13 +286,13 @@ def _clear_out_dir(out_dir: str, overwrite: bool) -> None:
     ``checkpoints/0`` from `write_checkpoint`) is removed with `overwrite`; else refuses."""
     if not os.path.isdir(out_dir) or not os.listdir(out_dir):
         return
-    from resnet_jax.training.checkpoint import read_metadata
+    from resnet_jax.restore import read_metadata
 
     checkpoints = os.path.join(out_dir, "checkpoints")
     earlier = None
     if os.listdir(out_dir) == ["checkpoints"] and os.listdir(checkpoints) == ["0"]:
         try:
-            earlier = read_metadata(out_dir, 0).get("source")
+            earlier = read_metadata(out_dir, 0)["source"]
         except UserError:
             earlier = None
     if earlier is None:

@@ -68,6 +68,10 @@ class CheckpointWriteError(UserError, OSError):
     """A checkpoint could not be written (a full disk, a read-only or lost filesystem)."""
 
 
+class CheckpointVersionError(UserError, ValueError):
+    """A checkpoint's metadata is of a later schema than this version reads (written by a newer resnet_jax)."""
+
+
 class WorkdirBusyError(UserError, RuntimeError):
     """Another live process is writing into the workdir."""
 

@@ -15,8 +15,8 @@ import ml_collections
 
 from resnet_jax import parallel
 from resnet_jax.errors import CheckpointMismatchError
+from resnet_jax.restore import restore, use_checkpoint_preprocessing
 from resnet_jax.training import population
-from resnet_jax.training.checkpoint import restore, use_checkpoint_preprocessing
 from resnet_jax.training.evaluator import make_evaluator
 
 

@@ -22,16 +22,15 @@ from PIL import Image
 from resnet_jax.data.augment import normalize
 from resnet_jax.data.folder import load_rgb
 from resnet_jax.errors import exit_on_user_error
-from resnet_jax.training.checkpoint import restore
+from resnet_jax.restore import restore
 
 
 def preprocess(path: str, info: dict) -> np.ndarray:
     """An image file -> uint8 [H, W, 3] at the model's resolution (see module doc)."""
     size = info["image_size"]
     image = Image.fromarray(load_rgb(path))
-    data_cfg = info.get("config", {}).get("data", {})
-    if data_cfg.get("augment") == "inception":
-        short = round(size / data_cfg.get("crop_fraction", 0.875))
+    if info["centre_crop"]:
+        short = round(size / info["crop_fraction"])
         w, h = image.size
         scale = short / min(w, h)
         image = image.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.BICUBIC)

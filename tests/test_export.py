@@ -273,7 +273,8 @@ class _State(dict):
 def test_ema_weights_are_exported_when_asked(image_paths, tmp_path):
     """A run that kept EMA weights (here: the fixture's weights, shrunk): ema=True exports those."""
     pytest.importorskip("onnxruntime")
-    from resnet_jax.training.checkpoint import Checkpointer, read_metadata
+    from resnet_jax.restore import read_metadata
+    from resnet_jax.training.checkpoint import Checkpointer
 
     tree = Checkpointer(TRAINED, async_save=False).restore_tree(6)
     ema = {"ema_params": jax.tree_util.tree_map(lambda p: 0.8 * np.asarray(p), tree["params"]),

@@ -92,7 +92,7 @@ def test_tensorboard_holds_the_records(tmp_path):
     """One TensorBoard event per record, holding its scalars under ``split/name``."""
     writer = MetricWriter(str(tmp_path))
     writer.write(10, "train", {"loss": 2.5, "lr": 0.1, "steps": 10})
-    writer.write(20, "eval", {"top1": 0.75, "per_seed": [{"top1": 0.7}]})
+    writer.write(20, "eval", {"top1": 0.75, "per_member": [{"top1": 0.7}]})
     writer.close()
     events = [e for e in _events(str(tmp_path / "tensorboard")) if e.HasField("summary")]
     got = [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in events]

@@ -52,7 +52,7 @@ def test_a_learning_rate_by_weight_decay_grid_equals_its_members_trained_alone(i
         assert len(a) > 10
         for key, x in a.items():
             np.testing.assert_allclose(packed[key][k], x, rtol=1e-4, atol=2e-5, err_msg=f"{name} {key}")
-        assert together["eval"]["per_seed"][k]["top1"] == pytest.approx(alone["eval"]["top1"])
+        assert together["eval"]["per_member"][k]["top1"] == pytest.approx(alone["eval"]["top1"])
         assert os.path.isfile(tmp_path / "grid" / name / "metrics.jsonl")
     # The members really differ: a larger learning rate moves the parameters further.
     head = packed["['params']['head']['kernel']"]

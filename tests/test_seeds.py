@@ -42,7 +42,7 @@ def test_seeds_trained_together_equal_each_seed_trained_alone(image_folder, tmp_
     up to 1.5% in step 4 of seed 1, while parameters differ by 5e-6.)"""
     config = tiny_config(image_folder, num_train_steps=4, num_seeds=2, member_batching=member_batching, **DEVICE)
     packed = train_and_evaluate(config, str(tmp_path / "k2"))
-    assert len(packed["eval"]["per_seed"]) == 2
+    assert len(packed["eval"]["per_member"]) == 2
     for k in range(2):
         alone_dir = str(tmp_path / f"alone{k}")
         alone = train_and_evaluate(tiny_config(image_folder, num_train_steps=4, seed=k, **DEVICE), alone_dir)
@@ -58,7 +58,7 @@ def test_seeds_trained_together_equal_each_seed_trained_alone(image_folder, tmp_
         together, single = train_records(seed_dir / "metrics.jsonl"), train_records(f"{alone_dir}/metrics.jsonl")
         assert [r["step"] for r in together] == [r["step"] for r in single] == [1, 2, 3, 4]  # log_every_steps=1
         np.testing.assert_allclose([r["loss"] for r in together], [r["loss"] for r in single], rtol=1e-5)
-        assert packed["eval"]["per_seed"][k]["top1"] == pytest.approx(alone["eval"]["top1"])
+        assert packed["eval"]["per_member"][k]["top1"] == pytest.approx(alone["eval"]["top1"])
         assert (seed_dir / "curves.png").exists()
         # restore() of the seed's folder gives that seed's model and metrics.
         _, variables, info = resnet_jax.restore(str(seed_dir))

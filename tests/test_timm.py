@@ -126,7 +126,7 @@ def test_cli_converts_safetensors_and_pth_with_their_preprocessing(tmp_path):
     assert info["model"] == "resnet18d" and info["num_classes"] == 4
     assert info["source"] == "timm resnet18d.ra4_e3600_r224_in1k"
     assert info["mean"] == info["std"] == [0.5, 0.5, 0.5]  # timm's inception normalisation for this tag
-    assert info["image_size"] == 224 and info["config"]["data"]["crop_fraction"] == 0.9
+    assert info["image_size"] == 224 and info["crop_fraction"] == 0.9
     np.testing.assert_allclose(np.asarray(model.apply(variables, x.transpose(0, 2, 3, 1), train=False)), expected,
                                atol=1e-4)  # fmt: skip
 
@@ -135,7 +135,7 @@ def test_cli_converts_safetensors_and_pth_with_their_preprocessing(tmp_path):
     model, variables, info = restore(str(tmp_path / "b"))
     assert info["source"] == "timm resnet18d.ra2_in1k"  # timm's default tag, its fields replaced by the flags
     assert info["mean"] == [0.4] * 3 and info["std"] == [0.2] * 3 and info["image_size"] == 96
-    assert info["config"]["data"]["crop_fraction"] == 1.0
+    assert info["crop_fraction"] == 1.0
     np.testing.assert_allclose(np.asarray(model.apply(variables, x.transpose(0, 2, 3, 1), train=False)), expected,
                                atol=1e-4)  # fmt: skip
 

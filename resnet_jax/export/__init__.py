@@ -48,7 +48,7 @@ import numpy as np
 from resnet_jax import models
 from resnet_jax.errors import ConfigError, MissingDependencyError, exit_on_user_error
 from resnet_jax.export.state_dict import ExportError
-from resnet_jax.training.checkpoint import restore
+from resnet_jax.restore import restore
 
 FORMATS = ("stablehlo", "onnx", "savedmodel", "torchvision", "timm")
 PREPROCESS = ("none", "normalize", "uint8")
@@ -191,17 +191,16 @@ def _describe(format: str, info: dict, workdir: str, ema: bool, dtype: str, prep
               platforms: Sequence[str], library_model: str | None) -> dict[str, Any]:  # fmt: skip
     """The JSON beside an artifact: what a server needs to feed it and where it came from."""
     size = info["image_size"]
-    data = (info.get("config") or {}).get("data") or {}
     torch_format = format in ("torchvision", "timm")
     resize = {"method": "bilinear, straight to the size", "to": size}
-    if data.get("augment") == "inception":
-        short = round(size / data.get("crop_fraction", 0.875))
+    if info["centre_crop"]:
+        short = round(size / info["crop_fraction"])
         resize = {"method": "short side, bicubic, then centre crop", "short_side": short, "crop": size,
-                  "crop_fraction": data.get("crop_fraction", 0.875)}  # fmt: skip
+                  "crop_fraction": info["crop_fraction"]}  # fmt: skip
     description: dict[str, Any] = {
         "format": format,
         "model": info["model"],
-        "model_kwargs": info.get("model_kwargs") or {},
+        "model_kwargs": info["model_kwargs"],
         "num_classes": info["num_classes"],
         "class_names": info["class_names"],
         "input": {
@@ -225,8 +224,8 @@ def _describe(format: str, info: dict, workdir: str, ema: bool, dtype: str, prep
             "step": info["step"],
             "member": info.get("member"),
             "ema": ema,
-            "weights": info.get("source"),
-            "metrics": info.get("metrics"),
+            "weights": info["source"],
+            "metrics": info["metrics"],
         },
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

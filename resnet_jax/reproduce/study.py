@@ -22,6 +22,7 @@ import ml_collections
 from resnet_jax import models
 from resnet_jax.config import cifar10_paper_config
 from resnet_jax.errors import ConfigError
+from resnet_jax.training.metadata import upgrade_config
 
 # The networks of each study (He et al. 2015, Section 4.2: Figure 6 and Table 6).
 STUDIES = {
@@ -144,9 +145,9 @@ def check_schedules(runs: Sequence[Run]) -> None:
         if not os.path.isfile(path):
             continue
         with open(path) as f:
-            saved = json.load(f)
+            saved = upgrade_config(json.load(f))
         for key in keys:
-            old = saved.get(key, 1 if key == "num_seeds" else None)  # runs from before num_seeds trained one
+            old = saved.get(key)
             new = json.loads(json.dumps(run.config[key]))  # tuples as JSON lists
             if old != new:
                 raise ConfigError(

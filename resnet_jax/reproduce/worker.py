@@ -28,8 +28,9 @@ from resnet_jax.data.augment import normalize
 from resnet_jax.errors import EXIT_PREEMPTED, Preempted, exit_on_user_error
 from resnet_jax.models.responses import response_std
 from resnet_jax.reproduce.study import RESULT_FILE, write_json
+from resnet_jax.restore import restore
 from resnet_jax.training import population
-from resnet_jax.training.checkpoint import Checkpointer, restore
+from resnet_jax.training.checkpoint import Checkpointer
 from resnet_jax.training.loop import train_and_evaluate
 
 _TEST_IMAGES: dict[str, np.ndarray] = {}

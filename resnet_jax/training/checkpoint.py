@@ -1,27 +1,30 @@
-"""Orbax checkpoints of the whole train state, with metadata to rebuild the model.
+"""Checkpoint storage: Orbax checkpoints of the whole train state, with their
+metadata, and what keeps them safe from damage, failed saves and a full disk.
 
 Layout: ``<workdir>/checkpoints/<step>/{state,metadata}``. ``state`` is the
 train state as a plain nested dict (params, batch_stats, opt_state, step, EMA,
-rng); ``metadata`` is JSON: the model name and its keyword arguments, class
-names, image size, normalisation, the resolved config and the eval metrics of
-that step. Orbax writes each step into a temporary folder and renames it only
-once complete, so a save cut off midway is never found by `latest_step`. A run
-on the Grain pipeline adds ``data``: its input iterator's state.
+rng); ``metadata`` is JSON of the schema of `resnet_jax.training.metadata`
+(written as given, read back through its `upgrade`). Orbax writes each step
+into a temporary folder and renames it only once complete, so a save cut off
+midway is never found by `latest_step`. A run on the Grain pipeline adds
+``data``: its input iterator's state.
 
 Faults: a checkpoint whose files cannot be read (truncated by a full disk or a
 copy cut short, a metadata file lost or overwritten) raises
 `CheckpointDamagedError`. Training sets it aside into
 ``<workdir>/checkpoints.damaged/`` and resumes from the newest readable one
-(`restore_newest`); `restore` skips it for "latest" and "best". A save that
-cannot be written (a full disk) raises `CheckpointWriteError` at that save,
-or at the next `check_saved` for an asynchronous one, and removes its partial
-folder; the earlier checkpoints stay as they were.
+(`restore_newest`); `resnet_jax.restore` skips it for "latest" and "best". A
+save that cannot be written (a full disk) raises `CheckpointWriteError` at that
+save, or at the next `check_saved` for an asynchronous one, and removes its
+partial folder; the earlier checkpoints stay as they were. Orbax's tracebacks
+of a failed save and of the reads abandoned after a failed one are dropped
+(`_drop_orbax_tracebacks`, `_quiet_abandoned_io`): the one-line error says what
+happened.
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import shutil
@@ -32,81 +35,24 @@ from typing import Any
 
 import flax.serialization
 import jax
-import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
-from resnet_jax import models
 from resnet_jax.errors import (
     CheckpointDamagedError,
     CheckpointMismatchError,
     CheckpointWriteError,
-    ConfigError,
     NotFoundError,
     UserError,
     cannot_write,
     warn,
     write_advice,
 )
-from resnet_jax.training import population as pop
+from resnet_jax.training.metadata import upgrade
 from resnet_jax.training.state import step_of
 
 DAMAGED_DIR = "checkpoints.damaged"
-
-
-def run_metadata(
-    config: ml_collections.ConfigDict, class_names: Any, num_train: int | None = None
-) -> dict[str, Any]:
-    """What a checkpoint carries to rebuild its model without the config file, and
-    what gives its steps and labels their meaning (checked on resume: `RESUME_FIXED`)."""
-    members = pop.from_config(config)
-    return {
-        "model": config.model,
-        "model_kwargs": json.loads(json.dumps(config.model_kwargs.to_dict())),  # as saved: tuples become lists
-        "num_seeds": int(config.num_seeds),  # seeds of each point of the sweep
-        "seeds": [int(config.seed) + k for k in range(int(config.num_seeds))],
-        "num_members": members.size,  # > 1: the arrays stack the members on a leading axis
-        "members": members.describe(),  # each member's seed and swept values
-        "member_names": [os.path.basename(d) for d in pop.member_dirs("", members)] if members.size > 1 else [],
-        "half_precision": bool(config.half_precision),
-        "num_classes": len(class_names),
-        "class_names": list(class_names),
-        "image_size": config.data.image_size,
-        "mean": list(config.data.mean),
-        "std": list(config.data.std),
-        "config": json.loads(config.to_json_best_effort()),
-        "batch_size": int(config.batch_size),
-        "num_train_examples": num_train,
-    }
-
-
-# What a resumed run may not change: the model and its shapes, and what a step
-# and a label mean (the batch size and the examples per epoch fix the epoch of a
-# step and the schedule; the class names in order fix what each output is). A
-# checkpoint written before a field existed is not checked on that field.
-RESUME_FIXED = (
-    "model", "model_kwargs", "num_classes", "num_seeds", "seeds", "members", "class_names", "batch_size",
-    "num_train_examples",
-)  # fmt: skip
-
-
-def check_resumable(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
-    """Raises `CheckpointMismatchError` naming the first field of `RESUME_FIXED`
-    that differs between a checkpoint's metadata and this run's."""
-    saved = {"num_seeds": 1, **saved}
-    for key in RESUME_FIXED:
-        if key in saved and saved[key] is not None and current.get(key) is not None and saved[key] != current[key]:
-            raise CheckpointMismatchError(
-                f"{where} was trained with {key}={_short(saved[key])}, but this run has {key}={_short(current[key])}; "
-                f"resuming would change what its steps or labels mean: use the saved value or another --workdir"
-            )
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 200 else text[:200] + "...]"
 
 
 def _reason(error: BaseException) -> str:
@@ -246,7 +192,7 @@ class Checkpointer:
         scored, unscored = [], []
         for step in steps:
             try:
-                top1 = (self.metadata(step).get("metrics") or {}).get("top1")
+                top1 = (self.metadata(step)["metrics"] or {}).get("top1")
             except CheckpointDamagedError as e:
                 warn(f"{e}; skipped")
                 continue
@@ -366,7 +312,12 @@ class Checkpointer:
         return target
 
     def metadata(self, step: int | None = None) -> dict[str, Any]:
-        """The JSON metadata saved with `step` (default: the latest)."""
+        """The metadata saved with `step` (default: the latest), in the current
+        schema (`resnet_jax.training.metadata.upgrade`).
+
+        Raises:
+          CheckpointVersionError: it is of a later schema than this code reads.
+        """
         step = self.latest_step() if step is None else step
         if step is None:
             raise NotFoundError(f"no checkpoint in {self.directory}")
@@ -374,7 +325,7 @@ class Checkpointer:
         info = self._read(step, lambda: self.manager.restore(step, args=args)["metadata"])
         if not isinstance(info, dict) or "model" not in info:
             raise CheckpointDamagedError(f"checkpoint {self.directory}/{step} cannot be read (metadata is not ours)")
-        return info
+        return upgrade(info, where=f"checkpoint {self.directory}/{step}")
 
     def restore(self, target: Any, step: int | None = None) -> Any:
         """Restores `step` (default: the latest) into the structure, shapes and
@@ -486,131 +437,3 @@ def restore_newest(ckpt: Checkpointer, target: Any, check: Callable[[dict[str, A
             f"from step 0"
         )
     return None
-
-
-def _candidates(ckpt: Checkpointer, step: int | str | None) -> list[int]:
-    """The steps that `step` ("latest", "best" or a number) may be, in order of preference."""
-    if step in (None, "latest", "best"):
-        found = ckpt.by_preference("best" if step == "best" else "latest")
-        if not found:
-            raise NotFoundError(f"no checkpoint in {ckpt.directory}")
-        return found
-    try:
-        number = int(step)
-    except ValueError:
-        raise ConfigError(f'step {step!r} is not "latest", "best" or a step number') from None
-    if number not in ckpt.all_steps():
-        raise NotFoundError(f"no checkpoint of step {number} in {ckpt.directory}; it has {ckpt.all_steps()}")
-    return [number]
-
-
-def _first_readable(ckpt: Checkpointer, step: int | str | None, read: Callable[[int], Any]) -> Any:
-    """`read(s)` of the first of `step`'s candidates that can be read; those that
-    cannot are skipped with a warning (left in place: this only reads). An
-    explicit step that cannot be read is an error naming the other steps."""
-    candidates = _candidates(ckpt, step)
-    for s in candidates:
-        try:
-            return read(s)
-        except CheckpointDamagedError as e:
-            if len(candidates) == 1:
-                others = [o for o in ckpt.all_steps() if o != s]
-                raise CheckpointDamagedError(f"{e}; the other checkpoints: {others or 'none'}") from None
-            warn(f"{e}; skipped")
-    raise CheckpointDamagedError(f"none of the checkpoints {candidates} of {ckpt.directory} can be read")
-
-
-def restore(
-    workdir: str, step: int | str | None = None, ema: bool = False, member: int | None = None
-) -> tuple[Any, dict, dict]:
-    """Rebuilds the model of a training run and loads its variables.
-
-    Args:
-      workdir: the run's workdir (holding ``checkpoints/``), or a member's
-        folder of a run that trained a population (``seed<k>``, or one named by
-        its swept values).
-      step: a step number, "latest" (default) or "best" (highest eval top-1;
-        the mean over the members of a population).
-      ema: load the EMA weights (if the run kept them).
-      member: which member of a population (0 ... K - 1, in the order of its
-        checkpoint's ``members``); needed for such a run unless `workdir` is a
-        member's folder.
-
-    Returns:
-      ``(model, variables, info)``: a Flax module, ``{"params", "batch_stats"}``
-      for ``model.apply(variables, images, train=False)`` (images normalised
-      with ``info["mean"]``/``info["std"]``; see `preprocess`), and the
-      checkpoint's metadata (class names, image size, metrics, step, config;
-      a member's own seed, values and metrics).
-    """
-    parent = pop.member_folder(workdir, read_metadata)
-    if parent is not None and member is None:
-        workdir, member = parent
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise NotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
-    ckpt = Checkpointer(workdir, async_save=False)
-    try:
-        info, tree = _first_readable(ckpt, step, lambda s: (ckpt.metadata(s), ckpt.restore_tree(s)))
-    finally:
-        ckpt.close()
-    step = info["step"]
-    tree, info = _one_member(tree, info, workdir, member)
-    dtype = jnp.bfloat16 if info.get("half_precision") else jnp.float32
-    model = models.create(info["model"], num_classes=info["num_classes"], dtype=dtype, **info["model_kwargs"])
-    prefix = "ema_" if ema else ""
-    if ema and "ema_params" not in tree:
-        raise ConfigError(f"the checkpoint of step {step} in {workdir!r} holds no EMA weights")
-    variables = {"params": tree[prefix + "params"], "batch_stats": tree[prefix + "batch_stats"]}
-    return model, variables, info
-
-
-def _one_member(tree: dict, info: dict, workdir: str, member: int | None) -> tuple[dict, dict]:
-    """Member `member` of a checkpoint of a population, with its own metrics,
-    seed and values in the metadata; a checkpoint of one member as it is."""
-    size = pop.stacked_size(info)
-    if size == 1:
-        if member not in (None, 0):
-            raise ConfigError(f"{workdir!r} trained one network; there is no member {member}")
-        return tree, info
-    if member is None or not 0 <= member < size:
-        names = info.get("member_names") or [pop.SEED_DIR.format(k) for k in range(size)]
-        raise ConfigError(
-            f"{workdir!r} holds {size} networks trained together: restore one with member=k (0 to {size - 1}) "
-            f"or from its folder {os.path.join(workdir, names[0])!r}"
-        )
-    metrics = info.get("metrics") or {}
-    described = info.get("members") or [{"seed": s} for s in info["seeds"]]
-    info = {**info, **described[member], "member": member, "num_members": 1, "num_seeds": 1}
-    info["metrics"] = metrics["per_seed"][member] if "per_seed" in metrics else None
-    return pop.take(tree, member), info
-
-
-def read_metadata(workdir: str, step: int | str | None = None) -> dict[str, Any]:
-    """The metadata of a checkpoint of `workdir` (`step` as in `restore`), without its arrays."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise NotFoundError(f"{workdir!r} holds no checkpoints/ folder: is it a training workdir?")
-    ckpt = Checkpointer(workdir, async_save=False)
-    try:
-        return _first_readable(ckpt, step, ckpt.metadata)
-    finally:
-        ckpt.close()
-
-
-PREPROCESSING = ("mean", "std", "image_size", "crop_fraction")
-
-
-def use_checkpoint_preprocessing(
-    config: ml_collections.ConfigDict, info: dict[str, Any], fields: tuple[str, ...] = PREPROCESSING
-) -> list[str]:
-    """Sets `fields` of ``config.data`` (in place) to the preprocessing the checkpoint's
-    weights were evaluated with (`info`: its metadata, e.g. from a conversion of
-    timm's weights with mean = std = 0.5); returns ``"field old -> new"`` for each change."""
-    changes = []
-    for field in fields:
-        old, new = config.data[field], info["config"]["data"][field]
-        if isinstance(new, list):
-            old, new = tuple(old), tuple(new)
-        if old != new:
-            changes.append(f"{field} {old} -> {new}")
-            config.data[field] = new
-    return changes

@@ -1,4 +1,10 @@
-"""Start a run from pretrained variables (another run, or converted torchvision weights)."""
+"""Start a run from pretrained variables (another run, or converted torchvision weights).
+
+They load through the public `resnet_jax.restore`, as a user's code would:
+``init_from`` takes whatever `restore` takes (a workdir, a member's folder, a
+conversion). That module imports no trainer, so the one import from training/
+up to it makes no circle.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from jax.sharding import Mesh
 
 from resnet_jax import parallel
 from resnet_jax.errors import CheckpointMismatchError
-from resnet_jax.training.checkpoint import read_metadata, restore, use_checkpoint_preprocessing
+from resnet_jax.restore import read_metadata, restore, use_checkpoint_preprocessing
 from resnet_jax.training.state import TrainState
 
 

@@ -23,11 +23,12 @@ from resnet_jax.data import batch_augment, make_pipeline, resolution
 from resnet_jax.data.pipeline import OnDevicePipeline
 from resnet_jax.errors import ConfigError, DivergedError, Interrupted, Preempted, StoppedNow, cannot_write
 from resnet_jax.training import optim, population, population_report, steps
-from resnet_jax.training.checkpoint import Checkpointer, check_resumable, restore_newest, run_metadata
+from resnet_jax.training.checkpoint import Checkpointer, restore_newest
 from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.finetune import load_pretrained, use_pretrained_normalization
 from resnet_jax.training.lock import WorkdirLock
+from resnet_jax.training.metadata import check_resumable, run_metadata
 from resnet_jax.training.metrics import MetricWriter, TrainLog, compile_seconds
 from resnet_jax.training.state import TrainState, create_train_state, step_of
 from resnet_jax.training.stops import Stops, is_out_of_memory, out_of_memory
@@ -93,7 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     together (`resnet_jax.training.population`).
 
     Returns the last evaluation metrics (with ``"ema"`` ones when EMA is on);
-    for a population, their means with each member's own under ``"per_seed"``.
+    for a population, their means with each member's own under ``"per_member"``.
 
     Raises:
       Preempted: SIGTERM stopped training before its last step (after a save).
@@ -426,8 +427,8 @@ def _summary_line(epoch: int, step: int, train: list[dict[str, float]], results:
         f"lr {tr['lr']:.4g} {tr['images_per_sec'] * len(train):.0f} img/s | eval loss {ev['loss']:.4f} "
         f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} ({ev['images_per_sec']:.0f} img/s)"
     )
-    if "per_seed" in ev:
-        line += " | seeds' top1 " + " ".join(f"{r['top1']:.4f}" for r in ev["per_seed"])
+    if "per_member" in ev:
+        line += " | members' top1 " + " ".join(f"{r['top1']:.4f}" for r in ev["per_member"])
     if "eval_ema" in results:
         line += f" | ema top1 {results['eval_ema']['top1']:.4f}"
     return line

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -181,22 +180,13 @@ def member_dirs(workdir: str, population: Population) -> list[str]:
 def member_folder(workdir: str, info_reader: Callable[[str], dict[str, Any]]) -> tuple[str, int] | None:
     """``(run workdir, k)`` if `workdir` is member k's folder of a population
     (it holds no checkpoints of its own; its parent does). `info_reader` reads
-    the parent's checkpoint metadata (``member_names``, or ``seed<k>`` folders of
-    checkpoints that predate sweeps)."""
+    the parent's checkpoint metadata (its ``member_names``)."""
     parent = os.path.dirname(os.path.normpath(workdir))
     name = os.path.basename(os.path.normpath(workdir))
     if os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.path.isdir(os.path.join(parent, "checkpoints")):
         return None
-    names = info_reader(parent).get("member_names")
-    if names and name in names:
-        return parent, names.index(name)
-    found = re.fullmatch(r"seed(\d+)", name)
-    return (parent, int(found.group(1))) if found else None
-
-
-def stacked_size(info: dict[str, Any]) -> int:
-    """How many members a checkpoint's arrays stack (1: not stacked)."""
-    return int(info.get("num_members", info.get("num_seeds", 1)))
+    names = info_reader(parent)["member_names"]
+    return (parent, names.index(name)) if name in names else None
 
 
 def take(tree: Any, k: int) -> Any:
@@ -223,9 +213,9 @@ def per_member(metrics: dict[str, Any], size: int) -> list[dict[str, Any]]:
 
 def combine(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The mean over members of each number in their evaluation metrics, with
-    the members' own under ``"per_seed"`` (what the checkpoint's metadata keeps);
+    the members' own under ``"per_member"`` (what the checkpoint's metadata keeps);
     a single member's own."""
     if len(results) == 1:
         return results[0]
     numbers = [k for k, v in results[0].items() if isinstance(v, (int, float))]
-    return {**{k: statistics.mean(r[k] for r in results) for k in numbers}, "per_seed": results}
+    return {**{k: statistics.mean(r[k] for r in results) for k in numbers}, "per_member": results}

@@ -102,16 +102,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m resnet_jax.training.population_report <workdir>``: the report of a population."""
     import argparse
 
-    from resnet_jax.training.checkpoint import read_metadata
+    from resnet_jax.restore import read_metadata
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir")
     args = parser.parse_args(argv)
     with exit_on_user_error():
         info = read_metadata(args.workdir)
-        members = info.get("members") or [{"seed": s} for s in info["seeds"]]
+        members = info["members"]
         swept = {f: tuple(m[f] for m in members) for f in members[0] if f != "seed"}
-        population = Population(tuple(m["seed"] for m in members), swept, int(info.get("num_seeds", 1)))
+        population = Population(tuple(m["seed"] for m in members), swept, info["num_seeds"])
         for path in write_report(args.workdir, population):
             print(path)
     return 0
