@@ -26,6 +26,7 @@ from resnet_jax.errors import ConfigError
 
 Transform = Callable[[jax.Array, jax.Array, jax.Array, dict[str, Any]], tuple[jax.Array, jax.Array]]
 AUTO_AUGMENTS = ("", "trivial", "rand")
+INTERPOLATIONS = ("nearest", "bilinear")  # auto_augment_interpolation
 # Config fields of the augmentations that a population may sweep.
 SWEEPABLE = {
     "mixup_alpha": "mixup's Beta(alpha, alpha)",
@@ -37,26 +38,41 @@ SWEEPABLE = {
 }
 
 
+def check(config: ml_collections.ConfigDict, swept: Collection[str] = ()) -> None:
+    """Raises `ConfigError` for a batch-augmentation field of `config` that
+    cannot work: an unknown name, or a ``mixup_chunk`` that does not divide the
+    batch when mixing is on (or swept: the fields in `swept`)."""
+    if config.auto_augment not in AUTO_AUGMENTS:
+        raise ConfigError(f"unknown auto_augment {config.auto_augment!r}; use 'trivial', 'rand' or ''")
+    chunk = config.mixup_chunk
+    if _mixes(config, swept) and chunk and (chunk < 0 or config.batch_size % chunk):
+        raise ConfigError(f"mixup_chunk={chunk} must divide batch_size={config.batch_size} (0: one draw a batch)")
+    if config.mixup_style not in mixing.STYLES:
+        raise ConfigError(f"unknown mixup_style {config.mixup_style!r}; use {' or '.join(mixing.STYLES)}")
+    if config.auto_augment_interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"unknown auto_augment_interpolation {config.auto_augment_interpolation!r}; "
+                          f"use {' or '.join(repr(i) for i in INTERPOLATIONS)}")  # fmt: skip
+
+
+def _on(config: ml_collections.ConfigDict, swept: Collection[str], field: str) -> bool:
+    return field in swept or config[field] > 0
+
+
+def _mixes(config: ml_collections.ConfigDict, swept: Collection[str]) -> bool:
+    return _on(config, swept, "mixup_alpha") or _on(config, swept, "cutmix_alpha")
+
+
 def batch_transform(
     config: ml_collections.ConfigDict, num_classes: int, swept: Collection[str] = ()
 ) -> Transform | None:
     """The batch augmentations `config` turns on (or a population sweeps: the
     fields in `swept`), composed; None when none is."""
-    if config.auto_augment not in AUTO_AUGMENTS:
-        raise ConfigError(f"unknown auto_augment {config.auto_augment!r}; use 'trivial', 'rand' or ''")
-    on = lambda field: field in swept or config[field] > 0  # noqa: E731
-    mixes = on("mixup_alpha") or on("cutmix_alpha")
-    erases = on("random_erasing")
+    check(config, swept)
+    mixes = _mixes(config, swept)
+    erases = _on(config, swept, "random_erasing")
     if not (config.auto_augment or erases or mixes):
         return None
-    chunk, style = config.get("mixup_chunk", 0), config.get("mixup_style", "timm")
-    interpolation = config.get("auto_augment_interpolation", "nearest")
-    if mixes and chunk and (chunk < 0 or config.batch_size % chunk):
-        raise ConfigError(f"mixup_chunk={chunk} must divide batch_size={config.batch_size} (0: one draw a batch)")
-    if style not in mixing.STYLES:
-        raise ConfigError(f"unknown mixup_style {style!r}; use {' or '.join(mixing.STYLES)}")
-    if interpolation not in ("nearest", "bilinear"):
-        raise ConfigError(f"unknown auto_augment_interpolation {interpolation!r}; use 'nearest' or 'bilinear'")
+    chunk, style, interpolation = config.mixup_chunk, config.mixup_style, config.auto_augment_interpolation
     mean_pixel = tuple(255 * m for m in config.data.mean)  # erased to 0 once normalised, as torchvision's V2
     fill = tuple(round(v) for v in mean_pixel)  # timm's RandAugment fills with the rounded mean
 
