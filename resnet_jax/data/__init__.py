@@ -6,7 +6,10 @@
 * `grain`: Grain pipelines over image folders and TFDS datasets prepared as
   ArrayRecord files (no TensorFlow; decoding in worker processes).
 * `device`: whole small datasets kept on the device, augmented inside `jit`.
-* `augment`: the augmentations, as TensorFlow ops and as JAX ops.
+* `augment`: the pipelines' crops and flips, as TensorFlow, NumPy/Pillow and JAX ops.
+
+The batch augmentations that run inside the train step (RandAugment, mixup,
+...) are traced code, not a pipeline: `resnet_jax.augment`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import ml_collections
 
 from resnet_jax import data, models, parallel
-from resnet_jax.data import batch_augment
+from resnet_jax.augment import batch as batch_augment
 from resnet_jax.errors import ConfigError
 from resnet_jax.training import optim, population, steps
 

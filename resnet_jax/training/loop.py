@@ -19,7 +19,8 @@ import optax
 from tqdm import tqdm
 
 from resnet_jax import models, parallel, plot
-from resnet_jax.data import batch_augment, make_pipeline, resolution
+from resnet_jax.augment import batch as batch_augment
+from resnet_jax.data import make_pipeline, resolution
 from resnet_jax.errors import ConfigError, DivergedError, Interrupted, Preempted, StoppedNow, cannot_write
 from resnet_jax.training import config_check, optim, population, population_report, steps
 from resnet_jax.training.checkpoint import Checkpointer, check_resumable, restore_newest, run_metadata

@@ -9,7 +9,8 @@ what the uninterrupted one would have, on every pipeline, with no CPU worker.
 one ``transform(key, images, labels, hp) -> (images, targets)``: uint8 images
 in, float32 images out, and soft targets [B, C] (mixing smooths then mixes the
 labels, as timm does) or the labels themselves when nothing mixes. Their scalars
-(`SWEEPABLE`) may come from `hp`, a population member's own values.
+may come from `hp`, a population member's own values (which ones a population
+may sweep: `resnet_jax.training.population.SWEEPABLE`).
 """
 
 from __future__ import annotations
@@ -21,21 +22,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax.data import autoaugment, erasing, mixing
+from resnet_jax.augment import autoaugment, erasing, mixing
 from resnet_jax.errors import ConfigError
 
 Transform = Callable[[jax.Array, jax.Array, jax.Array, dict[str, Any]], tuple[jax.Array, jax.Array]]
 AUTO_AUGMENTS = ("", "trivial", "rand")
 INTERPOLATIONS = ("nearest", "bilinear")  # auto_augment_interpolation
-# Config fields of the augmentations that a population may sweep.
-SWEEPABLE = {
-    "mixup_alpha": "mixup's Beta(alpha, alpha)",
-    "cutmix_alpha": "cutmix's Beta(alpha, alpha)",
-    "mixup_prob": "probability of mixing a batch",
-    "mixup_switch_prob": "probability of cutmix when both are on",
-    "random_erasing": "probability of erasing an image",
-    "randaugment_magnitude": "RandAugment's mean magnitude (0-10)",
-}
 
 
 def check(config: ml_collections.ConfigDict, swept: Collection[str] = ()) -> None:
