@@ -2,10 +2,13 @@
 no data read, no state built, no checkpoint touched, not even the workdir made
 (`resnet_jax.training.config_check`)."""
 
+import glob
+import importlib.util
+import os
 import re
 
 import pytest
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 from resnet_jax.errors import ConfigError, ConfigTypeError
 from resnet_jax.training import config_check, loop
@@ -106,3 +109,11 @@ def test_the_check_leaves_the_config_as_it_was(tmp_path):
     before = config.to_json()
     config_check.check(config)
     assert config.to_json() == before
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))), ids=os.path.basename)
+def test_every_shipped_config_passes(path):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config_check.check(module.get_config())
