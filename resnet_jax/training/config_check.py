@@ -6,8 +6,8 @@ rule stays with the code it protects (the model registry and `ResNet` own the
 model's, `data.check` the pipeline's, `augment.batch.check` the in-step
 augmentations', `population.from_config` the sweep's, `optim` the schedule's
 and optimiser's names, `parallel` the batch's split over the devices); this
-module calls them in one place and owns the rules of no other module: a run of
-no steps, the loss's name and ``steps_per_call``'s cadences. What only the data
+module calls them in one place and owns only the rules that belong to no other
+module: a run of no steps, the loss's name and ``steps_per_call``'s cadences. What only the data
 can tell (steps per epoch, a batch larger than the training split) is checked
 once the data is known (`steps_per_call` again, with the data's cadences).
 """
