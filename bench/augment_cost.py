@@ -32,8 +32,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from resnet_jax import models, parallel  # noqa: E402
+from resnet_jax.augment import batch as batch_augment  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
-from resnet_jax.data import batch_augment  # noqa: E402
 from resnet_jax.training import optim, population, steps  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 

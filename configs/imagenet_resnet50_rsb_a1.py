@@ -24,7 +24,7 @@ cosine runs over all the epochs, warm-up included (`warmup_prefix=False`), ours 
 warm-up; timm's `train.py` of that commit adds 10 cooldown epochs at `--min-lr` unless the command
 sets `--cooldown-epochs 0` (Table 1 counts 600 epochs: none here); bfloat16 compute instead of
 float16 with loss scaling; the augmentations run on the accelerator, inside the train step
-(`resnet_jax.data.batch_augment`).
+(`resnet_jax.augment.batch`).
 """
 
 import os

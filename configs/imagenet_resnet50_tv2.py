@@ -23,7 +23,7 @@ torchvision's per GPU, but the running averages are the groups' mean where DDP k
 GPU's; the dense head's bias takes no decay here (`weight_decay_exclude_bn_bias` excludes every 1-D
 parameter; torchvision exempts the norms only); the EMA is not reset to the weights during the
 warm-up epochs as torchvision's is; bfloat16 compute instead of float16 with loss scaling; the
-augmentations run on the accelerator, inside the train step (`resnet_jax.data.batch_augment`).
+augmentations run on the accelerator, inside the train step (`resnet_jax.augment.batch`).
 """
 
 import os

@@ -71,7 +71,7 @@ def default_config() -> ml_collections.ConfigDict:
     # (resnet_jax.training.steps.divergence_bound).
     c.max_train_loss = 0.0
 
-    # Augmentations on the accelerator, inside the train step, on any pipeline (resnet_jax.data.batch_augment).
+    # Augmentations on the accelerator, inside the train step, on any pipeline (resnet_jax.augment).
     c.auto_augment = ""  # "" | trivial (torchvision's TrivialAugmentWide) | rand (timm's RandAugment)
     c.auto_augment_interpolation = "nearest"  # trivial: of its geometric ops, nearest | bilinear (torchvision's V2)
     c.randaugment_magnitude = 9.0  # rand: timm's rand-m{magnitude}-mstd{std}-inc1, `layers` ops an image

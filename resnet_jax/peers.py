@@ -22,9 +22,9 @@ and leaves with `os._exit` (status `EXIT_LOST_PEER`, 75 = EX_TEMPFAIL): no
 traceback, no atexit handlers, so no wait in JAX's shutdown barrier. Restarting
 every process resumes from the last complete checkpoint.
 
-Bound: survivors exit within about 1 s of a process being killed, and within
-`PEER_TIMEOUT_S` of a process going silent (SIGSTOP, a cut network); measured
-in docs/faults.md. The peer timeout stays well below JAX's own heartbeat
+Bound: survivors exit as soon as a killed process's connection closes, and
+within `PEER_TIMEOUT_S` of a process going silent (SIGSTOP, a cut network);
+docs/faults.md has the measured times. The peer timeout stays well below JAX's own heartbeat
 timeout (100 s), so the watch always speaks first.
 
 Limits: when process 0 itself dies, JAX's coordination client in each survivor

@@ -1,4 +1,4 @@
-"""TrivialAugmentWide and RandAugment in JAX (resnet_jax.data.autoaugment): each op against
+"""TrivialAugmentWide and RandAugment in JAX (resnet_jax.augment.autoaugment): each op against
 torchvision.transforms.v2.functional, TrivialAugmentWide's tables and per-image results against
 torchvision's, RandAugment's arguments and ops against timm's (PIL), and the batched functions'
 random draws, determinism and jit/vmap behaviour."""
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.data import autoaugment as A
+from resnet_jax.augment import autoaugment as A
 
 FILL = (10.0, 200.0, 60.0)
 TIMM_FILL = (124, 116, 104)

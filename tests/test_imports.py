@@ -72,3 +72,14 @@ def test_models_and_data_know_no_trainer():
 def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": ["b"], "b": ["c"], "c": ["a"]}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": ["b"], "b": [], "c": ["a"]}) is None
+
+
+def test_the_in_step_augmentations_know_no_pipeline_and_pipelines_do_not_import_them():
+    graph = import_graph()
+    assert "resnet_jax.augment.autoaugment" in graph["resnet_jax.augment.batch"]
+    for name, deps in graph.items():
+        if name.startswith("resnet_jax.augment"):
+            assert not [d for d in deps if d.startswith(("resnet_jax.data", "resnet_jax.models",
+                                                        "resnet_jax.training", "resnet_jax.reproduce"))], name
+        if name.startswith("resnet_jax.data"):
+            assert not [d for d in deps if d.startswith("resnet_jax.augment")], name

@@ -1,5 +1,5 @@
-"""Mixup / CutMix (resnet_jax.data.mixing) against timm's `Mixup`, and random
-erasing (resnet_jax.data.erasing) against torchvision's `RandomErasing`."""
+"""Mixup / CutMix (resnet_jax.augment.mixing) against timm's `Mixup`, and random
+erasing (resnet_jax.augment.erasing) against torchvision's `RandomErasing`."""
 
 import functools
 
@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.data.erasing import erasing_boxes, random_erasing
-from resnet_jax.data.mixing import cutmix, cutmix_box, mix_batch, mix_params, mixup, mixup_target
+from resnet_jax.augment.erasing import erasing_boxes, random_erasing
+from resnet_jax.augment.mixing import cutmix, cutmix_box, mix_batch, mix_params, mixup, mixup_target
 
 torch = pytest.importorskip("torch")
 timm_mixup = pytest.importorskip("timm.data.mixup")

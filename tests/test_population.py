@@ -162,6 +162,6 @@ def test_several_steps_per_call_train_as_one_step_per_call(image_folder, tmp_pat
     one, three = (read_metrics(str(tmp_path / w))["train"] for w in ("one", "three"))
     assert [r["step"] for r in three] == [r["step"] for r in one] == [3, 6]
     np.testing.assert_allclose([r["loss"] for r in three], [r["loss"] for r in one], rtol=1e-5)
-    config.steps_per_call, config.log_every_steps = 4, 2
+    config.steps_per_call, config.log_every_steps, config.eval_every_steps, config.num_train_steps = 4, 4, 8, 8
     with pytest.raises(ConfigError, match=r"steps_per_call=4 must be >= 1 and divide steps per epoch \(6\)"):
         train_and_evaluate(config, str(tmp_path / "four"))

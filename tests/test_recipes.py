@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import ROOT, tiny_config
 
+from resnet_jax.augment import batch as batch_augment
 from resnet_jax.config import default_config
-from resnet_jax.data import batch_augment
 from resnet_jax.errors import ConfigError
 from resnet_jax.training import optim, steps
 from resnet_jax.training.loop import train_and_evaluate

@@ -6,7 +6,10 @@
 * `grain`: Grain pipelines over image folders and TFDS datasets prepared as
   ArrayRecord files (no TensorFlow; decoding in worker processes).
 * `device`: whole small datasets kept on the device, augmented inside `jit`.
-* `augment`: the augmentations, as TensorFlow ops and as JAX ops.
+* `augment`: the pipelines' crops and flips, as TensorFlow, NumPy/Pillow and JAX ops.
+
+The batch augmentations that run inside the train step (RandAugment, mixup,
+...) are traced code, not a pipeline: `resnet_jax.augment`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
+from resnet_jax.data import augment, repeated, resolution
 from resnet_jax.data.pipeline import Pipeline
 from resnet_jax.errors import ConfigError, MissingDependencyError
+
+PIPELINES = ("tfds", "grain", "device")
+AUGMENTS = ("cifar", "inception", "none")  # data.augment: pad + crop + flip | random-resized crop + flip | none
 
 
 def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: list[int] | None = None) -> Pipeline:
@@ -27,6 +34,7 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: list[int
     `seeds`: the data seed of each population member (the on-device pipeline
     draws each one's batches; default ``[config.seed]``); the host pipelines
     serve one stream of ``config.seed``, shared by members of that seed."""
+    check(config)
     cfg = config.data
     if cfg.pipeline == "tfds":
         from resnet_jax.data.tfds import TFDataPipeline
@@ -42,22 +50,35 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: list[int
                 "data.pipeline='grain' needs the grain package: pip install 'resnet-jax-flax[grain]'"
             ) from None
         return GrainPipeline(cfg, config.batch_size, config.eval_batch_size, config.seed, mesh)
-    if cfg.pipeline == "device":
-        from resnet_jax.data.device import DevicePipeline
+    from resnet_jax.data.device import DevicePipeline  # "device", the last of `PIPELINES`
 
+    train, evaluation, names = _load_arrays(cfg)
+    return DevicePipeline(
+        train, evaluation, names, config.batch_size, config.eval_batch_size,
+        [config.seed] if seeds is None else seeds, mesh,
+        crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
+    )
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Raises `ConfigError` for a field of ``config.data`` that cannot work,
+    before any data is read: an unknown pipeline, augmentation or resampling
+    filter, a training-size schedule (`resolution.train_sizes`) or repetition
+    (`repeated.repeats`) that is malformed or that the pipeline lacks."""
+    cfg = config.data
+    if cfg.pipeline not in PIPELINES:
+        raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use {', '.join(repr(p) for p in PIPELINES)}")
+    if cfg.augment not in AUGMENTS:
+        raise ConfigError(f"unknown data.augment {cfg.augment!r}; use {', '.join(repr(a) for a in AUGMENTS)}")
+    augment.resize_method(cfg.interpolation)
+    resolution.train_sizes(cfg)
+    repeated.repeats(cfg)
+    if cfg.pipeline == "device":
         host_only = {"train_image_size": 0, "progressive_resizing": "", "repeated_augmentations": 1}
         for field, off in host_only.items():
-            if cfg.get(field, off) != off:
+            if cfg[field] != off:
                 raise ConfigError(f"data.{field} is for the random-resized crops of the tfds and grain pipelines; "
                                   "data.pipeline='device' has one image size and no sampler")  # fmt: skip
-
-        train, evaluation, names = _load_arrays(cfg)
-        return DevicePipeline(
-            train, evaluation, names, config.batch_size, config.eval_batch_size,
-            [config.seed] if seeds is None else seeds, mesh,
-            crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
-        )
-    raise ConfigError(f"unknown data.pipeline {cfg.pipeline!r}; use 'tfds', 'grain' or 'device'")
 
 
 def load_split_arrays(cfg: ml_collections.ConfigDict, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:

@@ -38,8 +38,3 @@ def repeats(cfg: Any) -> int:
 def num_selected(length: int, r: int) -> int:
     """How many distinct examples an epoch of `length` positions reads with `r` copies of each."""
     return -(-length // r)
-
-
-def epoch_order(order: np.ndarray, length: int, r: int) -> np.ndarray:
-    """The examples of an epoch's `length` positions, given the epoch's permutation `order` of the share."""
-    return np.repeat(order[: num_selected(length, r)], r)[:length]

@@ -100,8 +100,8 @@ class BatchNorm(nn.Module):
     mesh, the means are over the global batch (synchronised batch norm).
 
     ``one_pass=True`` reduces x and x^2 together (var = E[x^2] - E[x]^2): one
-    read of the activations instead of two, about 10% faster training for
-    ResNet-50 in bfloat16 on an H100, but it loses float32 precision where
+    read of the activations instead of two (faster where batch norm's memory
+    traffic counts: docs/gpu.md), but it loses float32 precision where
     |mean| >> std. The default two-pass form matches torchvision to 1e-4.
 
     ``group_size=N`` (0 < N < batch, dividing it) normalises each consecutive

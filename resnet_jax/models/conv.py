@@ -2,10 +2,9 @@
 
 XLA:CPU computes a convolution's filter gradient as one convolution with an
 image-sized "kernel" and a 3x3 output (run by YNNPACK in jax 0.10), and its
-time grows faster than the batch:
-for a 3x3 convolution with 16 channels at 32x32 it takes 2.7 ms at batch 32 and
-24.5 ms at batch 128. The same gradient summed over chunks of 8 images takes
-6.4 ms at batch 128 (docs/cpu.md). `conv_general_dilated` below is
+time grows faster than the batch; the same gradient summed over chunks of a
+few images is cheaper (docs/cpu.md has the measurements and their commands).
+`conv_general_dilated` below is
 `lax.conv_general_dilated` with a JVP that applies the filter tangent chunk by
 chunk, so reverse mode transposes it into that sum of per-chunk filter
 gradients. Forward values, input gradients and forward-mode derivatives are
@@ -24,13 +23,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Images per chunk: 8 or 16 were best for every ResNet-20 layer shape at batch
-# 32 and 128 on the 2-core CPU (bench/conv_grad.py). Larger batches take larger
-# chunks, so that a layer's gradient is at most MAX_CHUNKS convolutions to compile.
+# Images per chunk, the best for ResNet-20's layer shapes (docs/cpu.md, bench/conv_grad.py).
+# Larger batches take larger chunks, so that a layer's gradient is at most MAX_CHUNKS
+# convolutions to compile.
 CPU_FILTER_GRAD_CHUNK = 8
 MAX_CHUNKS = 16
-# Chunking gained nothing for 1x1 kernels (their filter gradient is a matmul) and
-# lost 1.3x for 3x3 512 -> 512 at 7x7; it won for 3x3 up to 256 -> 256.
+# 1x1 kernels (their filter gradient is a matmul) and filters of more than 256 x 256
+# channels are left whole: chunking did not pay there (docs/cpu.md).
 MAX_CHUNKED_FILTER_SIZE = 256 * 256
 
 

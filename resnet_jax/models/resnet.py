@@ -135,6 +135,22 @@ class ResNet(nn.Module):
     bn_group_size: int = 0
     drop_path_rate: float = 0.0
 
+    def __post_init__(self) -> None:
+        """Refuses options that cannot build a network, when the module is made
+        (`ConfigError`), not when it is first run."""
+        super().__post_init__()
+        if self.shortcut not in SHORTCUTS:
+            raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if not 0.0 <= self.drop_path_rate <= 1.0:
+            raise ConfigError(f"drop_path_rate must be in [0, 1], got {self.drop_path_rate!r}")
+        if self.drop_path_rate > 0.0 and self.shortcut is None:
+            raise ConfigError(
+                f"drop_path_rate={self.drop_path_rate} needs residual blocks: a plain network (shortcut=None) "
+                "has no residual branch to drop"
+            )
+
     def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
         """Logits (float32) of a batch of normalised NHWC images."""
         return self._forward(x, train, head=True)
@@ -152,17 +168,6 @@ class ResNet(nn.Module):
 
     @nn.compact
     def _forward(self, x: jax.Array, train: bool, head: bool) -> Any:
-        if self.shortcut not in SHORTCUTS:
-            raise ConfigError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
-        if self.stem not in STEMS:
-            raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
-        if not 0.0 <= self.drop_path_rate <= 1.0:
-            raise ConfigError(f"drop_path_rate must be in [0, 1], got {self.drop_path_rate!r}")
-        if self.drop_path_rate > 0.0 and self.shortcut is None:
-            raise ConfigError(
-                f"drop_path_rate={self.drop_path_rate} needs residual blocks: a plain network (shortcut=None) "
-                "has no residual branch to drop"
-            )
         conv_ = functools.partial(conv, dtype=self.dtype)
         norm = functools.partial(
             BatchNorm,

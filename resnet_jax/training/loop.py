@@ -19,10 +19,10 @@ import optax
 from tqdm import tqdm
 
 from resnet_jax import models, parallel, plot
-from resnet_jax.data import batch_augment, make_pipeline, resolution
-from resnet_jax.data.pipeline import OnDevicePipeline
+from resnet_jax.augment import batch as batch_augment
+from resnet_jax.data import make_pipeline, resolution
 from resnet_jax.errors import ConfigError, DivergedError, Interrupted, Preempted, StoppedNow, cannot_write
-from resnet_jax.training import optim, population, population_report, steps
+from resnet_jax.training import config_check, optim, population, population_report, steps
 from resnet_jax.training.checkpoint import Checkpointer, restore_newest
 from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.evaluator import make_evaluator
@@ -97,6 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for a population, their means with each member's own under ``"per_member"``.
 
     Raises:
+      ConfigError: a field of `config` cannot work (`config_check.check`):
+        raised first, before anything is read or written.
       Preempted: SIGTERM stopped training before its last step (after a save).
       Interrupted: Ctrl-C stopped training before its last step (after a save).
       StoppedNow: a second Ctrl-C (or one before training began) stopped the
@@ -108,6 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       CheckpointWriteError: a checkpoint could not be written (a full disk).
       OutOfMemoryError: the step or the evaluation does not fit the device.
     """
+    config_check.check(config)  # a config error ends the run here: nothing read, nothing written
     with WorkdirLock(workdir), Stops() as stops:  # from the start: SIGTERM while loading is kept
         try:
             return _train_and_evaluate(config, workdir, stops)
@@ -120,15 +123,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: Stops) -> dict[str, Any]:
     mesh = parallel.make_mesh()
-    parallel.check_batch_size(config.batch_size, mesh)
     config = config.copy_and_resolve_references()
     config.eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
-    if config.num_train_steps <= 0 and config.num_epochs < 1:
-        raise ConfigError(f"num_epochs={config.num_epochs} makes a run of no steps: train at least one epoch, "
-                          "or set num_train_steps")  # fmt: skip
     members = population.from_config(config)
     use_pretrained_normalization(config)
-    models.create(config.model)  # an unknown name fails here, before any data is read
     pipeline = make_pipeline(config, mesh, list(members.seeds))
     info = pipeline.info
     model = model_from_config(config, info.num_classes)
@@ -154,8 +152,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     if jax.process_index() == 0:
         _announce(config, workdir, state, info, total_steps, members, steps_per_epoch)
 
-    if config.loss not in steps.LOSSES:
-        raise ConfigError(f"unknown loss {config.loss!r}; use {' or '.join(steps.LOSSES)}")
     train_step = compile_train_step(
         options, pipeline, members.hyperparameters(), config.member_batching,
         _check_steps_per_call(config, pipeline, total_steps, step_of(state)),
@@ -213,19 +209,9 @@ def step_options(
 
 
 def _check_steps_per_call(config: ml_collections.ConfigDict, pipeline: Any, total_steps: int, step: int) -> int:
-    """``config.steps_per_call``, refused where the loop could not stop where it must."""
-    n = int(config.steps_per_call)
-    if n == 1:
-        return n
-    if not isinstance(pipeline, OnDevicePipeline):
-        raise ConfigError(f"steps_per_call={n} needs data.pipeline='device' (the steps of a call make their batches)")
-    cadences = {"steps per epoch": pipeline.steps_per_epoch, "num_train_steps": total_steps,
-                "log_every_steps": config.log_every_steps, "eval_every_steps": config.eval_every_steps,
-                "checkpoint_every_steps": config.checkpoint_every_steps, "the step resumed at": step}  # fmt: skip
-    for name, value in cadences.items():
-        if n < 1 or value % n:
-            raise ConfigError(f"steps_per_call={n} must be >= 1 and divide {name} ({value})")
-    return n
+    """``config.steps_per_call``, checked also against the cadences the data and the state set."""
+    known = {"steps per epoch": pipeline.steps_per_epoch, "num_train_steps": total_steps, "the step resumed at": step}
+    return config_check.steps_per_call(config, known)
 
 
 class _Run:

@@ -41,7 +41,6 @@ import ml_collections
 import numpy as np
 
 from resnet_jax import parallel
-from resnet_jax.data import batch_augment
 from resnet_jax.errors import ConfigError
 
 # Per-run scalars a population may sweep (config field -> what it is).
@@ -52,7 +51,12 @@ SWEEPABLE = {
     "momentum": "SGD momentum",
     "warmup_epochs": "warm-up length (epochs)",
     "ema_decay": "EMA decay",
-    **batch_augment.SWEEPABLE,
+    "mixup_alpha": "mixup's Beta(alpha, alpha)",
+    "cutmix_alpha": "cutmix's Beta(alpha, alpha)",
+    "mixup_prob": "probability of mixing a batch",
+    "mixup_switch_prob": "probability of cutmix when both are on",
+    "random_erasing": "probability of erasing an image",
+    "randaugment_magnitude": "RandAugment's mean magnitude (0-10)",
 }
 SEED_DIR = "seed{}"
 

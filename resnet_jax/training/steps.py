@@ -73,7 +73,7 @@ class StepOptions:
       max_loss: the divergence bound (`divergence_bound`).
       make_tx: ``make_tx(hp)``, the optimiser of a member with hyperparameters `hp`.
       transform: ``transform(key, images, labels, hp) -> (images, targets)``,
-        the batch augmentations (mixup, cutmix, ...: `resnet_jax.data.batch_augment`),
+        the batch augmentations (mixup, cutmix, ...: `resnet_jax.augment.batch`),
         keyed by the state's key and step (the same on resume); None: none.
       loss: "ce" or "bce" (`LOSSES`); bce_target_threshold: "bce"'s `target_threshold` (0: none).
       freeze_bn: batch norm uses (and keeps) its running statistics, as when fine-tuning.

@@ -9,7 +9,8 @@ what the uninterrupted one would have, on every pipeline, with no CPU worker.
 one ``transform(key, images, labels, hp) -> (images, targets)``: uint8 images
 in, float32 images out, and soft targets [B, C] (mixing smooths then mixes the
 labels, as timm does) or the labels themselves when nothing mixes. Their scalars
-(`SWEEPABLE`) may come from `hp`, a population member's own values.
+may come from `hp`, a population member's own values (which ones a population
+may sweep: `resnet_jax.training.population.SWEEPABLE`).
 """
 
 from __future__ import annotations
@@ -21,20 +22,36 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax.data import autoaugment, erasing, mixing
+from resnet_jax.augment import autoaugment, erasing, mixing
 from resnet_jax.errors import ConfigError
 
 Transform = Callable[[jax.Array, jax.Array, jax.Array, dict[str, Any]], tuple[jax.Array, jax.Array]]
 AUTO_AUGMENTS = ("", "trivial", "rand")
-# Config fields of the augmentations that a population may sweep.
-SWEEPABLE = {
-    "mixup_alpha": "mixup's Beta(alpha, alpha)",
-    "cutmix_alpha": "cutmix's Beta(alpha, alpha)",
-    "mixup_prob": "probability of mixing a batch",
-    "mixup_switch_prob": "probability of cutmix when both are on",
-    "random_erasing": "probability of erasing an image",
-    "randaugment_magnitude": "RandAugment's mean magnitude (0-10)",
-}
+INTERPOLATIONS = ("nearest", "bilinear")  # auto_augment_interpolation
+
+
+def check(config: ml_collections.ConfigDict, swept: Collection[str] = ()) -> None:
+    """Raises `ConfigError` for a batch-augmentation field of `config` that
+    cannot work: an unknown name, or a ``mixup_chunk`` that does not divide the
+    batch when mixing is on (or swept: the fields in `swept`)."""
+    if config.auto_augment not in AUTO_AUGMENTS:
+        raise ConfigError(f"unknown auto_augment {config.auto_augment!r}; use 'trivial', 'rand' or ''")
+    chunk = config.mixup_chunk
+    if _mixes(config, swept) and chunk and (chunk < 0 or config.batch_size % chunk):
+        raise ConfigError(f"mixup_chunk={chunk} must divide batch_size={config.batch_size} (0: one draw a batch)")
+    if config.mixup_style not in mixing.STYLES:
+        raise ConfigError(f"unknown mixup_style {config.mixup_style!r}; use {' or '.join(mixing.STYLES)}")
+    if config.auto_augment_interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"unknown auto_augment_interpolation {config.auto_augment_interpolation!r}; "
+                          f"use {' or '.join(repr(i) for i in INTERPOLATIONS)}")  # fmt: skip
+
+
+def _on(config: ml_collections.ConfigDict, swept: Collection[str], field: str) -> bool:
+    return field in swept or config[field] > 0
+
+
+def _mixes(config: ml_collections.ConfigDict, swept: Collection[str]) -> bool:
+    return _on(config, swept, "mixup_alpha") or _on(config, swept, "cutmix_alpha")
 
 
 def batch_transform(
@@ -42,21 +59,12 @@ def batch_transform(
 ) -> Transform | None:
     """The batch augmentations `config` turns on (or a population sweeps: the
     fields in `swept`), composed; None when none is."""
-    if config.auto_augment not in AUTO_AUGMENTS:
-        raise ConfigError(f"unknown auto_augment {config.auto_augment!r}; use 'trivial', 'rand' or ''")
-    on = lambda field: field in swept or config[field] > 0  # noqa: E731
-    mixes = on("mixup_alpha") or on("cutmix_alpha")
-    erases = on("random_erasing")
+    check(config, swept)
+    mixes = _mixes(config, swept)
+    erases = _on(config, swept, "random_erasing")
     if not (config.auto_augment or erases or mixes):
         return None
-    chunk, style = config.get("mixup_chunk", 0), config.get("mixup_style", "timm")
-    interpolation = config.get("auto_augment_interpolation", "nearest")
-    if mixes and chunk and (chunk < 0 or config.batch_size % chunk):
-        raise ConfigError(f"mixup_chunk={chunk} must divide batch_size={config.batch_size} (0: one draw a batch)")
-    if style not in mixing.STYLES:
-        raise ConfigError(f"unknown mixup_style {style!r}; use {' or '.join(mixing.STYLES)}")
-    if interpolation not in ("nearest", "bilinear"):
-        raise ConfigError(f"unknown auto_augment_interpolation {interpolation!r}; use 'nearest' or 'bilinear'")
+    chunk, style, interpolation = config.mixup_chunk, config.mixup_style, config.auto_augment_interpolation
     mean_pixel = tuple(255 * m for m in config.data.mean)  # erased to 0 once normalised, as torchvision's V2
     fill = tuple(round(v) for v in mean_pixel)  # timm's RandAugment fills with the rounded mean
 
