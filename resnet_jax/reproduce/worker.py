@@ -73,7 +73,7 @@ def summarize(config: ml_collections.ConfigDict, workdir: str, data_label: str) 
     for k, seed_dir in enumerate(population.member_dirs(workdir, members)):
         records = plot.read_metrics(seed_dir)
         evals, train = records["eval"], records["train"]
-        model, variables, _ = restore(workdir, "latest", member=k if members.size > 1 else None)
+        model, variables, _ = restore(workdir, "latest", member=k)
         out.append({
             "model": config.model,
             "seed": int(config.seed) + k,
