@@ -3,6 +3,7 @@
     python bench/loop_overhead.py proxy --repeats 5   # host-bound proxy: ResNet-20's state, a near-empty step
     python bench/loop_overhead.py resnet20           # ResNet-20, batch 128, the real step
     python bench/loop_overhead.py sweep      # 6-member lr x wd sweep against 6 separate runs
+    python bench/loop_overhead.py stacking --step resnet20   # one member stacked, against one network unstacked
 
 * proxy / resnet20: `train_and_evaluate` (logging every 50 steps, one
   evaluation and one checkpoint at the end) against a bare Python loop over the
@@ -16,6 +17,13 @@
   The proxy's step only counts (the train state of ResNet-20, no model): what
   is left is the host's cost per step; ``loop_host_us_per_step`` is the loop
   around a compiled step replaced by a Python no-op.
+* stacking: the step every run compiles, a population of one member (state
+  stacked on an axis of 1, `compile_train_step`), against the program the
+  trainer compiled for one network before every run became a population (the
+  same step on the unstacked state, the window of one network), on the same
+  pipeline and the same step (``--step``: the proxy's or ResNet-20's), in
+  alternating blocks of 50 steps in one process. Reported: the median over
+  the blocks of stacked / unstacked, and the ratio of their 10th percentiles.
 * sweep: the wall time of one run training a 3 x 2 grid of learning rate and
   weight decay (6 members, looped in one step: the CPU default) against the 6
   runs one after another, each from start-up to its end (compilation, data,
@@ -48,6 +56,8 @@ from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.data.device import DevicePipeline  # noqa: E402
 from resnet_jax.plot import read_metrics  # noqa: E402
 from resnet_jax.training import loop, optim, population  # noqa: E402
+from resnet_jax.training.compiled import compile_train_step  # noqa: E402
+from resnet_jax.training.metrics import accumulate, empty_window  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
 
@@ -176,6 +186,58 @@ def overhead(what: str, num_steps: int, batch: int, repeats: int = 1) -> dict[st
     return out
 
 
+def stacking(step_name: str, num_steps: int, batch: int, repeats: int) -> dict[str, Any]:
+    config = _config(num_steps, batch)
+    mesh = parallel.make_mesh()
+    pipeline = loop.make_pipeline(config, mesh)
+    model, members, spe = loop.model_from_config(config, 10), population.from_config(config), pipeline.steps_per_epoch
+    options = loop.step_options(config, model, 10, members, spe, num_steps)
+    step_fn = _counting_step if step_name == "proxy" else loop.steps.train_step
+    stacked = compile_train_step(options, pipeline, members.hyperparameters())  # traced at its first call
+    item = next(pipeline.train_epoch(0))
+    states = {"stacked": create_train_state(model, options.make_tx({}), 32, [config.seed], mesh)}
+    one = population.take(create_train_state(model, options.make_tx({}), 32, [config.seed], mesh), 0)
+    states["unstacked"] = jax.device_put(one, parallel.replicated(mesh))  # placed as the trainer placed it
+
+    def unstacked_step(state: Any, window: Any, data: Any, perm: Any, key: Any) -> Any:
+        state, metrics = step_fn(state, pipeline.make_batch(data, perm, key, state.step % spe), {}, options)
+        return state, accumulate(window, metrics)
+
+    jitted = jax.jit(unstacked_step, donate_argnums=0)
+    one_item = population.take(item, 0)
+    calls = {
+        "stacked": lambda state, window: stacked(state, window, item),
+        "unstacked": lambda state, window: jitted(state, window, pipeline.data, *one_item),
+    }
+    windows = {"stacked": empty_window(1, parallel.replicated(mesh)),
+               "unstacked": jax.device_put(empty_window(1)[0], parallel.replicated(mesh))}
+    block = config.log_every_steps
+
+    def time_block(name: str) -> float:
+        t0, window = time.perf_counter(), windows[name]
+        for _ in range(block):
+            states[name], window = calls[name](states[name], window)
+        jax.block_until_ready(window)
+        return (time.perf_counter() - t0) / block * 1e6
+
+    times: dict[str, list[float]] = {"stacked": [], "unstacked": []}
+    real_step, loop.steps.train_step = loop.steps.train_step, step_fn
+    try:
+        for name in calls:  # compilation
+            time_block(name)
+        for _ in range(repeats):
+            for _ in range(max(1, num_steps // block // 2)):
+                for name in calls:
+                    times[name].append(time_block(name))
+    finally:
+        loop.steps.train_step = real_step
+    ratio = statistics.median(times["stacked"]) / statistics.median(times["unstacked"])
+    return {"what": "stacking", "step": step_name, "batch": batch, "blocks": len(times["stacked"]), "window": block,
+            "stacked_median_us": statistics.median(times["stacked"]),
+            "unstacked_median_us": statistics.median(times["unstacked"]),
+            "median_ratio": ratio, "p10_ratio": _p10(times["stacked"]) / _p10(times["unstacked"])}  # fmt: skip
+
+
 def sweep(num_steps: int, batch: int) -> dict[str, Any]:
     config = _config(num_steps, batch)
     config.sweep = "learning_rate=0.05,0.1,0.2 weight_decay=1e-4,5e-4"
@@ -194,16 +256,19 @@ def sweep(num_steps: int, batch: int) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["proxy", "resnet20", "sweep"])
+    p.add_argument("what", choices=["proxy", "resnet20", "sweep", "stacking"])
+    p.add_argument("--step", choices=["proxy", "resnet20"], default="proxy", help="stacking: the step timed")
     p.add_argument("--steps", type=int, default=0, help="default: 3000 (proxy), 300 (resnet20), 40 (sweep)")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--examples", type=int, default=50000, help="synthetic training images")
     p.add_argument("--repeats", type=int, default=1, help="loop runs, each with the bare loop around it")
     args = p.parse_args()
     _use_synthetic_data(args.examples)
-    num_steps = args.steps or {"proxy": 3000, "resnet20": 300, "sweep": 40}[args.what]
+    num_steps = args.steps or {"proxy": 3000, "resnet20": 300, "sweep": 40, "stacking": 3000}[args.what]
     if args.what == "sweep":
         out = sweep(num_steps, args.batch)
+    elif args.what == "stacking":
+        out = stacking(args.step, num_steps, args.batch, args.repeats)
     else:
         out = overhead(args.what, num_steps, args.batch, args.repeats)
     out.update(device=f"{jax.device_count()} x {jax.devices()[0].device_kind}", jax=jax.__version__)
