@@ -33,7 +33,8 @@ WORKER = textwrap.dedent("""
     c = default_config()
     mesh = parallel.make_mesh()
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 10, 100))
-    state = create_train_state(models.create("cifar_resnet20"), tx, 8, 0, mesh)
+    model = models.create("cifar_resnet20", stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16))  # a narrow ResNet-8
+    state = create_train_state(model, tx, 8, 0, mesh)
     step = compile_host_step(functools.partial(
         steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.0,
         ema_decay=0.0), mesh)
@@ -78,6 +79,6 @@ def test_two_processes_match_one(tmp_path):
     one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     np.testing.assert_allclose(one["loss"], two["loss"], rtol=1e-5)
     names = [k for k in one.files if k != "loss"]
-    assert len(names) > 50
+    assert len(names) > 20
     for k in names:
         np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-5, err_msg=k)
