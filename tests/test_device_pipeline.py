@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_train_on_device_pipeline(tiny, tmp_path):
-    results = train_and_evaluate(tiny(num_epochs=2, **{"data.pipeline": "device"}), str(tmp_path))
+    narrow = {"model_kwargs.stage_sizes": (1, 1, 1), "model_kwargs.stage_widths": (4, 8, 16)}
+    results = train_and_evaluate(tiny(num_epochs=2, **{"data.pipeline": "device"}, **narrow), str(tmp_path))
     assert results["eval"]["count"] == 15
     assert np.isfinite(results["eval"]["loss"])
 
@@ -109,7 +110,8 @@ def test_imports_and_trains_without_tensorflow():
         data = (rng.integers(0, 256, (32, 8, 8, 3), np.uint8), rng.integers(0, 10, 32).astype(np.int32))
         p = DevicePipeline(data, data, tuple("abcdefghij"), 16, 16, 0, mesh)
         tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 2, 2))
-        state = create_train_state(models.create("cifar_resnet20"), tx, 8, 0, mesh)
+        model = models.create("cifar_resnet20", stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16))
+        state = create_train_state(model, tx, 8, 0, mesh)
         step = compile_train_step(functools.partial(
             steps.train_step, mean=c.data.mean, std=c.data.std, dtype=jnp.float32, label_smoothing=0.0, ema_decay=0.0),
             p)
