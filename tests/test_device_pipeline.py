@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_train_on_device_pipeline(tiny, tmp_path):
-    results = train_and_evaluate(tiny(num_epochs=2, **{"data.pipeline": "device"}), str(tmp_path))
+    narrow = {"model_kwargs.stage_sizes": (1, 1, 1), "model_kwargs.stage_widths": (4, 8, 16)}
+    results = train_and_evaluate(tiny(num_epochs=2, **{"data.pipeline": "device"}, **narrow), str(tmp_path))
     assert results["eval"]["count"] == 15
     assert np.isfinite(results["eval"]["loss"])
 
@@ -111,7 +112,7 @@ def test_imports_and_trains_without_tensorflow():
         rng = np.random.default_rng(0)
         data = (rng.integers(0, 256, (32, 8, 8, 3), np.uint8), rng.integers(0, 10, 32).astype(np.int32))
         p = DevicePipeline(data, data, tuple("abcdefghij"), 16, 16, [0], mesh)
-        model = models.create("cifar_resnet20")
+        model = models.create("cifar_resnet20", stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16))
         options = loop.step_options(c, model, 10, population.from_config(c), 2, 2)
         state = create_train_state(model, options.make_tx({}), 8, [0], mesh)
         step = compile_train_step(options, p, {})

@@ -578,9 +578,11 @@ def test_backbone_inside_another_flax_module():
 # ----------------------------------------------------------------------------- training step
 
 
-@pytest.mark.parametrize("name, shape", [("cifar_resnet20", (8, 32, 32, 3)), ("resnet18", (2, 64, 64, 3))])
-def test_jit_sgd_steps_lower_the_loss(name, shape):
-    model = models.create(name, num_classes=10)
+@pytest.mark.parametrize("name, shape, widths", [("cifar_resnet20", (8, 32, 32, 3), (8, 16, 32)),
+                                                  ("resnet18", (2, 64, 64, 3), (16, 32, 64, 128))])  # fmt: skip
+def test_jit_sgd_steps_lower_the_loss(name, shape, widths):
+    """The layers and strides of each family at half (CIFAR) or 1/4 (ImageNet) of their filters."""
+    model = models.create(name, num_classes=10, stage_widths=widths)
     x = images(shape, seed=7)
     labels = jnp.arange(shape[0]) % 10
     variables = model.init(jax.random.key(0), x, train=False)

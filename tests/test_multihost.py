@@ -34,7 +34,7 @@ WORKER = textwrap.dedent("""
     assert jax.process_count() == num_processes
     c = default_config()
     mesh = parallel.make_mesh()
-    model = models.create("cifar_resnet20")
+    model = models.create("cifar_resnet20", stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16))  # a narrow ResNet-8
     options = loop.step_options(c, model, 10, population.from_config(c), 10, 100)
     state = create_train_state(model, options.make_tx({}), 8, [0], mesh)
     train = compile_train_step(options, SimpleNamespace(mesh=mesh), {})
@@ -80,6 +80,6 @@ def test_two_processes_match_one(tmp_path):
     one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     np.testing.assert_allclose(one["loss"], two["loss"], rtol=1e-5)
     names = [k for k in one.files if k != "loss"]
-    assert len(names) > 50
+    assert len(names) > 20
     for k in names:
         np.testing.assert_allclose(one[k], two[k], rtol=1e-4, atol=1e-5, err_msg=k)

@@ -15,6 +15,7 @@ from conftest import ROOT, tiny_config
 
 from resnet_jax.augment import batch as batch_augment
 from resnet_jax.config import default_config
+from resnet_jax.data import resolution
 from resnet_jax.errors import ConfigError
 from resnet_jax.training import optim, steps
 from resnet_jax.training.loop import train_and_evaluate
@@ -241,7 +242,8 @@ def test_ema_every_n_steps():
             np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
-def test_the_batch_augmentations_run_inside_the_step_and_mix_the_targets(image_folder, tmp_path):
+def test_the_batch_augmentations_augment_the_images_and_mix_the_targets(image_folder):
+    """The batch transform alone; inside a training step: the tv2 recipe's run below."""
     c = tiny_config(image_folder, **{"data.pipeline": "device"})
     c.auto_augment, c.random_erasing, c.mixup_alpha, c.cutmix_alpha, c.label_smoothing = "trivial", 0.5, 0.2, 1.0, 0.1
     transform = batch_augment.batch_transform(c, 3)
@@ -251,8 +253,6 @@ def test_the_batch_augmentations_run_inside_the_step_and_mix_the_targets(image_f
     np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-6)
     assert float(targets.min()) >= 0.1 / 3 - 1e-6 and not np.array_equal(np.asarray(out), np.asarray(images))
     assert batch_augment.batch_transform(tiny_config(image_folder), 3) is None
-    results = train_and_evaluate(c.copy_and_resolve_references(), str(tmp_path / "w"))
-    assert np.isfinite(results["eval"]["loss"])
 
 
 def load_config(name):
@@ -264,15 +264,11 @@ def load_config(name):
 
 RECIPES = ["imagenet_resnet50_tv2", "imagenet_resnet50_rsb_a1", "imagenet_resnet50_rsb_a2", "imagenet_resnet50_rsb_a3",
            "imagenet_resnet50_mlperf", "imagenet_resnet50_ffcv"]  # fmt: skip
+RUN = ["imagenet_resnet50_tv2", "imagenet_resnet50_rsb_a1"]  # between them every batch augmentation, SGD and LAMB
 
 
-@pytest.mark.parametrize("name", RECIPES)
-def test_each_recipe_config_runs_two_steps_on_tiny_images(name, image_folder, tmp_path):
-    """The recipe with its ingredients, on a small network and 16-pixel images
-    (its resolutions scaled by 16 / 224)."""
-    c = load_config(name)
-    text = " ".join(open(os.path.join(ROOT, "configs", f"{name}.py")).read().split())
-    assert "Not yet a result of this package" in text and "Source:" in text
+def shrunk(c, image_folder):
+    """Recipe `c` on a small network and 16-pixel images (its resolutions scaled by 16 / 224), two steps."""
     c.model, c.num_train_steps, c.batch_size, c.eval_batch_size = "cifar_resnet20", 2, 16, 16
     c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)
     c.half_precision, c.async_checkpoints, c.log_every_steps = False, False, 1
@@ -285,7 +281,46 @@ def test_each_recipe_config_runs_two_steps_on_tiny_images(name, image_folder, tm
     if d.progressive_resizing:
         low, high, start, end = d.progressive_resizing.split(":")
         d.progressive_resizing = f"{scale(int(low))}:{scale(int(high))}:0:1"
-    results = train_and_evaluate(c, str(tmp_path / name))
+    return c
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_each_recipe_builds_its_schedule_optimizer_sizes_and_batch_augmentations(name, image_folder):
+    """What the training loop builds from the recipe's config, at the recipe's own values: the schedule over its
+    epochs (peak at its learning rate), one optimizer step under it, the training sizes of its epochs, and its
+    batch augmentations (two recipes also train two steps below)."""
+    c = load_config(name)
+    text = " ".join(open(os.path.join(ROOT, "configs", f"{name}.py")).read().split())
+    assert "Not yet a result of this package" in text and "Source:" in text
+    spe, total = 10, 10 * c.num_epochs
+    schedule = optim.learning_rate_schedule(c, spe, total)
+    rates = np.array([float(schedule(s)) for s in range(0, total, spe)])
+    assert np.all(np.isfinite(rates)) and np.all(rates >= 0)
+    np.testing.assert_allclose(rates.max(), c.learning_rate, rtol=0.05)  # warm-up reaches the peak
+    assert rates[-1] < 0.1 * c.learning_rate  # and the schedule decays
+    tx = optim.make_optimizer(c, schedule)
+    params = {"conv": {"kernel": jnp.linspace(-1, 1, 12).reshape(3, 4)}, "bn": {"scale": jnp.ones(3)}}
+    state = tx.init(params)
+    for _ in range(2 * spe):  # past the first epoch's rate
+        updates, state = tx.update(GRADS, state, params)
+    for leaf in jax.tree_util.tree_leaves(updates):
+        assert np.all(np.isfinite(leaf)) and np.abs(leaf).max() > 0
+    sizes = resolution.training_sizes(c.data, c.num_epochs)
+    ramp = resolution.parse_ramp(c.data.progressive_resizing)
+    if ramp:  # FFCV's: from its low resolution to its high one
+        assert (sizes[0], sizes[-1]) == (ramp.min_res, ramp.max_res) and ramp.min_res < ramp.max_res
+    else:
+        assert sizes == [c.data.train_image_size or c.data.image_size]
+    small = shrunk(c, image_folder)
+    transform = batch_augment.batch_transform(small, 3)
+    mixes, augments = small.mixup_alpha > 0 or small.cutmix_alpha > 0, bool(small.auto_augment)
+    assert (transform is None) == (not mixes and not augments and not small.random_erasing)
+
+
+@pytest.mark.parametrize("name", RUN)
+def test_recipe_runs_two_steps_on_tiny_images(name, image_folder, tmp_path):
+    """The recipe with all its ingredients in the training step, on a small network and 16-pixel images."""
+    results = train_and_evaluate(shrunk(load_config(name), image_folder), str(tmp_path / name))
     assert np.isfinite(results["eval"]["loss"]) and results["eval"]["count"] == 15
 
 
