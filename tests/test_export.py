@@ -137,7 +137,8 @@ class _State(dict):
 def imagenet_run(tmp_path_factory):
     """The workdir of a narrow ResNet-18 (random weights and batch-norm statistics, 10 classes) as a
     torchvision conversion at 32 px is written: ImageNet normalisation, fed normalised floats."""
-    from resnet_jax.training.checkpoint import Checkpointer, read_metadata
+    from resnet_jax.restore import read_metadata
+    from resnet_jax.training.checkpoint import Checkpointer
 
     model = models.create("resnet18", num_classes=10, **NARROW)
     variables = randomize_stats(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
