@@ -22,7 +22,7 @@
   trainer compiled for one network before every run became a population (the
   same step on the unstacked state, the window of one network), on the same
   pipeline and the same step (``--step``: the proxy's or ResNet-20's), in
-  alternating blocks of 50 steps in one process. Reported: the median over
+  alternating blocks of 50 steps in one process (each first in every other round). Reported: the median over
   the blocks of stacked / unstacked, and the ratio of their 10th percentiles.
 * sweep: the wall time of one run training a 3 x 2 grid of learning rate and
   weight decay (6 members, looped in one step: the CPU default) against the 6
@@ -225,10 +225,9 @@ def stacking(step_name: str, num_steps: int, batch: int, repeats: int) -> dict[s
     try:
         for name in calls:  # compilation
             time_block(name)
-        for _ in range(repeats):
-            for _ in range(max(1, num_steps // block // 2)):
-                for name in calls:
-                    times[name].append(time_block(name))
+        for r in range(repeats * max(1, num_steps // block // 2)):
+            for name in (("stacked", "unstacked") if r % 2 else ("unstacked", "stacked")):  # either first in turn
+                times[name].append(time_block(name))
     finally:
         loop.steps.train_step = real_step
     ratio = statistics.median(times["stacked"]) / statistics.median(times["unstacked"])
