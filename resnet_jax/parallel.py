@@ -168,15 +168,15 @@ def over_members(fn: Callable[..., Any], in_axes: Sequence[int | None], how: str
     of the loop, whatever `how`: the program of an unstacked network."""
     how = member_batching(how)
 
-    def looped(*args: Any) -> Any:
-        stacked = [(a, axis) for a, axis in zip(args, in_axes)]
-        count = jax.tree_util.tree_leaves([a for a, axis in stacked if axis == 0])[0].shape[0]
+    def each(*args: Any) -> Any:
+        pairs = list(zip(args, in_axes))
+        count = jax.tree_util.tree_leaves([a for a, axis in pairs if axis == 0])[0].shape[0]
         if how == "vmap" and count > 1:
             return jax.vmap(fn, in_axes=tuple(in_axes))(*args)
         outs = [
-            fn(*[jax.tree_util.tree_map(lambda x, k=k: x[k], a) if axis == 0 else a for a, axis in stacked])
+            fn(*[jax.tree_util.tree_map(lambda x, k=k: x[k], a) if axis == 0 else a for a, axis in pairs])
             for k in range(count)
         ]
         return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *outs)
 
-    return looped
+    return each
