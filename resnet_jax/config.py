@@ -99,7 +99,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50  # training loss, accuracy and lr: a metrics record every N steps
     c.eval_every_epochs = 1
     c.eval_every_steps = 0  # > 0: evaluate every N steps instead (and at the last step)
-    c.curves_every_seconds = 30.0  # curves.png at an evaluation at most this often (and at the last step)
+    c.curves_every_seconds = 30.0  # curves.png at an evaluation at most this often (and at the last step); < 0: never
     # Checkpoints: every N steps and/or every M minutes, and always at the end and on SIGTERM.
     c.checkpoint_every_steps = 0
     c.checkpoint_every_minutes = 10.0

@@ -11,9 +11,11 @@ import time
 
 # Tests compile far more than they run: LLVM's optimisation of XLA:CPU's fused
 # loops costs seconds a program (a 4-8-16 ResNet's init: 9 s, 1 s at level 0)
-# and buys nothing on 16-pixel images. The fixtures of earlier commits, trained
-# at the default level, are still met to 1e-5 (tests/test_population.py).
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+# and buys nothing on 16-pixel images; XLA:CPU's fusion emitters take half of
+# what is left (a 4-8-16 ResNet-8's init and step: 5.2 s with them, 2.4 s
+# without, 2026-12-03). The fixtures of earlier commits, trained with both, are
+# still met to 1e-5 (tests/test_population.py).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Many tests compile the same tiny network: JAX's persistent cache shares the
@@ -77,6 +79,7 @@ def tiny_config(path: str, **overrides):
     c.log_every_steps = 1
     c.async_checkpoints = False
     c.checkpoint_on_eval = True  # a checkpoint at every evaluation, as the tests of faults and resumes expect
+    c.curves_every_seconds = -1.0  # no curves.png (a second of matplotlib a run); the tests of curves ask for them
     return override(c, **overrides)
 
 
@@ -110,6 +113,27 @@ def host_step(options, mesh):
 
     train = compile_train_step(options, SimpleNamespace(mesh=mesh), {})
     return lambda state, batch: train(state, empty_window(1, parallel.replicated(mesh)), batch)
+
+
+def train_steps(config, num_steps: int, member_batching: str | None = None):
+    """`num_steps` calls of the run's compiled step (`loop.setup` of `config`)
+    from its initial state, each from an empty log window: ``(state, losses)``,
+    the stacked state and each step's loss of each member ([steps, K])."""
+    from resnet_jax import parallel
+    from resnet_jax.training import loop
+    from resnet_jax.training.metrics import LOSS, empty_window
+
+    mesh = parallel.make_mesh()
+    built = loop.setup(config.copy_and_resolve_references(), mesh)
+    train = built.compile_step(member_batching or config.member_batching)
+    state, losses, spe = built.state, [], built.pipeline.steps_per_epoch
+    for step in range(num_steps):
+        if step % spe == 0:
+            items = built.pipeline.train_epoch(step // spe)
+        empty = empty_window(built.members.size, parallel.replicated(mesh))
+        state, window = train(state, empty, next(items))
+        losses.append(np.asarray(window)[:, LOSS])
+    return state, np.stack(losses)
 
 
 @pytest.fixture

@@ -4,11 +4,15 @@ population axis (tests/fixtures/ckpt_860d72c) still restore, evaluate and resume
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import env_with_devices, tiny_config, train_steps
 from fixtures import make_one_member as one_member
 from fixtures.make_checkpoints import HERE as FIXTURES
 from fixtures.make_checkpoints import fixture_config
@@ -21,6 +25,7 @@ from resnet_jax.training import population
 from resnet_jax.training.checkpoint import Checkpointer
 from resnet_jax.training.loop import train_and_evaluate
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
 # One block a stage of 4-8-16 filters, as the fixtures: compiles in seconds.
 SMALL = {"data.pipeline": "device", "learning_rate": 0.01, "lr_schedule": "cosine", "warmup_epochs": 1.0,
          "model_kwargs.stage_sizes": (1, 1, 1), "model_kwargs.stage_widths": (4, 8, 16)}  # fmt: skip
@@ -30,39 +35,93 @@ def leaves(tree):
     return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def variables_of(tree):
-    groups = ("['params'", "['batch_stats'", "['ema_params'")
-    return {k: v for k, v in leaves(tree).items() if k.split("]")[0] in groups}
+def variables_of(state):
+    """The parameters, batch statistics and EMA of a train state, by path."""
+    return leaves({k: getattr(state, k) for k in ("params", "batch_stats", "ema_params")})
 
 
-def test_a_learning_rate_by_weight_decay_grid_equals_its_members_trained_alone(image_folder, tmp_path):
+def test_a_learning_rate_by_weight_decay_grid_steps_as_its_members_alone(image_folder):
     """A 2 x 2 grid of learning rate and weight decay (warm-up and cosine, EMA),
-    6 steps: each member's parameters, batch statistics and EMA equal those of
-    its own run; its folder has its metrics; the report names every member."""
+    6 calls of the compiled step, each member's values traced: its parameters,
+    batch statistics, EMA and losses equal those of its own config stepped alone
+    (where the values are constants)."""
     sweep = "learning_rate=0.01,0.05 weight_decay=1e-4,1e-2"
-    config = tiny_config(image_folder, num_train_steps=6, sweep=sweep, ema_decay=0.9, **SMALL)
+    config = tiny_config(image_folder, sweep=sweep, ema_decay=0.9, **SMALL)
     members = population.from_config(config)
     assert members.size == 4 and members.swept["weight_decay"] == (1e-4, 1e-2, 1e-4, 1e-2)
-    together = train_and_evaluate(config, str(tmp_path / "grid"))
-    packed = leaves(Checkpointer(str(tmp_path / "grid")).restore_tree())
+    together, losses = train_steps(config, 6)
+    packed = variables_of(together)
     for k, name in enumerate(members.names()):
-        alone_dir = str(tmp_path / f"alone{k}")
-        alone = train_and_evaluate(population.member_config(config, members, k), alone_dir)
-        a = variables_of(Checkpointer(alone_dir).restore_tree())
+        alone, alone_losses = train_steps(population.member_config(config, members, k), 6)
+        a = variables_of(alone)
         assert len(a) > 10
         for key, x in a.items():
-            np.testing.assert_allclose(packed[key][k], x, rtol=1e-4, atol=2e-5, err_msg=f"{name} {key}")
-        assert together["eval"]["per_member"][k]["top1"] == pytest.approx(alone["eval"]["top1"])
-        assert os.path.isfile(tmp_path / "grid" / name / "metrics.jsonl")
+            np.testing.assert_allclose(packed[key][k], x[0], rtol=1e-4, atol=2e-5, err_msg=f"{name} {key}")
+        np.testing.assert_allclose(losses[:, k], alone_losses[:, 0], rtol=1e-5, err_msg=name)
     # The members really differ: a larger learning rate moves the parameters further.
     head = packed["['params']['head']['kernel']"]
     assert not np.allclose(head[0], head[2])
-    table = (tmp_path / "grid" / "table.md").read_text()
-    assert all(name in table for name in members.names()) and "| 0.05 | 0.01 | 1 |" in table
-    assert (tmp_path / "grid" / "sweep.png").stat().st_size > 10_000
-    _, variables, info = resnet_jax.restore(str(tmp_path / "grid" / members.names()[3]))
-    assert info["learning_rate"] == 0.05 and info["weight_decay"] == 0.01 and info["member"] == 3
-    np.testing.assert_array_equal(variables["params"]["head"]["kernel"], head[3])
+
+
+def test_a_population_run_writes_each_member_and_resumes_from_sigkill_bit_identically(image_folder, tmp_path):
+    """2 learning rates x 2 seeds for 8 steps, end to end: each member's folder,
+    metrics, evaluation and restore; the report. The same run killed by SIGKILL
+    in step 5 (checkpoint at step 4, mid-epoch), then started again, ends
+    bit-identical to the uninterrupted one."""
+    cfg = dict(num_train_steps=8, num_seeds=2, sweep="learning_rate=0.01,0.05", checkpoint_every_steps=2,
+               eval_every_steps=8, ema_decay=0.9, curves_every_seconds=0.0, **SMALL)  # fmt: skip
+    config = tiny_config(image_folder, **cfg)
+    members = population.from_config(config)
+    straight = tmp_path / "straight"
+    together = train_and_evaluate(config, str(straight))
+    packed = leaves(Checkpointer(str(straight)).restore_tree(8))
+    assert packed["['params']['head']['kernel']"].shape[0] == 4 == len(together["eval"]["per_member"])
+    for k, name in enumerate(members.names()):
+        member_dir = straight / name
+        assert [r["step"] for r in read_metrics(str(member_dir))["train"]] == list(range(1, 9))
+        assert (member_dir / "curves.png").read_bytes().startswith(b"\x89PNG")
+        _, variables, info = resnet_jax.restore(str(member_dir))
+        assert info["member"] == k and info["seed"] == k % 2 and info["learning_rate"] == (0.01, 0.05)[k // 2]
+        np.testing.assert_array_equal(variables["params"]["head"]["kernel"], packed["['params']['head']['kernel']"][k])
+        metrics = evaluate_checkpoint(tiny_config(image_folder, **SMALL), str(member_dir))
+        assert metrics["top1"] == pytest.approx(together["eval"]["per_member"][k]["top1"])
+    table = (straight / "table.md").read_text()
+    assert all(name in table for name in members.names())
+    assert (straight / "sweep.png").stat().st_size > 10_000
+    with pytest.raises(ConfigError, match="holds 4 networks trained together: restore one with member=k"):
+        resnet_jax.restore(str(straight))
+    with pytest.raises(CheckpointMismatchError, match="num_seeds=2, but this run has num_seeds=3"):
+        train_and_evaluate(tiny_config(image_folder, **dict(cfg, num_seeds=3)), str(straight))
+
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {TESTS!r})
+        from conftest import env_with_devices, tiny_config, train_steps
+        from resnet_jax.training import checkpoint
+        from resnet_jax.training.loop import train_and_evaluate
+
+        save = checkpoint.Checkpointer.save
+
+        def save_then_kill(self, state, *args, **kwargs):
+            save(self, state, *args, **kwargs)
+            if int(state.step[0]) == 4:
+                self.wait()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        checkpoint.Checkpointer.save = save_then_kill
+        train_and_evaluate(tiny_config({image_folder!r}, **{cfg!r}), sys.argv[1])
+    """))
+    resumed = tmp_path / "resumed"
+    killed = subprocess.run([sys.executable, str(script), str(resumed)], env=env_with_devices(8), capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:] + killed.stderr[-2000:]
+    assert Checkpointer(str(resumed)).latest_step() == 4
+    train_and_evaluate(config, str(resumed))
+    b = leaves(Checkpointer(str(resumed)).restore_tree(8))
+    assert packed.keys() == b.keys()
+    for key in packed:
+        np.testing.assert_array_equal(packed[key], b[key], err_msg=key)
 
 
 def test_sweeps_that_change_shapes_or_are_malformed_are_refused(image_folder, tmp_path):

@@ -121,16 +121,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise error  # out of the except block: not chained to XLA's error and the frames it holds
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: Stops) -> dict[str, Any]:
-    mesh = parallel.make_mesh()
-    config = config.copy_and_resolve_references()
-    config.eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
+@dataclass(frozen=True)
+class Setup:
+    """What a run is built from, before any checkpoint is read: the population,
+    the pipeline, the model, the step's options, each member's learning-rate
+    schedule (for the log) and the initial stacked state."""
+
+    members: population.Population
+    pipeline: Any
+    model: Any
+    options: steps.StepOptions
+    total_steps: int
+    schedules: list[Callable[[int], Any]]
+    state: TrainState
+
+    def compile_step(self, member_batching: str = "auto", steps_per_call: int = 1) -> Callable:
+        """The run's compiled train step (`compiled.compile_train_step`)."""
+        hp = self.members.hyperparameters()
+        return compile_train_step(self.options, self.pipeline, hp, member_batching, steps_per_call)
+
+
+def setup(config: ml_collections.ConfigDict, mesh: Any) -> Setup:
+    """The `Setup` of a resolved, checked `config` on `mesh` (reads the data's description, not its images)."""
     members = population.from_config(config)
-    use_pretrained_normalization(config)
     pipeline = make_pipeline(config, mesh, list(members.seeds))
     info = pipeline.info
     model = model_from_config(config, info.num_classes)
-
     steps_per_epoch = pipeline.steps_per_epoch
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {info.num_train} training examples")
@@ -142,6 +158,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     use_ema = max((config.ema_decay, *members.swept.get("ema_decay", ()))) > 0
     tx = options.make_tx(members.swept_values()[0])  # the state's structure (each member's values are traced)
     state = create_train_state(model, tx, info.image_size, members.seeds, mesh, use_ema)
+    return Setup(members, pipeline, model, options, total_steps, schedules, state)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: Stops) -> dict[str, Any]:
+    mesh = parallel.make_mesh()
+    config = config.copy_and_resolve_references()
+    config.eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
+    use_pretrained_normalization(config)
+    built = setup(config, mesh)
+    members, pipeline, total_steps, state = built.members, built.pipeline, built.total_steps, built.state
+    info = pipeline.info
     metadata = run_metadata(config, info.class_names, info.num_train)
     data_iterator = getattr(pipeline, "data_iterator", None)  # Grain's: saved and restored with the state
     ckpt = Checkpointer(
@@ -150,19 +177,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     ckpt.prepare_to_train()
     state = _resume_or_initialise(state, ckpt, metadata, config, mesh, members.size)
     if jax.process_index() == 0:
-        _announce(config, workdir, state, info, total_steps, members, steps_per_epoch)
+        _announce(config, workdir, state, info, total_steps, members, pipeline.steps_per_epoch)
 
-    train_step = compile_train_step(
-        options, pipeline, members.hyperparameters(), config.member_batching,
-        _check_steps_per_call(config, pipeline, total_steps, step_of(state)),
-    )  # fmt: skip
+    train_step = built.compile_step(
+        config.member_batching, _check_steps_per_call(config, pipeline, total_steps, step_of(state))
+    )
     resumed_at = step_of(state)  # the records of later steps are written again: the writers drop them
     writers = [MetricWriter(d, after=resumed_at) for d in population.member_dirs(workdir, members)]
     run = _Run(
         config, workdir, members, pipeline, ckpt, metadata, total_steps, stops,
-        evaluate=make_evaluator(model, config, info.num_classes, mesh),
-        log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in schedules], options.max_loss,
-                     parallel.replicated(mesh)),
+        evaluate=make_evaluator(built.model, config, info.num_classes, mesh),
+        log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in built.schedules],
+                     built.options.max_loss, parallel.replicated(mesh)),
     )  # fmt: skip
     try:
         return run.train(state, train_step)
@@ -328,7 +354,8 @@ class _Run:
         if jax.process_index() != 0:
             return
         tqdm.write(_summary_line((step - 1) // self.pipeline.steps_per_epoch, step, self.log.last, self.results))
-        if step >= self.total_steps or time.time() - self.last_curves >= self.config.curves_every_seconds:
+        every = self.config.curves_every_seconds
+        if every >= 0 and (step >= self.total_steps or time.time() - self.last_curves >= every):
             for d in self.dirs:  # ~1 s with 164 evaluations: not at each one of a fast GPU run
                 plot.write_curves(d)
             self.last_curves = time.time()
