@@ -67,8 +67,11 @@ def image_folder(tmp_path_factory):
 
 
 def tiny_config(path: str, **overrides):
-    """A config that trains cifar_resnet20 at 16x16 on `path` in seconds."""
+    """A config that trains a narrow ResNet-8 (cifar_resnet20's blocks, one a
+    stage, 4-8-16 filters: it compiles in a third of a ResNet-20's time) at
+    16x16 on `path` in seconds."""
     c = default_config()
+    c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)
     c.data.path = path
     c.data.image_size = 16
     c.batch_size = 16

@@ -97,10 +97,10 @@ def test_another_model_in_the_workdir_is_a_clear_error(trained, image_folder):
     # Restoring into a model of another number of classes names the arrays that differ.
     c = tiny_config(image_folder)
     mesh = parallel.make_mesh()
-    model = models.create("cifar_resnet20", num_classes=5)
+    model = models.create("cifar_resnet20", num_classes=5, stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16))
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 3, 3))
     target = population.take(create_train_state(model, tx, 16, [0], mesh), 0)
-    with pytest.raises(CheckpointMismatchError, match=r"\['params'\]\['head'\]\['kernel'\]: checkpoint \(64, 3\)"):
+    with pytest.raises(CheckpointMismatchError, match=r"\['params'\]\['head'\]\['kernel'\]: checkpoint \(16, 3\)"):
         Checkpointer(workdir).restore(target)
 
 

@@ -57,9 +57,12 @@ def copy_run(workdir, tmp_path, name="copy"):
     return target
 
 
-def truncate_largest_file(step_dir):
-    path = max((p for p in glob.glob(f"{step_dir}/**", recursive=True) if os.path.isfile(p)), key=os.path.getsize)
-    os.truncate(path, os.path.getsize(path) // 2)
+def truncate_data_files(step_dir):
+    """Cuts each of the step's array data files to half (a write cut off midway)."""
+    paths = [p for p in glob.glob(f"{step_dir}/state/**/d/*", recursive=True) if os.path.isfile(p)]
+    assert paths, step_dir
+    for path in paths:
+        os.truncate(path, os.path.getsize(path) // 2)
 
 
 def leaves(tree):
@@ -71,7 +74,7 @@ def test_a_truncated_latest_checkpoint_is_set_aside_and_training_resumes_from_th
 ):
     workdir = str(tmp_path / "run")
     train_and_evaluate(tiny(num_train_steps=6, **FAST), workdir)
-    truncate_largest_file(f"{workdir}/checkpoints/6")
+    truncate_data_files(f"{workdir}/checkpoints/6")
     capsys.readouterr()
     train_and_evaluate(tiny(num_train_steps=9, **FAST), workdir)
     out = capsys.readouterr()
@@ -95,7 +98,7 @@ def test_restore_and_predict_skip_a_damaged_checkpoint_and_an_explicit_one_is_na
     workdir = copy_run(straight, tmp_path)
     step_dir = f"{workdir}/checkpoints/9"
     if damage == "truncated":
-        truncate_largest_file(step_dir)
+        truncate_data_files(step_dir)
     elif damage == "no state metadata":
         os.remove(f"{step_dir}/state/_METADATA")
     else:
@@ -264,8 +267,8 @@ def test_a_full_disk_stops_the_run_at_that_save(tiny, tmp_path, monkeypatch):
     workdir = str(tmp_path / "run")
     train_and_evaluate(tiny(num_train_steps=3, **FAST), workdir)
     usage = shutil.disk_usage(workdir)
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=100_000))
-    with pytest.raises(CheckpointWriteError, match=r"cannot save step 6 .* 0.1 MiB are free; steps \[3\] are intact"):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
+    with pytest.raises(CheckpointWriteError, match=r"cannot save step 6 .* 0.0 MiB are free; steps \[3\] are intact"):
         train_and_evaluate(tiny(num_train_steps=9, **FAST), workdir)
     monkeypatch.undo()
 
