@@ -60,6 +60,12 @@ def make_image_folder(root, train_per_class: int = 16, test_per_class: int = 5, 
     return str(root)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow run first, so that the two workers end together
+    (a long test begun last would leave one of them waiting)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory):
     """3 classes, 48 train and 15 test PNGs of 16x16."""

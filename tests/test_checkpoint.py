@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,11 @@ from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError
 from resnet_jax.training.loop import train_and_evaluate
 from resnet_jax.training.state import create_train_state
 
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
 
 @pytest.fixture(scope="module")
 def trained(image_folder, tmp_path_factory):
@@ -33,14 +39,19 @@ def trained(image_folder, tmp_path_factory):
     return str(workdir), results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pipeline", ["tfds", "device"])
-def test_resume_gives_the_same_parameters(tiny, tmp_path, pipeline):
-    """2N steps in one go == N steps, stopped, then N more (N = 4, mid-epoch)."""
-    cfg = {"lr_schedule": "piecewise", "lr_boundaries": (5,), "ema_decay": 0.9, "data.pipeline": pipeline}
+def test_resume_gives_the_same_parameters(tiny, tmp_path, capsys, pipeline):
+    """8 steps in one go == the same run resumed from its checkpoint of step 4 (mid-epoch)."""
+    cfg = {"lr_schedule": "piecewise", "lr_boundaries": (5,), "ema_decay": 0.9, "data.pipeline": pipeline,
+           "checkpoint_every_steps": 4, "checkpoint_on_eval": False}  # fmt: skip
     train_and_evaluate(tiny(num_train_steps=8, **cfg), str(tmp_path / "straight"))
-    train_and_evaluate(tiny(num_train_steps=4, **cfg), str(tmp_path / "resumed"))
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")  # as if stopped after step 4's save
     assert Checkpointer(str(tmp_path / "resumed")).latest_step() == 4
+    capsys.readouterr()
     train_and_evaluate(tiny(num_train_steps=8, **cfg), str(tmp_path / "resumed"))
+    assert "at step 4." in capsys.readouterr().out
     a = Checkpointer(str(tmp_path / "straight")).restore_tree(8)
     b = Checkpointer(str(tmp_path / "resumed")).restore_tree(8)
     assert int(a["step"]) == int(b["step"]) == 8
@@ -51,6 +62,7 @@ def test_resume_gives_the_same_parameters(tiny, tmp_path, pipeline):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(leaves_b[path]), err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_with_status_3(image_folder, tmp_path):
     args = cli_args(image_folder, tmp_path, "--config.num_epochs=1000", "--config.eval_every_epochs=1000")
     proc = subprocess.Popen(args, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -133,13 +145,15 @@ def test_saved_on_8_devices_evaluates_on_1(trained, image_folder):
     assert metrics["loss"] == pytest.approx(results["eval"]["loss"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_saved_on_1_device_evaluates_on_8(image_folder, tmp_path):
-    proc = subprocess.run(
-        cli_args(image_folder, tmp_path, "--config.num_epochs=1"), env=env_with_devices(1),
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
     from conftest import tiny_config
+
+    script = f"from conftest import tiny_config; from resnet_jax.training.loop import train_and_evaluate; " \
+             f"train_and_evaluate(tiny_config({image_folder!r}), {str(tmp_path)!r})"  # fmt: skip
+    env = dict(env_with_devices(1), PYTHONPATH=os.pathsep.join([TESTS, env_with_devices(1)["PYTHONPATH"]]))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
     saved = Checkpointer(str(tmp_path)).metadata()["metrics"]
     metrics = evaluate_checkpoint(tiny_config(image_folder), str(tmp_path))

@@ -60,6 +60,7 @@ def trained_r20(tmp_path_factory):
     return folder, str(workdir)
 
 
+@pytest.mark.slow
 def test_train_user_errors_are_one_line(trained_r20, tmp_path, capsys):
     folder, workdir = trained_r20
 

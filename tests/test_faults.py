@@ -260,6 +260,7 @@ def test_eval_only_classes_and_empty_class_folders_are_named(tmp_path):
             make_pipeline(tiny_config(empty, **{"data.pipeline": pipeline}), mesh)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_at_that_save(tiny, tmp_path, monkeypatch):
     """A disk without room for the state is refused before writing; a write that
     fails anyway (ENOSPC inside Orbax's writer) stops the run at that save, with

@@ -61,6 +61,7 @@ def test_the_deadline_stops_the_running_item_and_starts_no_other(plan, tmp_path)
     assert [(r["item"], r["status"]) for r in records(tmp_path / "out")] == [("a", "done"), ("b", "stopped")]
 
 
+@pytest.mark.slow
 def test_a_real_item_measures_on_a_tiny_folder(image_folder, tmp_path):
     out = tmp_path / "out"
     assert gpu.main(["--data", str(image_folder), "--out", str(out), "--tiny", "--items", "resnet20_jax"]) == 0

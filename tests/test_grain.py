@@ -210,6 +210,7 @@ TRAIN_WITHOUT_TF = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_tfds_arrayrecord_and_folder_sources_train_without_tensorflow(tfds_dir, image_folder, tmp_path, env):
     args = [sys.executable, "-c", TRAIN_WITHOUT_TF, tfds_dir, image_folder, str(tmp_path / "run")]
     proc = subprocess.run(args, env=hiding("tensorflow", env, tmp_path), capture_output=True, text=True, timeout=300)
@@ -269,6 +270,7 @@ def test_bad_files_are_named_skipped_or_stop_the_run(tmp_path):
     p.data_iterator.close()
 
 
+@pytest.mark.slow
 def test_iterator_state_restores_the_batches_on_any_worker_count(image_folder):
     p = pipeline(image_folder, **{"data.workers": 2})
     stream = p.train_epoch(0)
@@ -287,6 +289,7 @@ def test_iterator_state_restores_the_batches_on_any_worker_count(image_folder):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_the_same_parameters(image_folder, tmp_path, env):
     """A run killed by SIGKILL after its checkpoint at step 4 (epoch 2, batch 1 of 3),
     restarted from it, ends step 8 with the parameters of the run that never stopped."""

@@ -49,6 +49,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sigkilled_trainer_takes_its_grain_workers_and_resource_tracker_along(tmp_path):
     root = make_image_folder(tmp_path / "images", train_per_class=16, test_per_class=2)
     workdir = tmp_path / "run"

@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from conftest import env_with_devices
 
 WORKER = textwrap.dedent("""
@@ -58,6 +59,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     env, two_devices = env_with_devices(1), env_with_devices(2)
     script = tmp_path / "worker.py"

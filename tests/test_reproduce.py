@@ -33,6 +33,7 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_study_is_stopped_resumed_reported_and_skipped(image_folder, tmp_path):
     workdir = tmp_path / "study"
     cmd = study_cmd(image_folder, workdir, "--scale=0.0025", "--evals=4")  # 160 steps per network
@@ -82,6 +83,7 @@ def test_study_is_stopped_resumed_reported_and_skipped(image_folder, tmp_path):
         study.check_study_state(str(workdir), "cifar10", 0.01)
 
 
+@pytest.mark.slow
 def test_two_seeds_train_together_and_networks_in_parallel_processes(image_folder, tmp_path):
     workdir = tmp_path / "study"
     cmd = study_cmd(image_folder, workdir, "--scale=0.0002", "--evals=2", "--parallel=2", "--seeds=2")

@@ -20,6 +20,7 @@ def leaves(state):
     return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("member_batching", ["vmap", "loop"])
 def test_seeds_stepped_together_equal_each_seed_stepped_alone(image_folder, member_batching):
     """2 seeds for 4 calls of the compiled step (across an epoch boundary: each

@@ -250,6 +250,7 @@ def test_records_after_the_resumed_step_and_a_record_cut_off_midway_are_dropped(
     assert files(str(workdir)) == before and not glob.glob(f"{workdir}/**/*.tmp", recursive=True)
 
 
+@pytest.mark.slow
 def test_train_py_ctrl_c_a_broken_config_file_and_grain_out_of_memory(image_folder, tmp_path):
     """From a terminal: Ctrl-C in train.py saves, says so and exits 130; a config
     file with a syntax error is one line naming its file and line (status 2);

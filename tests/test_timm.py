@@ -96,6 +96,7 @@ def test_training_mode_and_batch_statistics_as_timm():
         np.testing.assert_allclose(ours["var"], theirs["var"], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_parameter_counts_equal_timms():
     """Every timm model that converts and torchvision lacks (those are in test_models),
     counted on the meta device (no weights allocated)."""

@@ -41,6 +41,7 @@ def _torch_copy(params: dict, depth: int) -> "torch.nn.Module":
     return net
 
 
+@pytest.mark.slow
 def test_same_loss_and_gradients_as_the_pytorch_peer():
     depth = 20
     model = models.create(f"cifar_resnet{depth}", num_classes=10)

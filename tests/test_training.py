@@ -28,6 +28,7 @@ def read_metrics(workdir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_mock_tfds_train_steps(tmp_path):
     """A few steps on tfds.testing.mock_data through the real tf.data pipeline."""
     c = default_config()
@@ -45,6 +46,7 @@ def test_mock_tfds_train_steps(tmp_path):
     assert json.load(open(tmp_path / "config.json"))["batch_size"] == 16
 
 
+@pytest.mark.slow
 def test_overfits_a_small_folder(tiny, tmp_path):
     """48 images, 30 epochs: the training loss falls by a large factor."""
     c = tiny(num_epochs=30, eval_every_epochs=30, learning_rate=0.02, **{"data.augment": "none"})
