@@ -4,6 +4,7 @@
     python bench/loop_overhead.py resnet20           # ResNet-20, batch 128, the real step
     python bench/loop_overhead.py sweep      # 6-member lr x wd sweep against 6 separate runs
     python bench/loop_overhead.py stacking --step resnet20   # one member stacked, against one network unstacked
+    python bench/loop_overhead.py calls      # the call alone: an identity on the state, stacked and not
 
 * proxy / resnet20: `train_and_evaluate` (logging every 50 steps, one
   evaluation and one checkpoint at the end) against a bare Python loop over the
@@ -24,6 +25,9 @@
   pipeline and the same step (``--step``: the proxy's or ResNet-20's), in
   alternating blocks of 50 steps in one process (each first in every other round). Reported: the median over
   the blocks of stacked / unstacked, and the ratio of their 10th percentiles.
+* calls: a jitted identity (state donated) on ResNet-20's train state, stacked
+  on an axis of 1 and not, in alternating blocks of 50 calls: what JAX's call
+  alone costs for the extra axis, no step around it.
 * sweep: the wall time of one run training a 3 x 2 grid of learning rate and
   weight decay (6 members, looped in one step: the CPU default) against the 6
   runs one after another, each from start-up to its end (compilation, data,
@@ -237,6 +241,33 @@ def stacking(step_name: str, num_steps: int, batch: int, repeats: int) -> dict[s
             "median_ratio": ratio, "p10_ratio": _p10(times["stacked"]) / _p10(times["unstacked"])}  # fmt: skip
 
 
+def calls(num_steps: int, repeats: int) -> dict[str, Any]:
+    """A jitted identity on ResNet-20's train state (donated), stacked on an axis
+    of 1 and not: what JAX's call alone costs for the extra axis."""
+    config, mesh = _config(num_steps, 128), parallel.make_mesh()
+    tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 100, 100))
+    stacked = create_train_state(loop.model_from_config(config, 10), tx, 32, [0], mesh)
+    states = {"stacked": stacked, "unstacked": jax.device_put(population.take(stacked, 0), parallel.replicated(mesh))}
+    identity, block = jax.jit(lambda state: state, donate_argnums=0), 50
+
+    def time_block(name: str) -> float:
+        t0 = time.perf_counter()
+        for _ in range(block):
+            states[name] = identity(states[name])
+        jax.block_until_ready(states[name])
+        return (time.perf_counter() - t0) / block * 1e6
+
+    times: dict[str, list[float]] = {"stacked": [time_block("stacked")], "unstacked": [time_block("unstacked")]}
+    for r in range(repeats * max(1, num_steps // block // 2)):
+        for name in (("stacked", "unstacked") if r % 2 else ("unstacked", "stacked")):
+            times[name].append(time_block(name))
+    medians = {name: statistics.median(t[1:]) for name, t in times.items()}
+    return {"what": "calls", "arrays": len(jax.tree_util.tree_leaves(stacked)), "blocks": len(times["stacked"]) - 1,
+            "stacked_median_us": medians["stacked"], "unstacked_median_us": medians["unstacked"],
+            "median_ratio": medians["stacked"] / medians["unstacked"],
+            "p10_ratio": _p10(times["stacked"][1:]) / _p10(times["unstacked"][1:])}  # fmt: skip
+
+
 def sweep(num_steps: int, batch: int) -> dict[str, Any]:
     config = _config(num_steps, batch)
     config.sweep = "learning_rate=0.05,0.1,0.2 weight_decay=1e-4,5e-4"
@@ -255,7 +286,7 @@ def sweep(num_steps: int, batch: int) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["proxy", "resnet20", "sweep", "stacking"])
+    p.add_argument("what", choices=["proxy", "resnet20", "sweep", "stacking", "calls"])
     p.add_argument("--step", choices=["proxy", "resnet20"], default="proxy", help="stacking: the step timed")
     p.add_argument("--steps", type=int, default=0, help="default: 3000 (proxy), 300 (resnet20), 40 (sweep)")
     p.add_argument("--batch", type=int, default=128)
@@ -263,8 +294,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="loop runs, each with the bare loop around it")
     args = p.parse_args()
     _use_synthetic_data(args.examples)
-    num_steps = args.steps or {"proxy": 3000, "resnet20": 300, "sweep": 40, "stacking": 3000}[args.what]
-    if args.what == "sweep":
+    num_steps = args.steps or {"proxy": 3000, "resnet20": 300, "sweep": 40, "stacking": 3000, "calls": 3000}[args.what]
+    if args.what == "calls":
+        out = calls(num_steps, args.repeats)
+    elif args.what == "sweep":
         out = sweep(num_steps, args.batch)
     elif args.what == "stacking":
         out = stacking(args.step, num_steps, args.batch, args.repeats)
