@@ -13,8 +13,8 @@ import time
 # loops costs seconds a program (a 4-8-16 ResNet's init: 9 s, 1 s at level 0)
 # and buys nothing on 16-pixel images; XLA:CPU's fusion emitters take half of
 # what is left (a 4-8-16 ResNet-8's init and step: 5.2 s with them, 2.4 s
-# without, 2026-12-03). The fixtures of earlier commits, trained with both, are
-# still met to 1e-5 (tests/test_population.py).
+# without, 2026-12-03). The fixtures of earlier commits, trained with neither,
+# are still met to 1e-5 (tests/test_population.py).
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -74,8 +74,8 @@ def image_folder(tmp_path_factory):
 
 def tiny_config(path: str, **overrides):
     """A config that trains a narrow ResNet-8 (cifar_resnet20's blocks, one a
-    stage, 4-8-16 filters: it compiles in a third of a ResNet-20's time) at
-    16x16 on `path` in seconds."""
+    stage, 4-8-16 filters: fewer ops to compile than a ResNet-20) at 16x16 on
+    `path` in seconds."""
     c = default_config()
     c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)
     c.data.path = path
