@@ -26,9 +26,6 @@ from resnet_jax.training.state import create_train_state
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-
-
 @pytest.fixture(scope="module")
 def trained(image_folder, tmp_path_factory):
     """A workdir trained for one epoch on 8 devices, with an EMA."""
@@ -151,7 +148,8 @@ def test_saved_on_1_device_evaluates_on_8(image_folder, tmp_path):
 
     script = f"from conftest import tiny_config; from resnet_jax.training.loop import train_and_evaluate; " \
              f"train_and_evaluate(tiny_config({image_folder!r}), {str(tmp_path)!r})"  # fmt: skip
-    env = dict(env_with_devices(1), PYTHONPATH=os.pathsep.join([TESTS, env_with_devices(1)["PYTHONPATH"]]))
+    env = env_with_devices(1)
+    env["PYTHONPATH"] = TESTS + os.pathsep + env["PYTHONPATH"]  # for conftest
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
