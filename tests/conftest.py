@@ -154,10 +154,14 @@ def tiny(image_folder):
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+QUICK_NARROW = os.path.join(ROOT, "tests", "quick_narrow.py")
+
+
 def cli_args(folder, workdir, *extra):
-    """``train.py`` with the quick recipe, shrunk to the fixture folder's 16x16 images."""
+    """``train.py`` with the quick recipe on a narrow ResNet-8 (tests/quick_narrow.py), shrunk to the fixture
+    folder's 16x16 images."""
     return [
-        sys.executable, os.path.join(ROOT, "train.py"), "--config", os.path.join(ROOT, "configs/cifar10_quick.py"),
+        sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICK_NARROW,
         "--workdir", str(workdir), f"--config.data.path={folder}", "--config.data.image_size=16",
         "--config.batch_size=16", "--config.eval_batch_size=16", "--config.eval_flip=False", *extra,
     ]  # fmt: skip
@@ -169,6 +173,18 @@ def env_with_devices(n):
     env = dict(os.environ, XLA_FLAGS=flags, TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def tensorboard_events(folder: str) -> list:
+    """The events of the TensorBoard files in `folder`, file after file, as
+    TensorFlow reads them (it checks every frame's length and CRCs)."""
+    import glob
+
+    import tensorflow as tf
+    from tensorflow.core.util.event_pb2 import Event
+
+    paths = sorted(glob.glob(os.path.join(folder, "events.out.tfevents.*")))
+    return [Event.FromString(record.numpy()) for path in paths for record in tf.data.TFRecordDataset(path)]
 
 
 def wait_for(condition, proc: subprocess.Popen, seconds: float = 300) -> None:

@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, cli_args, env_with_devices, make_image_folder, override, tiny_config
+from conftest import QUICK_NARROW, ROOT, cli_args, env_with_devices, make_image_folder, override, tiny_config
 
 from resnet_jax import convert, errors, parallel, predict
 from resnet_jax.evaluate import evaluate_checkpoint
@@ -46,7 +46,7 @@ def one_line(capsys, run, expected):
 
 def quick(folder, **overrides):
     """The quick recipe shrunk to the fixture folder, as `conftest.cli_args` gives it to train.py."""
-    c = load_config(os.path.join(ROOT, "configs", "cifar10_quick.py"))
+    c = load_config(QUICK_NARROW)
     c.data.path, c.data.image_size, c.batch_size, c.eval_batch_size, c.eval_flip = str(folder), 16, 16, 16, False
     return override(c, **overrides)
 
@@ -83,7 +83,7 @@ def test_train_user_errors_are_one_line(trained_r20, tmp_path, capsys):
     one_line(capsys, lambda: evaluate_checkpoint(quick(folder), str(tmp_path / "g"), "latest"),
              "holds no checkpoints/ folder")  # fmt: skip
     one_line(capsys, train(folder, tmp_path / "h", init_from=str(tmp_path / "g")), "holds no checkpoints/")
-    deeper = dict(model="cifar_resnet56", init_from=workdir)  # another model's weights
+    deeper = {"model": "cifar_resnet56", "model_kwargs.stage_sizes": (9, 9, 9), "init_from": workdir}  # 27 blocks
     one_line(capsys, train(folder, tmp_path / "i", **deeper), "fits this model in too few places")
 
 

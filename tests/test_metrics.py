@@ -4,7 +4,6 @@ written to metrics.jsonl and TensorBoard."""
 import glob
 import json
 import os
-import struct
 import time
 from types import SimpleNamespace
 
@@ -12,25 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tensorboard_events
 
 from resnet_jax import parallel
 from resnet_jax.errors import DivergedError
 from resnet_jax.training import steps
 from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.metrics import MetricWriter, TrainLog, accumulate
-
-
-def _events(folder: str) -> list:
-    """The events of the TensorBoard file in `folder` (TFRecord framing: length, crc, data, crc)."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    (path,) = glob.glob(os.path.join(folder, "events.out.tfevents.*"))
-    data, out, i = open(path, "rb").read(), [], 0
-    while i < len(data):
-        (n,) = struct.unpack("<Q", data[i : i + 8])
-        out.append(Event.FromString(data[i + 12 : i + 12 + n]))
-        i += 12 + n + 4
-    return out
 
 
 def _read(workdir) -> list[dict]:
@@ -88,16 +75,28 @@ def test_a_diverged_step_is_named(tmp_path):
     assert not os.path.exists(tmp_path / "metrics.jsonl") or _read(tmp_path) == []
 
 
-def test_tensorboard_holds_the_records(tmp_path):
-    """One TensorBoard event per record, holding its scalars under ``split/name``."""
+def test_tensorboard_holds_the_records_as_tensorflow_reads_them(tmp_path):
+    """One TensorBoard event per record, holding its scalars under ``split/name``,
+    after the file's version; TensorFlow's reader checks the frames, and a
+    changed byte is caught by their CRC."""
+    import tensorflow as tf
+
     writer = MetricWriter(str(tmp_path))
     writer.write(10, "train", {"loss": 2.5, "lr": 0.1, "steps": 10})
-    writer.write(20, "eval", {"top1": 0.75, "per_member": [{"top1": 0.7}]})
+    writer.write(2**40, "eval", {"top1": 0.75, "per_member": [{"top1": 0.7}]})
     writer.close()
-    events = [e for e in _events(str(tmp_path / "tensorboard")) if e.HasField("summary")]
+    first, *events = tensorboard_events(str(tmp_path / "tensorboard"))
+    assert first.file_version == "brain.Event:2" and not first.HasField("summary")
     got = [(e.step, {v.tag: v.simple_value for v in e.summary.value}) for e in events]
     assert got == [(10, {"train/loss": 2.5, "train/lr": pytest.approx(0.1), "train/steps": 10.0}),
-                   (20, {"eval/top1": 0.75})]  # fmt: skip
+                   (2**40, {"eval/top1": 0.75})]  # fmt: skip
+    assert events[0].wall_time == pytest.approx(time.time(), abs=60)
+    (path,) = glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+    data = bytearray(open(path, "rb").read())
+    data[-10] ^= 1  # a bit of the last event's value
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(tf.errors.DataLossError):
+        tensorboard_events(str(tmp_path / "tensorboard"))
 
 
 def _device_bound_step(state: jax.Array, batch: dict, hp: dict) -> tuple[jax.Array, dict]:
@@ -162,7 +161,13 @@ def test_an_evaluations_seconds_leave_its_compilation_out():
     from resnet_jax.training.loop import _evaluate_all
 
     fresh = float(time.time_ns() % 997)  # a program no cache holds: the first call compiles it
-    work = jax.jit(lambda x: jax.lax.fori_loop(0, 500, lambda i, v: jnp.tanh(v @ v), x + fresh).sum())
+
+    @jax.jit
+    def work(x):
+        v = jax.lax.fori_loop(0, 500, lambda i, v: jnp.tanh(v @ v), x + fresh)
+        for k in range(1, 41):  # 40 more products to compile (0.2 s, not 0.05: well above the bound below)
+            v = jnp.tanh(v @ v + k)
+        return v.sum()
 
     def evaluate(variables, batches):
         return [{"count": 8, "loss": sum(float(work(b["x"])) for b in batches)}]

@@ -20,11 +20,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import cli_args, env_with_devices, tiny_config, wait_for
+from conftest import cli_args, env_with_devices, tensorboard_events, tiny_config, wait_for
 
 import resnet_jax.training.loop as loop
 from resnet_jax.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, exit_on_user_error
 from resnet_jax.training.checkpoint import Checkpointer
+from resnet_jax.training.events import EventWriter
 from resnet_jax.training.loop import train_and_evaluate
 from resnet_jax.training.metrics import drop_records_after
 
@@ -97,17 +98,8 @@ def recorded(workdir):
 
 def event_steps(workdir):
     """The steps of every ``train/loss`` and ``eval/top1`` event of the workdir's TensorBoard files, in order."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    steps = []
-    for path in sorted(glob.glob(f"{workdir}/tensorboard/events.out.tfevents.*")):
-        data, pos = open(path, "rb").read(), 0
-        while pos < len(data):
-            (length,) = struct.unpack("<Q", data[pos : pos + 8])
-            event = Event.FromString(data[pos + 12 : pos + 12 + length])
-            pos += 12 + length + 4
-            steps += [(event.step, v.tag) for v in event.summary.value if v.tag in ("train/loss", "eval/top1")]
-    return steps
+    events = tensorboard_events(f"{workdir}/tensorboard")
+    return [(e.step, v.tag) for e in events for v in e.summary.value if v.tag in ("train/loss", "eval/top1")]
 
 
 def files(workdir):
@@ -229,15 +221,13 @@ def test_sighup_saves_and_stops_unless_ignored_as_under_nohup(at_step_3, tiny, t
 
 
 def test_records_after_the_resumed_step_and_a_record_cut_off_midway_are_dropped(tmp_path):
-    from tensorboardX import SummaryWriter
-
     workdir = tmp_path / "run"
     workdir.mkdir()
     lines = [json.dumps({"step": s, "split": "train", "loss": 1.0}) + "\n" for s in (1, 2, 3, 4)]
     (workdir / "metrics.jsonl").write_text("".join(lines) + '{"step": 5, "spl')  # SIGKILL in the middle of a line
-    writer = SummaryWriter(str(workdir / "tensorboard"))
+    writer = EventWriter(str(workdir / "tensorboard"))
     for s in (1, 2, 3, 4):
-        writer.add_scalar("train/loss", 1.0, s)
+        writer.add(s, [("train/loss", 1.0)])
     writer.close()
     [events] = glob.glob(f"{workdir}/tensorboard/events.out.tfevents.*")
     with open(events, "ab") as f:

@@ -7,7 +7,6 @@ import glob
 import json
 import math
 import os
-import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,23 +17,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.errors import DivergedError, cannot_write
+from resnet_jax.training import events
 
 
 class MetricWriter:
     """Appends ``{"step", "split", ...}`` records to ``<workdir>/metrics.jsonl``
-    and scalars to TensorBoard (when tensorboardX is installed), whose file is
-    flushed at most every `tensorboard_flush_seconds` (a flush syncs to disk:
-    1-2 ms, with the device idle, if done at every record) and at `close`.
+    and each record's scalars, as one event, to a TensorBoard event file in
+    ``<workdir>/tensorboard`` (`resnet_jax.training.events`), both written
+    through at every record (a record is a log window or an evaluation).
 
     A run resumed at step `after` trains the steps after it again: their
     records, written before the run stopped, are dropped first (from
     ``metrics.jsonl`` and from the event files), so that each step is recorded
     once. A file or folder that cannot be written raises `WorkdirWriteError`."""
 
-    def __init__(self, workdir: str, after: int | None = None, tensorboard_flush_seconds: float = 10.0):
+    def __init__(self, workdir: str, after: int | None = None):
         self.enabled = jax.process_index() == 0
-        self._tb = None
-        self._flush_every, self._flushed = tensorboard_flush_seconds, time.time()
         self.path = os.path.join(workdir, "metrics.jsonl")
         if not self.enabled:
             return
@@ -43,36 +41,26 @@ class MetricWriter:
             if after is not None:
                 drop_records_after(workdir, after)
             self._jsonl = open(self.path, "a")
+            self._events = events.EventWriter(os.path.join(workdir, "tensorboard"))
         except OSError as e:
             raise cannot_write(e.filename or self.path, e) from None
-        try:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        except ImportError:
-            print("tensorboardX is not installed: metrics go to metrics.jsonl only.")
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         record = {"step": step, "split": split, "time": time.time(), **metrics}
+        scalars = [(f"{split}/{k}", float(v)) for k, v in metrics.items() if isinstance(v, (int, float))]
         try:
             self._jsonl.write(json.dumps(record) + "\n")
             self._jsonl.flush()
+            self._events.add(step, scalars)
         except OSError as e:
-            raise cannot_write(self.path, e) from None
-        if self._tb is not None:
-            scalars = [(f"{split}/{k}", float(v)) for k, v in metrics.items() if isinstance(v, (int, float))]
-            self._tb.file_writer.add_summary(_summary(scalars), step)  # one event (add_scalar: ~75 us a scalar)
-            if time.time() - self._flushed >= self._flush_every:
-                self._tb.flush()
-                self._flushed = time.time()
+            raise cannot_write(e.filename or self.path, e) from None
 
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()
-            if self._tb is not None:
-                self._tb.close()
+            self._events.close()
 
 
 def drop_records_after(workdir: str, step: int) -> None:
@@ -86,8 +74,12 @@ def drop_records_after(workdir: str, step: int) -> None:
         kept = [line for line in lines if _jsonl_step(line) <= step]
         if len(kept) < len(lines):
             _replace(path, b"".join(kept))
-    for events in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
-        _drop_events_after(events, step)
+    for path in glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")):
+        with open(path, "rb") as f:
+            data = f.read()
+        kept = [whole for whole, record in events.frames(data) if events.event_step(record) <= step]
+        if sum(map(len, kept)) != len(data):
+            _replace(path, b"".join(kept))
 
 
 def _jsonl_step(line: bytes) -> float:
@@ -98,26 +90,6 @@ def _jsonl_step(line: bytes) -> float:
         return math.inf
 
 
-def _drop_events_after(path: str, step: int) -> None:
-    """Keeps the TFRecord frames of an event file (8-byte length, its CRC, the
-    `Event`, its CRC) whose event's step is at most `step`, copied as they are."""
-    from tensorboardX.proto.event_pb2 import Event
-
-    with open(path, "rb") as f:
-        data = f.read()
-    kept, pos = [], 0
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack("<Q", data[pos : pos + 8])
-        end = pos + 12 + length + 4
-        if end > len(data):
-            break  # cut off midway
-        if Event.FromString(data[pos + 12 : pos + 12 + length]).step <= step:
-            kept.append(data[pos:end])
-        pos = end
-    if sum(map(len, kept)) != len(data):
-        _replace(path, b"".join(kept))
-
-
 def _replace(path: str, data: bytes) -> None:
     """Writes `data` as `path` in one rename: a stop midway leaves the old file or the new one."""
     tmp = f"{path}.tmp"
@@ -126,13 +98,6 @@ def _replace(path: str, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-
-
-def _summary(scalars: list[tuple[str, float]]) -> Any:
-    """One TensorBoard ``Summary`` holding all of a record's scalars."""
-    from tensorboardX.proto.summary_pb2 import Summary
-
-    return Summary(value=[Summary.Value(tag=tag, simple_value=value) for tag, value in scalars])
 
 
 Window = jax.Array  # [K, 5]: the columns below, per population member
