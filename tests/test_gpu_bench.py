@@ -68,4 +68,5 @@ def test_a_real_item_measures_on_a_tiny_folder(image_folder, tmp_path):
     (r,) = records(out)
     assert r["status"] == "done" and r["result"]["model"] == "cifar_resnet20" and r["result"]["batch"] == 16
     assert r["result"]["train_images_per_s"] > 0 and r["result"]["pipeline_train_images_per_s"] > 0
-    assert "throughput.py --steps 1 --model cifar_resnet20" in r["command"]
+    assert "throughput.py --steps 1 " in r["command"] and "--model cifar_resnet20 " in r["command"]
+    assert r["result"]["model_kwargs"] == {"stage_sizes": [1, 1, 1], "stage_widths": [4, 8, 16]}  # narrow on a CPU

@@ -32,8 +32,9 @@ def read_metrics(workdir):
 def test_mock_tfds_train_steps(tmp_path):
     """A few steps on tfds.testing.mock_data through the real tf.data pipeline."""
     c = default_config()
+    c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)  # a narrow ResNet-8
     c.batch_size = c.eval_batch_size = 16
-    c.num_train_steps = 3
+    c.num_train_steps, c.curves_every_seconds = 3, -1.0
     c.checkpoint_every_steps = 2
     c.async_checkpoints = False  # mock_data reroutes file access only inside its context
     with tfds.testing.mock_data(num_examples=40):

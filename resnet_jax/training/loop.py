@@ -73,7 +73,7 @@ def _announce(
     except OSError as e:
         raise cannot_write(path, e) from None
     print(
-        f"{config.model}: {models.count_params(population.take(state.variables(), 0)):,} parameters, "
+        f"{config.model}: {models.count_params(jax.eval_shape(population.take, state.variables(), 0)):,} parameters, "
         f"{info.num_classes} classes, {info.num_train:,} train / {info.num_eval:,} eval examples, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
     )
