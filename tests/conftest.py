@@ -72,12 +72,16 @@ def image_folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("images"))
 
 
+# model_kwargs of a narrow ResNet-8: cifar_resnet20's blocks, one a stage, 4-8-16 filters.
+NARROW_RESNET8 = {"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 16)}
+
+
 def tiny_config(path: str, **overrides):
     """A config that trains a narrow ResNet-8 (cifar_resnet20's blocks, one a
     stage, 4-8-16 filters: fewer ops to compile than a ResNet-20) at 16x16 on
     `path` in seconds."""
     c = default_config()
-    c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)
+    c.model_kwargs.update(NARROW_RESNET8)
     c.data.path = path
     c.data.image_size = 16
     c.batch_size = 16

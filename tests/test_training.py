@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import host_step, step_options
+from conftest import NARROW_RESNET8, host_step, step_options
 
 from resnet_jax import models, parallel
 from resnet_jax.config import default_config
@@ -32,7 +32,7 @@ def read_metrics(workdir):
 def test_mock_tfds_train_steps(tmp_path):
     """A few steps on tfds.testing.mock_data through the real tf.data pipeline."""
     c = default_config()
-    c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)  # a narrow ResNet-8
+    c.model_kwargs.update(NARROW_RESNET8)
     c.batch_size = c.eval_batch_size = 16
     c.num_train_steps, c.curves_every_seconds = 3, -1.0
     c.checkpoint_every_steps = 2
