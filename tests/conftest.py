@@ -16,7 +16,10 @@ import time
 # without, 2026-12-03). The fixtures of earlier commits, trained with neither,
 # are still met to 1e-5 (tests/test_population.py).
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}"
+# A subprocess that imports this file keeps the devices `env_with_devices` gave it.
+if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+    eight = f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {eight}"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Many tests compile the same tiny network: JAX's persistent cache shares the
 # programs between tests and with their subprocesses.

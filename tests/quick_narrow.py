@@ -1,7 +1,9 @@
 """configs/cifar10_quick.py on a narrow ResNet-8 (cifar_resnet20's blocks, one a
 stage, 4-8-16 filters, as `conftest.tiny_config`): the config file of the tests
 that start train.py, whose runs then compile and trace in a fraction of a
-ResNet-20's time. Everything else is the recipe's."""
+ResNet-20's time, and draw no curves.png (matplotlib's import and drawing cost
+more than a tiny run's training; tests/test_plot.py and the population and
+study tests draw them). Everything else is the recipe's."""
 
 import importlib.util
 import os
@@ -15,4 +17,5 @@ def get_config():
     spec.loader.exec_module(quick)
     c = quick.get_config()
     c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)
+    c.curves_every_seconds = -1.0
     return c

@@ -146,15 +146,17 @@ def test_saved_on_8_devices_evaluates_on_1(trained, image_folder):
 def test_saved_on_1_device_evaluates_on_8(image_folder, tmp_path):
     from conftest import tiny_config
 
+    device = {"data.pipeline": "device"}  # no TensorFlow to import in the subprocess
     script = f"from conftest import tiny_config; from resnet_jax.training.loop import train_and_evaluate; " \
-             f"train_and_evaluate(tiny_config({image_folder!r}), {str(tmp_path)!r})"  # fmt: skip
+             f"train_and_evaluate(tiny_config({image_folder!r}, **{device!r}), {str(tmp_path)!r})"  # fmt: skip
     env = env_with_devices(1)
     env["PYTHONPATH"] = TESTS + os.pathsep + env["PYTHONPATH"]  # for conftest
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 cpu device(s)" in proc.stdout, proc.stdout[-3000:]
 
     saved = Checkpointer(str(tmp_path)).metadata()["metrics"]
-    metrics = evaluate_checkpoint(tiny_config(image_folder), str(tmp_path))
+    metrics = evaluate_checkpoint(tiny_config(image_folder, **device), str(tmp_path))
     assert jax.device_count() == 8 and metrics["count"] == saved["count"] == 15
     assert metrics["top1"] == pytest.approx(saved["top1"], abs=1e-6)
     assert metrics["loss"] == pytest.approx(saved["loss"], rel=1e-4)

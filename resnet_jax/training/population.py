@@ -28,6 +28,7 @@ its own (`combine`). ``resnet_jax.restore("<workdir>/<member folder>")`` (or
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import statistics
@@ -198,15 +199,21 @@ def take(tree: Any, k: int) -> Any:
     return jax.tree_util.tree_map(lambda x: x[k], tree)
 
 
+# One compiled program for the whole tree: a slice per leaf, dispatched one at a
+# time, costs a dispatch (and, the first time, a compilation) for every leaf.
+_first = jax.jit(functools.partial(take, k=0))
+_with_axis = jax.jit(lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree))
+
+
 def stored(state: Any, size: int) -> Any:
     """The state as a checkpoint holds it: stacked for several members, a single
     member's unstacked (the layout of checkpoints from before populations)."""
-    return take(state, 0) if size == 1 else state
+    return _first(state) if size == 1 else state
 
 
 def restacked(state: Any, size: int) -> Any:
     """`stored`'s inverse: a restored state with its member axis."""
-    return jax.tree_util.tree_map(lambda x: x[None], state) if size == 1 else state
+    return _with_axis(state) if size == 1 else state
 
 
 def per_member(metrics: dict[str, Any], size: int) -> list[dict[str, Any]]:
