@@ -43,14 +43,15 @@ def variables_of(state):
 @pytest.mark.slow
 def test_a_learning_rate_by_weight_decay_grid_steps_as_its_members_alone(image_folder):
     """A 2 x 2 grid of learning rate and weight decay (warm-up and cosine, EMA),
-    6 calls of the compiled step, each member's values traced: members 1 and 2
+    6 calls of the compiled step, each member's values traced (the members
+    vmapped: one copy of the network to compile; the run below loops): members 1 and 2
     (learning rate 0.01 and weight decay 1e-2; 0.05 and 1e-4: each differs from
     member 0 and from the other, so a member given another's slice or values,
     or the grid's axes swapped, fails) have the parameters, batch statistics,
     EMA and losses of their own configs stepped alone (where the values are
     constants)."""
     sweep = "learning_rate=0.01,0.05 weight_decay=1e-4,1e-2"
-    config = tiny_config(image_folder, sweep=sweep, ema_decay=0.9, **SMALL)
+    config = tiny_config(image_folder, sweep=sweep, ema_decay=0.9, member_batching="vmap", **SMALL)
     members = population.from_config(config)
     assert members.size == 4 and members.swept["weight_decay"] == (1e-4, 1e-2, 1e-4, 1e-2)
     together, losses = train_steps(config, 6)
