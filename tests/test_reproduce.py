@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import env_with_devices, wait_for
+from conftest import NARROW_RESNET8, env_with_devices, wait_for
 
 from resnet_jax import models
 from resnet_jax.errors import ConfigError
@@ -18,13 +18,16 @@ from resnet_jax.models.responses import response_std
 from resnet_jax.reproduce import report, study
 
 PNG = b"\x89PNG\r\n\x1a\n"
+SCALE = 0.0005  # 32 steps of the paper's schedule for each network
+# The paper's networks with the blocks of a narrow ResNet-8, as a user's --config.model_kwargs sets them.
+NARROW = dict(NARROW_RESNET8, zero_init_residual=False)
 
 
 def study_cmd(folder, workdir, *extra):
     return [
         sys.executable, "-m", "resnet_jax.reproduce", f"--workdir={workdir}", "--only=cifar_plain20,cifar_resnet20",
         f"--config.data.path={folder}", "--config.data.image_size=16", "--config.data.pipeline=device",
-        "--config.batch_size=16", "--config.eval_batch_size=16", *extra,
+        "--config.batch_size=16", "--config.eval_batch_size=16", f"--config.model_kwargs={NARROW!r}", *extra,
     ]  # fmt: skip
 
 
@@ -39,7 +42,7 @@ def test_study_is_stopped_resumed_in_parallel_reported_and_skipped(image_folder,
     command with --parallel=2 resumes the stopped network and trains the other
     one in two processes; the report, and a third command that trains nothing."""
     workdir = tmp_path / "study"
-    cmd = study_cmd(image_folder, workdir, "--scale=0.0005", "--evals=4", "--seeds=2")  # 32 steps per network
+    cmd = study_cmd(image_folder, workdir, f"--scale={SCALE}", "--evals=4", "--seeds=2")
     # 1. SIGTERM once the first network has evaluated once: it saves and the study stops.
     proc = subprocess.Popen(cmd, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = workdir / "cifar_plain20" / "seed0" / "metrics.jsonl"
@@ -57,7 +60,7 @@ def test_study_is_stopped_resumed_in_parallel_reported_and_skipped(image_folder,
     assert "2 run(s), 2 to train" in out.stdout
     assert "cifar_plain20: started (2 seeds together in one step, 32 steps" in out.stdout
     results = json.loads((workdir / "results.json").read_text())
-    assert results["scale"] == 0.0005 and results["steps_per_run"] == 32 and results["pending"] == []
+    assert results["scale"] == SCALE and results["steps_per_run"] == 32 and results["pending"] == []
     assert [s["parallel"] for s in results["sittings"]] == [1, 2]
     assert sorted((r["model"], r["seed"], r["seed_index"]) for r in results["runs"]) == [
         ("cifar_plain20", 0, 0), ("cifar_plain20", 1, 1), ("cifar_resnet20", 0, 0), ("cifar_resnet20", 1, 1)
@@ -74,26 +77,26 @@ def test_study_is_stopped_resumed_in_parallel_reported_and_skipped(image_folder,
             assert [m["step"] for m in evals][-4:] == [8, 16, 24, 32]
             assert r["final_test_error"] == pytest.approx(1 - evals[-1]["top1"])
             assert r["best_test_error"] == pytest.approx(1 - max(m["top1"] for m in evals))
-            assert r["steps"] == 32 and r["params"] == 269_267 and r["seeds_together"] == 2  # 3 classes
-            assert len(r["layer_response_std"]) == 19  # the stem and 18 3x3 layers
+            assert r["steps"] == 32 and r["params"] == 4_887 and r["seeds_together"] == 2  # 3 classes
+            assert len(r["layer_response_std"]) == 7  # the stem and 6 3x3 layers
             assert (seed_dir / "curves.png").read_bytes().startswith(PNG)
             errors.append(100 * r["final_test_error"])
         mean, std = np.mean(errors), np.std(errors, ddof=1)
         assert f"{mean:.2f} ± {std:.2f} (best {min(errors):.2f})" in table
     assert "mean ± std over 2 seeds" in table
-    assert "| ResNet | 20 | 0.27M |" in table and "| 8.75 |" in table and "scale 0.0005" in table.lower()
+    assert "| ResNet | 20 | 0.00M |" in table and "| 8.75 |" in table and f"scale {SCALE}" in table.lower()
     for name in ("figure.png", "figure7.png"):
         assert (workdir / name).read_bytes().startswith(PNG)
 
     # 3. Again, as the command plans it: every run has its result, none is left to train.
     overrides = {"data.path": image_folder, "data.image_size": 16, "data.pipeline": "device", "batch_size": 16,
-                 "eval_batch_size": 16}  # fmt: skip
-    runs = study.plan("cifar10", str(workdir), ["cifar_plain20", "cifar_resnet20"], 2, 0.0005, 4, overrides)
+                 "eval_batch_size": 16, "model_kwargs": NARROW}  # fmt: skip
+    runs = study.plan("cifar10", str(workdir), ["cifar_plain20", "cifar_resnet20"], 2, SCALE, 4, overrides)
     assert sorted(r.model for r in runs if study.read_result(r) is not None) == ["cifar_plain20", "cifar_resnet20"]
     study.check_schedules(runs)  # the same schedule: resumable
 
     # 4. Another scale in the same workdir is refused with one message (the CLI prints it as one line).
-    assert study.check_study_state(str(workdir), "cifar10", 0.0005)["scale"] == 0.0005
+    assert study.check_study_state(str(workdir), "cifar10", SCALE)["scale"] == SCALE
     with pytest.raises(ConfigError, match=r"at scale 0.0005, not 'cifar10' at scale 0.01; use another --workdir"):
         study.check_study_state(str(workdir), "cifar10", 0.01)
 
