@@ -22,10 +22,11 @@ if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {eight}"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Many tests compile the same tiny network: JAX's persistent cache shares the
-# programs between tests and with their subprocesses.
-_JAX_CACHE = tempfile.mkdtemp(prefix="resnet_jax_tests_jax_cache_")
-atexit.register(shutil.rmtree, _JAX_CACHE, True)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+# programs between tests and with their subprocesses (which inherit the folder
+# and leave its removal to the process that made it).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="resnet_jax_tests_jax_cache_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import numpy as np  # noqa: E402

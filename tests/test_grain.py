@@ -198,7 +198,7 @@ TRAIN_WITHOUT_TF = textwrap.dedent("""
     for workers, source in ((0, {"path": folder}), (1, {"name": "grain_test_images", "data_dir": data_dir})):
         c = default_config()
         c.batch_size, c.eval_batch_size, c.num_train_steps, c.eval_every_epochs = 8, 8, 2, 1000
-        c.model_kwargs.stage_sizes = (1, 1, 1)  # a ResNet-8: compiles in half the time of a ResNet-20
+        c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)  # a narrow ResNet-8
         c.data.update(pipeline="grain", workers=workers, image_size=16, **source)
         p = make_pipeline(c, parallel.make_mesh())
         batches = list(p.train_epoch(0))
