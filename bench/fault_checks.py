@@ -81,8 +81,8 @@ def _checkpoint_costs(state: Any, repeats: int) -> dict[str, float]:
     def start_ours() -> None:
         ours.save(state.replace(step=jnp.asarray(next(step))), metadata)
 
-    def start_orbax(manager: ocp.CheckpointManager) -> None:
-        args = ocp.args.Composite(state=ocp.args.StandardSave(_to_tree(state)), metadata=ocp.args.JsonSave(metadata))
+    def start_orbax(manager: ocp.CheckpointManager, save: Any = ocp.args.PyTreeSave) -> None:
+        args = ocp.args.Composite(state=save(_to_tree(state)), metadata=ocp.args.JsonSave(metadata))
         manager.save(next(step), args=args, force=True)
 
     def save_ours() -> None:
@@ -93,12 +93,13 @@ def _checkpoint_costs(state: Any, repeats: int) -> dict[str, float]:
         start_orbax(plain)
         plain.wait_until_finished()
 
-    save_ours(), save_plain(), start_orbax(default), default.wait_until_finished()  # warm up
+    save_ours(), save_plain(), start_orbax(default, ocp.args.StandardSave), default.wait_until_finished()  # warm up
     out = {"save_ms": _median_seconds(save_ours, repeats) * 1e3}
     out["save_plain_ms"] = _median_seconds(save_plain, repeats) * 1e3
     out["save_blocking_ms"] = _blocking_seconds(start_ours, ours.wait, repeats) * 1e3
     out["save_blocking_async_dirs_ms"] = (
-        _blocking_seconds(lambda: start_orbax(default), default.wait_until_finished, repeats) * 1e3
+        _blocking_seconds(lambda: start_orbax(default, ocp.args.StandardSave), default.wait_until_finished, repeats)
+        * 1e3
     )
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _to_tree(state))
     latest = plain.latest_step()
@@ -109,7 +110,8 @@ def _checkpoint_costs(state: Any, repeats: int) -> dict[str, float]:
         jax.block_until_ready(restore_newest(ours, state, check))
 
     def restore_plain() -> None:
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(abstract, restore_args=restore_args))
         jax.block_until_ready(jax.tree_util.tree_leaves(plain.restore(latest, args=args)["state"]))
 
     restore_ours(), restore_plain()

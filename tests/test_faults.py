@@ -282,7 +282,7 @@ def test_a_full_disk_stops_the_run_at_that_save(tiny, tmp_path, monkeypatch):
         await asyncio.sleep(0.5)
         return await make_folder(self)
 
-    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", no_space)
+    monkeypatch.setattr(ocp.PyTreeCheckpointHandler, "async_save", no_space)
     monkeypatch.setattr(atomicity.AtomicRenameTemporaryPath, "create", late_folder)
     with pytest.raises(CheckpointWriteError, match=r"could not save step 6 .*No space left on device.*steps \[3\]"):
         train_and_evaluate(tiny(num_train_steps=9, async_checkpoints=True, **FAST), workdir)

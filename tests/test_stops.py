@@ -117,7 +117,7 @@ def test_ctrl_c_during_a_save_finishes_it_then_saves_stops_and_the_same_command_
     """Ctrl-C comes in the middle of step 3's (asynchronous) save: that save is
     finished, step 4 is trained and saved, and the run stops with status 130."""
     workdir = str(tmp_path / "run")
-    write, calls = ocp.StandardCheckpointHandler.async_save, []
+    write, calls = ocp.PyTreeCheckpointHandler.async_save, []
 
     async def ctrl_c_midway(self, *args, **kwargs):
         calls.append(1)
@@ -125,7 +125,7 @@ def test_ctrl_c_during_a_save_finishes_it_then_saves_stops_and_the_same_command_
             os.kill(os.getpid(), signal.SIGINT)
         return await write(self, *args, **kwargs)
 
-    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", ctrl_c_midway)
+    monkeypatch.setattr(ocp.PyTreeCheckpointHandler, "async_save", ctrl_c_midway)
     config = tiny(num_train_steps=9, async_checkpoints=True, **FAST)
     status, tail = as_train_py(capfd, lambda: train_and_evaluate(config, workdir), NOTE)
     assert status == EXIT_INTERRUPTED == 130
@@ -334,7 +334,7 @@ def test_a_workdir_or_checkpoints_folder_that_cannot_be_written_is_one_line(
     async def denied(*args, **kwargs):  # made read-only while the run trains
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", denied)
+    monkeypatch.setattr(ocp.PyTreeCheckpointHandler, "async_save", denied)
     status, tail = as_train_py(capfd, lambda: train_and_evaluate(config, workdir))
     assert status == EXIT_USER_ERROR and len(tail) == 1, tail
     assert re.fullmatch(r"error: could not save step 6 .*Permission denied.*; steps \[3\] are intact: make it "

@@ -35,6 +35,7 @@ from typing import Any
 
 import flax.serialization
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
@@ -53,6 +54,28 @@ from resnet_jax.training.metadata import upgrade
 from resnet_jax.training.state import step_of
 
 DAMAGED_DIR = "checkpoints.damaged"
+
+
+def _state_handler() -> ocp.PyTreeCheckpointHandler:
+    """Orbax's handler of the state, whose arrays are each written whole by their
+    first replica (Orbax's default on GPUs). Its default elsewhere,
+    replica-parallel writes, has every replica of a replicated array copy out a
+    slice of it: one compiled slice per array shape and a slice per array and
+    device at every save (docs/cpu.md has what it cost). The arrays' files are
+    those `ocp.StandardCheckpointHandler` wrote for older checkpoints (less its
+    ``array_metadatas/`` record of each process's shards), and both restore alike."""
+    th = ocp.type_handlers
+    registry = th.create_type_handler_registry(
+        (jax.Array, th.ArrayHandler(use_replica_parallel=False)),
+        (np.ndarray, th.NumpyHandler()),  # converted weights
+        *((t, th.ScalarHandler()) for t in (int, float, np.number)),
+    )
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
+def _restore_args(abstract: Any) -> ocp.args.PyTreeRestore:
+    """Restores into `abstract`'s shapes, dtypes and shardings (what `StandardRestore` does)."""
+    return ocp.args.PyTreeRestore(abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
 
 
 def _reason(error: BaseException) -> str:
@@ -165,7 +188,7 @@ class Checkpointer:
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
             create=True,
         )
-        handlers = {"state": ocp.StandardCheckpointHandler(), "metadata": ocp.JsonCheckpointHandler()}
+        handlers = {"state": _state_handler(), "metadata": ocp.JsonCheckpointHandler()}
         self.data_iterator = data_iterator
         grain = _grain(required=data_iterator is not None)
         if grain is not None:  # its handler also lets a checkpointer without an iterator read past the item
@@ -216,7 +239,7 @@ class Checkpointer:
             self.manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(tree), metadata=ocp.args.JsonSave(metadata), **self._data("Save")
+                    state=ocp.args.PyTreeSave(tree), metadata=ocp.args.JsonSave(metadata), **self._data("Save")
                 ),
                 metrics={"top1": metrics["top1"]} if metrics and "top1" in metrics else None,
                 force=True,
@@ -342,7 +365,7 @@ class Checkpointer:
         self._check_shapes(step, target_tree)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target_tree)
         saved_data = self.data_iterator is not None and (epath.Path(self.directory) / str(step) / "data").exists()
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract), **self._data("Restore", saved_data))
+        args = ocp.args.Composite(state=_restore_args(abstract), **self._data("Restore", saved_data))
         restored = self._read(step, lambda: self.manager.restore(step, args=args)["state"])
         return flax.serialization.from_state_dict(target, {**flax.serialization.to_state_dict(target), **restored})
 
@@ -367,7 +390,7 @@ class Checkpointer:
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         saved = self._state_metadata(step)
         abstract = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved)
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+        args = ocp.args.Composite(state=_restore_args(abstract))
         return self._read(step, lambda: self.manager.restore(step, args=args)["state"])
 
     def _state_metadata(self, step: int) -> Any:
