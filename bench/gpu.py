@@ -147,7 +147,7 @@ def items(sizes: Sizes, data: str, out: str) -> list[Item]:
         Item("resnet50_torch_eager", [*torch, *big, "--mode", "eager"], last_json),
         *[Item(f"resnet50_torch_{m.replace('-', '_')}", [*torch, *big, "--mode", m], last_json)
           for m in s.compile_modes],
-        *[Item(f"population_{k}", [*throughput, *r20, "--seeds", str(k), "--seed-batching", "vmap"], last_json)
+        *[Item(f"population_{k}", [*throughput, *r20, "--seeds", str(k), "--member-batching", "vmap"], last_json)
           for k in s.members],
         Item("study", [py, "-m", "resnet_jax.reproduce", f"--workdir={study_dir}", f"--only={','.join(study_models)}",
              f"--config.data.path={data}", "--config.data.pipeline=device", *s.study_args],
@@ -259,11 +259,12 @@ class Bench:
 
 
 def _commit() -> str:
+    """The checkout's commit, or $RESNET_JAX_COMMIT in a copy without git (a tree copied to another machine)."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("RESNET_JAX_COMMIT", "unknown")
 
 
 def main(argv: list[str] | None = None) -> int:
