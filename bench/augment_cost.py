@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.augment import batch as batch_augment  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
-from resnet_jax.training import optim, population, steps  # noqa: E402
+from resnet_jax.training import optim, steps  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
 
 SETS = {
@@ -70,7 +70,7 @@ def build(model_name: str, batch: int, resolution: int, fields: dict):
     num_classes = 10 if models.family(model_name) == "cifar" else 1000
     model = models.create(model_name, num_classes=num_classes, **fields.get("model_kwargs", {}))
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
-    holder = {"state": population.take(create_train_state(model, tx, resolution, [0], mesh), 0)}
+    holder = {"state": create_train_state(model, tx, resolution, [0], mesh)}  # one network
     rng = np.random.default_rng(0)
     data = parallel.shard_batch({"image": rng.integers(0, 256, (batch, resolution, resolution, 3), np.uint8),
                                  "label": rng.integers(0, num_classes, batch).astype(np.int32)}, mesh)  # fmt: skip

@@ -40,7 +40,7 @@ import orbax.checkpoint as ocp  # noqa: E402
 from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
-from resnet_jax.training import optim, population, steps  # noqa: E402
+from resnet_jax.training import optim, steps  # noqa: E402
 from resnet_jax.training.checkpoint import Checkpointer, _to_tree, restore_newest  # noqa: E402
 from resnet_jax.training.metadata import check_resumable, run_metadata  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
@@ -153,7 +153,7 @@ def main() -> None:
         size = default_resolution(name)
         batch_size = 128 if size <= 64 else 32
         tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
-        state = population.take(create_train_state(models.create(name, num_classes=10), tx, size, [0], mesh), 0)
+        state = create_train_state(models.create(name, num_classes=10), tx, size, [0], mesh)  # one network
         rng = np.random.default_rng(0)
         batch = {
             "image": jnp.asarray(rng.integers(0, 256, (batch_size, size, size, 3), np.uint8)),

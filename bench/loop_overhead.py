@@ -18,13 +18,15 @@
   The proxy's step only counts (the train state of ResNet-20, no model): what
   is left is the host's cost per step; ``loop_host_us_per_step`` is the loop
   around a compiled step replaced by a Python no-op.
-* stacking: the step every run compiles, a population of one member (state
-  stacked on an axis of 1, `compile_train_step`), against the program the
-  trainer compiled for one network before every run became a population (the
-  same step on the unstacked state, the window of one network), on the same
-  pipeline and the same step (``--step``: the proxy's or ResNet-20's), in
-  alternating blocks of 50 steps in one process (each first in every other round). Reported: the median over
-  the blocks of stacked / unstacked, and the ratio of their 10th percentiles.
+* stacking: the step every run compiles, a population of one member
+  (`compile_train_step`: the member axis added inside the program, the state
+  held unstacked between calls), against the program the trainer compiled for
+  one network before every run became a population (the same step on the
+  state without the axis, the window of one network), on the same pipeline and
+  the same step (``--step``: the proxy's or ResNet-20's), in alternating blocks
+  of 50 steps in one process (each first in every other round). Reported: the
+  median over the blocks of population / network, and the ratio of their 10th
+  percentiles.
 * calls: a jitted identity (state donated) on ResNet-20's train state, stacked
   on an axis of 1 and not, in alternating blocks of 50 calls: what JAX's call
   alone costs for the extra axis, no step around it; and the state stacked but
@@ -118,7 +120,7 @@ def _bare_loop(config: Any, step_fn: Any) -> Callable[[int], list[float]]:
     pipeline = loop.make_pipeline(config, mesh)
     model = loop.model_from_config(config, 10)
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, pipeline.steps_per_epoch, 1))
-    state = population.take(create_train_state(model, tx, 32, [0], mesh), 0)  # one network, unstacked
+    state = create_train_state(model, tx, 32, [0], mesh)  # one network
     spe, block = pipeline.steps_per_epoch, config.log_every_steps
 
     def bare(state: Any, data: Any, perm: Any, key: Any) -> Any:
@@ -198,24 +200,24 @@ def stacking(step_name: str, num_steps: int, batch: int, repeats: int) -> dict[s
     model, members, spe = loop.model_from_config(config, 10), population.from_config(config), pipeline.steps_per_epoch
     options = loop.step_options(config, model, 10, members, spe, num_steps)
     step_fn = _counting_step if step_name == "proxy" else loop.steps.train_step
-    stacked = compile_train_step(options, pipeline, members.hyperparameters())  # traced at its first call
+    trainers = compile_train_step(options, pipeline, members.hyperparameters(), 1)  # traced at its first call
     item = next(pipeline.train_epoch(0))
-    states = {"stacked": create_train_state(model, options.make_tx({}), 32, [config.seed], mesh)}
-    one = population.take(create_train_state(model, options.make_tx({}), 32, [config.seed], mesh), 0)
-    states["unstacked"] = jax.device_put(one, parallel.replicated(mesh))  # placed as the trainer placed it
+    states = {"population": create_train_state(model, options.make_tx({}), 32, [config.seed], mesh)}
+    one = create_train_state(model, options.make_tx({}), 32, [config.seed], mesh)  # one member: one network's
+    states["network"] = jax.device_put(one, parallel.replicated(mesh))  # placed as the trainer placed it
 
-    def unstacked_step(state: Any, window: Any, data: Any, perm: Any, key: Any) -> Any:
+    def network_step(state: Any, window: Any, data: Any, perm: Any, key: Any) -> Any:
         state, metrics = step_fn(state, pipeline.make_batch(data, perm, key, state.step % spe), {}, options)
         return state, accumulate(window, metrics)
 
-    jitted = jax.jit(unstacked_step, donate_argnums=0)
+    jitted = jax.jit(network_step, donate_argnums=0)
     one_item = population.take(item, 0)
     calls = {
-        "stacked": lambda state, window: stacked(state, window, item),
-        "unstacked": lambda state, window: jitted(state, window, pipeline.data, *one_item),
+        "population": lambda state, window: trainers(state, window, item),
+        "network": lambda state, window: jitted(state, window, pipeline.data, *one_item),
     }
-    windows = {"stacked": empty_window(1, parallel.replicated(mesh)),
-               "unstacked": jax.device_put(empty_window(1)[0], parallel.replicated(mesh))}
+    windows = {"population": empty_window(1, parallel.replicated(mesh)),
+               "network": jax.device_put(empty_window(1)[0], parallel.replicated(mesh))}
     block = config.log_every_steps
 
     def time_block(name: str) -> float:
@@ -225,21 +227,21 @@ def stacking(step_name: str, num_steps: int, batch: int, repeats: int) -> dict[s
         jax.block_until_ready(window)
         return (time.perf_counter() - t0) / block * 1e6
 
-    times: dict[str, list[float]] = {"stacked": [], "unstacked": []}
+    times: dict[str, list[float]] = {"population": [], "network": []}
     real_step, loop.steps.train_step = loop.steps.train_step, step_fn
     try:
         for name in calls:  # compilation
             time_block(name)
         for r in range(repeats * max(1, num_steps // block // 2)):
-            for name in (("stacked", "unstacked") if r % 2 else ("unstacked", "stacked")):  # either first in turn
+            for name in (("population", "network") if r % 2 else ("network", "population")):  # either first in turn
                 times[name].append(time_block(name))
     finally:
         loop.steps.train_step = real_step
-    ratio = statistics.median(times["stacked"]) / statistics.median(times["unstacked"])
-    return {"what": "stacking", "step": step_name, "batch": batch, "blocks": len(times["stacked"]), "window": block,
-            "stacked_median_us": statistics.median(times["stacked"]),
-            "unstacked_median_us": statistics.median(times["unstacked"]),
-            "median_ratio": ratio, "p10_ratio": _p10(times["stacked"]) / _p10(times["unstacked"])}  # fmt: skip
+    ratio = statistics.median(times["population"]) / statistics.median(times["network"])
+    return {"what": "stacking", "step": step_name, "batch": batch, "blocks": len(times["population"]), "window": block,
+            "population_median_us": statistics.median(times["population"]),
+            "network_median_us": statistics.median(times["network"]),
+            "median_ratio": ratio, "p10_ratio": _p10(times["population"]) / _p10(times["network"])}  # fmt: skip
 
 
 def calls(num_steps: int, repeats: int) -> dict[str, Any]:
@@ -248,8 +250,8 @@ def calls(num_steps: int, repeats: int) -> dict[str, Any]:
     config, mesh = _config(num_steps, 128), parallel.make_mesh()
     tx = optim.make_optimizer(config, optim.learning_rate_schedule(config, 100, 100))
     made = create_train_state(loop.model_from_config(config, 10), tx, 32, [0], mesh)
-    stacked = jax.tree_util.tree_map(np.asarray, made)
-    unstacked = jax.tree_util.tree_map(lambda x: x[0], stacked)
+    unstacked = jax.tree_util.tree_map(np.asarray, made)  # one member: its network's state
+    stacked = jax.tree_util.tree_map(lambda x: x[None], unstacked)
     # The conv kernels (rank 4) alone unstacked: what the axis costs on the leaves it makes rank 5.
     conv_unstacked = jax.tree_util.tree_map(lambda s, u: u if u.ndim == 4 else s, stacked, unstacked)
     states = {name: jax.device_put(tree, parallel.replicated(mesh))  # every variant placed alike

@@ -43,7 +43,7 @@ from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.data import make_pipeline  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
-from resnet_jax.training import optim, steps  # noqa: E402
+from resnet_jax.training import optim, population, steps  # noqa: E402
 from resnet_jax.training.compiled import compile_train_step  # noqa: E402
 from resnet_jax.training.metrics import empty_window  # noqa: E402
 from resnet_jax.training.state import create_train_state  # noqa: E402
@@ -80,7 +80,7 @@ def measure(
     model_kwargs = model_kwargs or {}
     model = models.create(model_name, num_classes=num_classes, dtype=compute, **model_kwargs)
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 100, 1000))
-    state = create_train_state(model, tx, resolution, list(range(seeds)), mesh)
+    state = population.restacked(create_train_state(model, tx, resolution, list(range(seeds)), mesh), seeds)
     rng = np.random.default_rng(0)
     batch_data = parallel.shard_batch(
         {
@@ -143,18 +143,20 @@ def measure(
 def _time_pipeline(pipeline: Any, options: steps.StepOptions, holder: dict, num_steps: int) -> float:
     """Seconds per train step fed by `pipeline`, as the trainer's loop feeds it
     (after 2 steps of warm-up and compilation)."""
-    train = compile_train_step(options, pipeline, {})
+    train = compile_train_step(options, pipeline, {}, 1)
     items = pipeline.train_epoch(0)
+    state = population.stored(holder["state"], 1)  # as the trainer holds one network's
     if pipeline.steps_per_epoch < num_steps + 2:
         raise ValueError(f"the data has {pipeline.steps_per_epoch} batches per epoch; --steps needs {num_steps + 2}")
     window = empty_window(1)
     for _ in range(2):
-        holder["state"], window = train(holder["state"], window, next(items))
+        state, window = train(state, window, next(items))
     jax.block_until_ready(window)
     t0 = time.perf_counter()
     for _ in range(num_steps):
-        holder["state"], window = train(holder["state"], window, next(items))
+        state, window = train(state, window, next(items))
     jax.block_until_ready(window)
+    holder["state"] = population.restacked(state, 1)
     return (time.perf_counter() - t0) / num_steps
 
 

@@ -16,7 +16,6 @@ import ml_collections
 from resnet_jax import parallel
 from resnet_jax.errors import CheckpointMismatchError
 from resnet_jax.restore import restore, use_checkpoint_preprocessing
-from resnet_jax.training import population
 from resnet_jax.training.evaluator import make_evaluator
 
 
@@ -41,8 +40,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
         raise CheckpointMismatchError(
             f"the checkpoint's classes {info['class_names']} differ from the dataset's {dataset_classes}"
         )
-    variables = parallel.replicate(population.restacked(variables, 1), mesh)
-    [metrics] = make_evaluator(model, config, info["num_classes"], mesh)(variables, pipeline.eval_batches())
+    variables = parallel.replicate(variables, mesh)
+    [metrics] = make_evaluator(model, config, info["num_classes"], mesh, 1)(variables, pipeline.eval_batches())
     metrics["step"] = info["step"]
     split = config.data.eval_split.replace("/", "_")
     with open(os.path.join(workdir, f"eval_{split}_{info['step']}.json"), "w") as f:

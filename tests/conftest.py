@@ -119,8 +119,8 @@ def step_options(c, model, num_classes: int = 10, steps_per_epoch: int = 10, tot
 
 
 def host_step(options, mesh):
-    """``step(state, batch) -> (state, window)``: the compiled train step of a
-    stacked state over host batches sharded on `mesh`, each call from an empty
+    """``step(state, batch) -> (state, window)``: the compiled train step of one
+    network's state (a population of one) over host batches sharded on `mesh`, each call from an empty
     log window (so ``window[k]`` holds member k's loss and accuracy of that step)."""
     from types import SimpleNamespace
 
@@ -128,14 +128,15 @@ def host_step(options, mesh):
     from resnet_jax.training.compiled import compile_train_step
     from resnet_jax.training.metrics import empty_window
 
-    train = compile_train_step(options, SimpleNamespace(mesh=mesh), {})
+    train = compile_train_step(options, SimpleNamespace(mesh=mesh), {}, 1)
     return lambda state, batch: train(state, empty_window(1, parallel.replicated(mesh)), batch)
 
 
 def train_steps(config, num_steps: int, member_batching: str | None = None):
     """`num_steps` calls of the run's compiled step (`loop.setup` of `config`)
     from its initial state, each from an empty log window: ``(state, losses)``,
-    the stacked state and each step's loss of each member ([steps, K])."""
+    the state as the loop holds it (`population.stored`: stacked for several
+    members, one network's for one) and each step's loss of each member ([steps, K])."""
     from resnet_jax import parallel
     from resnet_jax.training import loop
     from resnet_jax.training.metrics import LOSS, empty_window

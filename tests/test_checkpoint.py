@@ -18,7 +18,7 @@ import resnet_jax
 from resnet_jax import models, parallel, predict
 from resnet_jax.data.augment import normalize
 from resnet_jax.evaluate import evaluate_checkpoint
-from resnet_jax.training import optim, population
+from resnet_jax.training import optim
 from resnet_jax.training.checkpoint import Checkpointer, CheckpointMismatchError
 from resnet_jax.training.loop import train_and_evaluate
 from resnet_jax.training.state import create_train_state
@@ -108,7 +108,7 @@ def test_another_model_in_the_workdir_is_a_clear_error(trained, image_folder):
     mesh = parallel.make_mesh()
     model = models.create("cifar_resnet20", num_classes=5, stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16))
     tx = optim.make_optimizer(c, optim.learning_rate_schedule(c, 3, 3))
-    target = population.take(create_train_state(model, tx, 16, [0], mesh), 0)
+    target = create_train_state(model, tx, 16, [0], mesh)  # one member: its network's state
     with pytest.raises(CheckpointMismatchError, match=r"\['params'\]\['head'\]\['kernel'\]: checkpoint \(16, 3\)"):
         Checkpointer(workdir).restore(target)
 

@@ -72,11 +72,11 @@ def test_compiled_step_takes_the_batch_of_the_states_step(monkeypatch):
     monkeypatch.setattr(steps, "train_step", step_fn)
 
     def run(state, item):
-        state, _ = compile_train_step(None, p, {})(state, empty_window(1), item)
-        return state, state.labels[0]
+        state, _ = compile_train_step(None, p, {}, 1)(state, empty_window(1), item)
+        return state, state.labels
 
     perm, key = next(p.train_epoch(1))
-    state, taken = Counter(step=jnp.int32([4]), labels=jnp.zeros((1, 16), jnp.int32)), []  # epoch 1, batch 0
+    state, taken = Counter(step=jnp.int32(4), labels=jnp.zeros(16, jnp.int32)), []  # epoch 1, batch 0
     for item in p.train_epoch(1):
         state, batch_labels = run(state, item)
         taken.append(np.asarray(batch_labels))
@@ -85,7 +85,7 @@ def test_compiled_step_takes_the_batch_of_the_states_step(monkeypatch):
     resumed = list(p.train_epoch(1, start_step=2))
     assert len(resumed) == 2
     # resumed at step 6 = batch 2 of epoch 1
-    _, batch_labels = run(Counter(step=jnp.int32([6]), labels=jnp.zeros((1, 16), jnp.int32)), resumed[0])
+    _, batch_labels = run(Counter(step=jnp.int32(6), labels=jnp.zeros(16, jnp.int32)), resumed[0])
     np.testing.assert_array_equal(np.asarray(batch_labels), want[2])
 
 
@@ -115,11 +115,11 @@ def test_imports_and_trains_without_tensorflow():
         model = models.create("cifar_resnet20", stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16))
         options = loop.step_options(c, model, 10, population.from_config(c), 2, 2)
         state = create_train_state(model, options.make_tx({}), 8, [0], mesh)
-        step = compile_train_step(options, p, {})
+        step = compile_train_step(options, p, {}, 1)
         for item in p.train_epoch(0):
             state, window = step(state, empty_window(1), item)
         assert "tensorflow" not in sys.modules
-        print("ok", int(state.step[0]), float(window[0, 0]))
+        print("ok", int(state.step), float(window[0, 0]))
     """)
     env = dict(os.environ, PYTHONPATH=ROOT)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)

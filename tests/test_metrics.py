@@ -34,7 +34,7 @@ def _loss_step(state: jax.Array, batch: dict, hp: dict) -> tuple[jax.Array, dict
 def _compiled(monkeypatch, step_fn, mesh):
     """The run's compiled step (one member, host batches) around `step_fn` instead of `steps.train_step`."""
     monkeypatch.setattr(steps, "train_step", lambda state, batch, hp, options: step_fn(state, batch, hp))
-    return compile_train_step(None, SimpleNamespace(mesh=mesh), {})
+    return compile_train_step(None, SimpleNamespace(mesh=mesh), {}, 1)
 
 
 def test_windows_are_the_means_of_their_steps(tmp_path, monkeypatch):
@@ -44,7 +44,7 @@ def test_windows_are_the_means_of_their_steps(tmp_path, monkeypatch):
     writer = MetricWriter(str(tmp_path))
     log = TrainLog([writer], batch_size=8, learning_rates=lambda step: [0.1 * (step + 1)])
     train = _compiled(monkeypatch, _loss_step, parallel.make_mesh())
-    state, step = jnp.zeros((1,), jnp.int32), 0  # a population of one member
+    state, step = jnp.zeros((), jnp.int32), 0  # a population of one member, held unstacked
     for window in [[1.0, 2.0, 3.0], [10.0, 20.0], [5.0]]:
         for loss in window:
             state, log.window = train(state, log.window, {"loss": np.full(8, loss, np.float32)})
@@ -61,7 +61,7 @@ def test_windows_are_the_means_of_their_steps(tmp_path, monkeypatch):
     np.testing.assert_allclose([r["accuracy"] for r in records], [0.02, 0.15, 0.05])
     np.testing.assert_allclose([r["lr"] for r in records], [0.3, 0.5, 0.6])
     np.testing.assert_array_equal(np.asarray(log.window), np.zeros((1, 5)))
-    assert int(state[0]) == 6
+    assert int(state) == 6
 
 
 def test_a_diverged_step_is_named(tmp_path):
@@ -125,7 +125,7 @@ def test_a_windows_seconds_are_the_time_it_trained(tmp_path, monkeypatch, bound,
     batch = {"x": np.full((8, 64, 64), 0.01, np.float32), "loss": np.full(8, 1.0, np.float32)}
     writer = MetricWriter(str(tmp_path))
     log = TrainLog([writer], batch_size=8, learning_rates=lambda step: [0.1], sharding=parallel.replicated(mesh))
-    state, step = jax.device_put(jnp.zeros((1,), jnp.int32), parallel.replicated(mesh)), 0  # placed as a run's
+    state, step = jax.device_put(jnp.zeros((), jnp.int32), parallel.replicated(mesh)), 0  # placed as a run's
     phases = []
     for _ in range(2):  # training, an evaluation, training again
         log.restart_clock()

@@ -38,7 +38,7 @@ WORKER = textwrap.dedent("""
     model = models.create("cifar_resnet20", stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16))  # a narrow ResNet-8
     options = loop.step_options(c, model, 10, population.from_config(c), 10, 100)
     state = create_train_state(model, options.make_tx({}), 8, [0], mesh)
-    train = compile_train_step(options, SimpleNamespace(mesh=mesh), {})
+    train = compile_train_step(options, SimpleNamespace(mesh=mesh), {}, 1)
     step = lambda state, batch: train(state, empty_window(1, parallel.replicated(mesh)), batch)
     rng = np.random.default_rng(0)
     local = 16 // jax.process_count()

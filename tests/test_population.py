@@ -62,7 +62,7 @@ def test_a_learning_rate_by_weight_decay_grid_steps_as_its_members_alone(image_f
         a = variables_of(alone)
         assert len(a) > 10
         for key, x in a.items():
-            np.testing.assert_allclose(packed[key][k], x[0], rtol=1e-4, atol=2e-5, err_msg=f"{name} {key}")
+            np.testing.assert_allclose(packed[key][k], x, rtol=1e-4, atol=2e-5, err_msg=f"{name} {key}")
         np.testing.assert_allclose(losses[:, k], alone_losses[:, 0], rtol=1e-5, err_msg=name)
     # The members really differ: a larger learning rate moves the parameters further.
     head = packed["['params']['head']['kernel']"]

@@ -227,11 +227,10 @@ def test_onecycle_is_ffcvs_cyclic_schedule():
 def test_ema_every_n_steps():
     from resnet_jax import parallel
     from resnet_jax.models import create
-    from resnet_jax.training import population
     from resnet_jax.training.state import create_train_state
 
     model = create("cifar_resnet20", num_classes=3, stage_sizes=(1, 1, 1), stage_widths=(4, 8, 16))
-    state = population.take(create_train_state(model, optax.sgd(0.1), 8, [0], parallel.make_mesh(), use_ema=True), 0)
+    state = create_train_state(model, optax.sgd(0.1), 8, [0], parallel.make_mesh(), use_ema=True)
     grads = jax.tree_util.tree_map(jnp.ones_like, state.params)
     ema = state.ema_params
     for k in range(1, 7):

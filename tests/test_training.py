@@ -15,7 +15,7 @@ from resnet_jax.config import default_config
 from resnet_jax.data import augment
 from resnet_jax.data.pipeline import array_eval_batches
 from resnet_jax.data.tfds import DatasetError, TFDataPipeline
-from resnet_jax.training import optim, population, steps
+from resnet_jax.training import optim, steps
 from resnet_jax.training.checkpoint import Checkpointer
 from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.loop import train_and_evaluate
@@ -98,8 +98,7 @@ def test_eval_counts_every_example_once(num_examples):
     images = rng.integers(0, 256, (num_examples, 8, 8, 3), np.uint8)
     labels = rng.integers(0, 3, num_examples).astype(np.int32)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
-    stacked = population.restacked(variables, 1)
-    [metrics] = make_evaluator(model, c, 3, mesh)(stacked, array_eval_batches(images, labels, 16))
+    [metrics] = make_evaluator(model, c, 3, mesh, 1)(variables, array_eval_batches(images, labels, 16))
     logits = model.apply(variables, augment.normalize(images, c.data.mean, c.data.std), train=False)
     pred = np.asarray(jnp.argmax(logits, -1))
     assert metrics["count"] == num_examples

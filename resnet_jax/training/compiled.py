@@ -13,6 +13,8 @@ Every run is a population of K >= 1 members (a state stacked on a leading
 axis, their swept hyperparameters traced per member): the step runs them
 vmapped or looped (`parallel.over_members`); host batches are shared by the
 members (they share a seed), an on-device pipeline draws each member's own.
+The step takes and returns the state as the loop holds it (`population.stored`:
+one member's unstacked), adding the member axis inside.
 The step also adds its metrics to the log window's running sums
 (`metrics.accumulate`), so that logging costs the loop no call of its own.
 """
@@ -26,7 +28,7 @@ import jax
 
 from resnet_jax import parallel
 from resnet_jax.data.pipeline import Batch, OnDevicePipeline, Pipeline
-from resnet_jax.training import steps
+from resnet_jax.training import population, steps
 from resnet_jax.training.metrics import Window, accumulate
 
 TrainStep = Callable[[Any, Window, Any], tuple[Any, Window]]
@@ -36,14 +38,15 @@ def compile_train_step(
     options: steps.StepOptions,
     pipeline: Pipeline,
     hp: dict[str, jax.Array],
+    size: int,
     member_batching: str = "auto",
     steps_per_call: int = 1,
 ) -> TrainStep:
     """``train(state, window, item) -> (state, window)`` for each item of
     ``pipeline.train_epoch``: `steps.train_step` with `options`, compiled once,
-    over the members of a stacked state with their hyperparameters `hp`
-    ([K] arrays of the swept fields, `population.Population.hyperparameters`),
-    the state donated (not the log window: a few floats, and the loop starts
+    over the `size` members of a state (held as `population.stored` holds it)
+    with their hyperparameters `hp` ([K] arrays of the swept fields,
+    `population.Population.hyperparameters`), the state donated (not the log window: a few floats, and the loop starts
     every window from the same zeros, `TrainLog`). With an on-device pipeline,
     `steps_per_call` > 1 runs that many steps in one call (`jax.lax.scan`; the
     caller passes one item for them all)."""
@@ -65,14 +68,19 @@ def compile_train_step(
         state, metrics = member(state, hp, *args)
         return state, accumulate(window, metrics)
 
-    def step(state: Any, window: Window, *args: Any) -> tuple[Any, Window]:
+    # The inputs as one tuple, not *args: JAX dispatches a function with *args and a donated
+    # argument more slowly (docs/cpu.md, "The loop and the population").
+    def step(state: Any, window: Window, args: tuple) -> tuple[Any, Window]:
+        state = population.restacked(state, size)
         if steps_per_call == 1:
-            return one_step(state, window, *args)
-        body = lambda carry, _: (one_step(*carry, *args), None)  # noqa: E731
-        return jax.lax.scan(body, (state, window), None, length=steps_per_call)[0]
+            state, window = one_step(state, window, *args)
+        else:
+            body = lambda carry, _: (one_step(*carry, *args), None)  # noqa: E731
+            state, window = jax.lax.scan(body, (state, window), None, length=steps_per_call)[0]
+        return population.stored(state, size), window
 
     jitted = jax.jit(step, donate_argnums=0)
     if isinstance(pipeline, OnDevicePipeline):
-        return lambda state, window, inputs: jitted(state, window, pipeline.data, *inputs)
+        return lambda state, window, inputs: jitted(state, window, (pipeline.data, *inputs))
     mesh = pipeline.mesh
-    return lambda state, window, batch: jitted(state, window, parallel.shard_batch(batch, mesh))
+    return lambda state, window, batch: jitted(state, window, (parallel.shard_batch(batch, mesh),))

@@ -16,12 +16,12 @@ from resnet_jax.training import population, steps
 
 
 def make_evaluator(
-    model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any
+    model: Any, config: ml_collections.ConfigDict, num_classes: int, mesh: Any, size: int
 ) -> Callable[[Any, Iterable[dict]], list[dict[str, Any]]]:
     """``evaluate(variables, batches) -> [metrics of each member]`` over padded,
-    masked host batches, the variables of K >= 1 population members stacked on
-    a leading axis (`resnet_jax.training.population`; one network's:
-    ``population.restacked(variables, 1)``), all evaluated on each batch in one step."""
+    masked host batches, the variables of `size` population members as
+    `population.stored` holds them (stacked on a leading axis; one network's
+    alone), all evaluated on each batch in one step."""
     eval_fn = functools.partial(
         steps.eval_step,
         apply_fn=model.apply,
@@ -31,14 +31,14 @@ def make_evaluator(
         num_classes=num_classes,
         flip=config.eval_flip,
     )
-    eval_fn = jax.jit(parallel.over_members(eval_fn, (0, None), config.member_batching))
+    each = parallel.over_members(eval_fn, (0, None), config.member_batching)
+    eval_fn = jax.jit(lambda variables, batch: each(population.restacked(variables, size), batch))
 
     def evaluate(variables: Any, batches: Iterable[dict]) -> list[dict[str, Any]]:
         sums = None
         for batch in batches:
             out = eval_fn(variables, parallel.shard_batch(batch, mesh))
             sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
-        size = jax.tree_util.tree_leaves(variables)[0].shape[0]
         return [steps.summarize_eval(s) for s in population.per_member(sums, size)]
 
     return evaluate

@@ -41,21 +41,19 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> An
 
 
 def _resume_or_initialise(
-    state: TrainState, ckpt: Checkpointer, metadata: dict[str, Any], config: ml_collections.ConfigDict, mesh: Any,
-    size: int,
+    state: TrainState, ckpt: Checkpointer, metadata: dict[str, Any], config: ml_collections.ConfigDict, mesh: Any
 ) -> TrainState:
     """The newest readable checkpoint of the workdir if any (of the same model,
     batch size, classes and data: `check_resumable`; damaged ones are set aside),
     else ``config.init_from``'s variables if set (one member), else `state` itself."""
     check = functools.partial(check_resumable, current=metadata, where=ckpt.directory)
-    resumed = restore_newest(ckpt, population.stored(state, size), check)
+    resumed = restore_newest(ckpt, state, check)
     if resumed is not None:
-        state = population.restacked(resumed, size)
+        state = resumed
         if jax.process_index() == 0:
             print(f"Resumed from {ckpt.directory} at step {step_of(state)}.")
     elif config.init_from:
-        one, report = load_pretrained(population.stored(state, size), config.init_from, mesh)
-        state = population.restacked(one, size)
+        state, report = load_pretrained(state, config.init_from, mesh)  # one member: its network's state
         if jax.process_index() == 0:
             print(report)
     return state
@@ -72,8 +70,9 @@ def _announce(
             f.write(config.to_json_best_effort(indent=2))
     except OSError as e:
         raise cannot_write(path, e) from None
+    network = jax.eval_shape(functools.partial(population.member, size=members.size, k=0), state.variables())
     print(
-        f"{config.model}: {models.count_params(jax.eval_shape(population.take, state.variables(), 0)):,} parameters, "
+        f"{config.model}: {models.count_params(network):,} parameters, "
         f"{info.num_classes} classes, {info.num_train:,} train / {info.num_eval:,} eval examples, "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s), {total_steps:,} steps of {config.batch_size}."
     )
@@ -125,7 +124,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 class Setup:
     """What a run is built from, before any checkpoint is read: the population,
     the pipeline, the model, the step's options, each member's learning-rate
-    schedule (for the log) and the initial stacked state."""
+    schedule (for the log) and the initial state (held as `population.stored` holds it)."""
 
     members: population.Population
     pipeline: Any
@@ -138,7 +137,7 @@ class Setup:
     def compile_step(self, member_batching: str = "auto", steps_per_call: int = 1) -> Callable:
         """The run's compiled train step (`compiled.compile_train_step`)."""
         hp = self.members.hyperparameters()
-        return compile_train_step(self.options, self.pipeline, hp, member_batching, steps_per_call)
+        return compile_train_step(self.options, self.pipeline, hp, self.members.size, member_batching, steps_per_call)
 
 
 def setup(config: ml_collections.ConfigDict, mesh: Any) -> Setup:
@@ -175,7 +174,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
         workdir, config.keep_checkpoints, async_save=config.async_checkpoints, data_iterator=data_iterator
     )
     ckpt.prepare_to_train()
-    state = _resume_or_initialise(state, ckpt, metadata, config, mesh, members.size)
+    state = _resume_or_initialise(state, ckpt, metadata, config, mesh)
     if jax.process_index() == 0:
         _announce(config, workdir, state, info, total_steps, members, pipeline.steps_per_epoch)
 
@@ -186,7 +185,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     writers = [MetricWriter(d, after=resumed_at) for d in population.member_dirs(workdir, members)]
     run = _Run(
         config, workdir, members, pipeline, ckpt, metadata, total_steps, stops,
-        evaluate=make_evaluator(built.model, config, info.num_classes, mesh),
+        evaluate=make_evaluator(built.model, config, info.num_classes, mesh, members.size),
         log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in built.schedules],
                      built.options.max_loss, parallel.replicated(mesh)),
     )  # fmt: skip
@@ -334,8 +333,7 @@ class _Run:
             self._evaluate(state, step)
         if saves:
             with self.stops.saving():
-                stored = population.stored(state, self.members.size)
-                self.ckpt.save(stored, self.metadata, self.results.get("eval") if evaluates else None)
+                self.ckpt.save(state, self.metadata, self.results.get("eval") if evaluates else None)
             self.last_save = time.time()
         if evaluates or saves:  # each waited for the device: the next window starts from an idle one
             self.log.restart_clock()

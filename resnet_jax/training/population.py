@@ -12,17 +12,23 @@ its seed, its hyperparameters those of its grid point. Only per-run scalars can
 be swept (`SWEEPABLE`): anything that changes shapes (model, batch size, image
 size) needs runs of its own.
 
-The train state of K >= 1 members is stacked on a leading axis of K; the step
-runs them vmapped or looped (``config.member_batching``,
-`parallel.over_members`), the swept values entering it as traced per-member
-arrays (`Population.hyperparameters`). The member axis is dropped only where
-data leaves the trainer, by the functions of this module: each member's
-metrics, TensorBoard events and curves go to its folder (`member_dirs`: the
-workdir itself for one member; ``seed<k>`` when only seeds differ; else named
-by its values, e.g. ``learning_rate=0.1_weight_decay=0.0005_seed0``); a
-one-member run's checkpoint holds its state unstacked (`stored`, `restacked`:
-the layout of every checkpoint written before populations); its evaluation is
-its own (`combine`). ``resnet_jax.restore("<workdir>/<member folder>")`` (or
+Inside every compiled function the train state of K >= 1 members is stacked
+on a leading axis of K; the step runs them vmapped or looped
+(``config.member_batching``, `parallel.over_members`), the swept values
+entering it as traced per-member arrays (`Population.hyperparameters`). The
+member axis is dropped only where data leaves the compiled code, by the
+functions of this module: each member's metrics, TensorBoard events and curves
+go to its folder (`member_dirs`: the workdir itself for one member;
+``seed<k>`` when only seeds differ; else named by its values, e.g.
+``learning_rate=0.1_weight_decay=0.0005_seed0``); its evaluation is its own
+(`combine`); and between calls a one-member state is held as one network's,
+unstacked (`stored`: also its checkpoint's layout, that of every checkpoint
+written before populations), the compiled functions adding the axis on entry
+and dropping it on exit (`restacked`, `stored`: free inside a program). The
+state crosses JAX's call boundary at every step, and JAX dispatches a rank-5
+array (a stacked conv kernel) more slowly than a rank-4 one (docs/cpu.md): a
+one-member step takes exactly the arrays of one network.
+``resnet_jax.restore("<workdir>/<member folder>")`` (or
 ``restore(workdir, member=k)``) takes one member out of a population's checkpoint.
 """
 
@@ -206,14 +212,20 @@ _with_axis = jax.jit(lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree
 
 
 def stored(state: Any, size: int) -> Any:
-    """The state as a checkpoint holds it: stacked for several members, a single
-    member's unstacked (the layout of checkpoints from before populations)."""
+    """A stacked state as the loop holds it between calls and a checkpoint holds
+    it: stacked for several members, a single member's unstacked (the layout of
+    checkpoints from before populations). Traced or not."""
     return _first(state) if size == 1 else state
 
 
 def restacked(state: Any, size: int) -> Any:
-    """`stored`'s inverse: a restored state with its member axis."""
+    """`stored`'s inverse: the state with its member axis, as compiled code takes it. Traced or not."""
     return _with_axis(state) if size == 1 else state
+
+
+def member(state: Any, size: int, k: int) -> Any:
+    """Member `k` of a population of `size` held as `stored` holds it."""
+    return state if size == 1 else take(state, k)
 
 
 def per_member(metrics: dict[str, Any], size: int) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import optax
 from jax.sharding import Mesh
 
 from resnet_jax import parallel
+from resnet_jax.training import population
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -87,8 +88,10 @@ def create_train_state(
     use_ema: bool = False,
 ) -> TrainState:
     """The states of a population's members, one per seed, stacked on a leading
-    axis and replicated over `mesh` (each member's arrays are those its seed
-    makes alone: `population.take(state, k)` is a network's whole state)."""
+    axis and replicated over `mesh`, as the loop holds them (`population.stored`:
+    for one seed, its network's state alone). Each member's arrays are those its
+    seed makes alone: `population.member(state, len(seeds), k)` is a network's
+    whole state."""
 
     def init(key: jax.Array) -> TrainState:
         init_key, run_key = jax.random.split(key)
@@ -108,5 +111,7 @@ def create_train_state(
         )
 
     keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
-    init_all = jax.jit(lambda k: jax.vmap(init)(jax.random.wrap_key_data(k)), out_shardings=parallel.replicated(mesh))
-    return init_all(keys)
+    def init_all(keys: jax.Array) -> TrainState:
+        return population.stored(jax.vmap(init)(jax.random.wrap_key_data(keys)), len(seeds))
+
+    return jax.jit(init_all, out_shardings=parallel.replicated(mesh))(keys)
