@@ -1,7 +1,8 @@
 """bench/gpu.py rehearsed on the CPU: each figure is written the moment it is measured, a stop (SIGTERM or the
 deadline) keeps what was measured and stops the running item, the same command again measures only the rest,
-and a real item measures on a tiny folder."""
+a real item measures on a tiny folder, and every throughput command of the plan parses."""
 
+import argparse
 import json
 import os
 import signal
@@ -70,3 +71,28 @@ def test_a_real_item_measures_on_a_tiny_folder(image_folder, tmp_path):
     assert r["result"]["train_images_per_s"] > 0 and r["result"]["pipeline_train_images_per_s"] > 0
     assert "throughput.py --steps 1 " in r["command"] and "--model cifar_resnet20 " in r["command"]
     assert r["result"]["model_kwargs"] == {"stage_sizes": [1, 1, 1], "stage_widths": [4, 8, 16]}  # narrow on a CPU
+
+
+class Parsed(Exception):
+    """Raised in place of running a benchmark once its arguments are parsed."""
+
+
+@pytest.mark.parametrize("sizes", [gpu.Sizes(), gpu.TINY], ids=["gpu", "tiny"])
+def test_every_throughput_item_passes_arguments_the_script_accepts(sizes, monkeypatch, tmp_path):
+    """Each bench/throughput.py command of the plan parses (a renamed flag stops a GPU run at its first
+    argument, which the rehearsal of one item does not see); nothing is measured."""
+    from bench import throughput
+
+    real = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        real(self, args, namespace)  # an unknown or malformed argument exits with status 2 here
+        raise Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    plan = [i for i in gpu.items(sizes, str(tmp_path), str(tmp_path / "out")) if i.command[1].endswith("throughput.py")]
+    assert {i.name for i in plan} >= {"resnet20_jax", "resnet50_jax", "population_1"}
+    for item in plan:
+        monkeypatch.setattr(sys, "argv", item.command[1:])
+        with pytest.raises(Parsed):
+            throughput.main()
