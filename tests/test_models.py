@@ -109,6 +109,21 @@ def test_imagenet_param_counts_match_torchvision(name, params):
 
 
 @pytest.mark.parametrize(
+    "name, kwargs, layers",
+    [
+        ("cifar_resnet20", {}, 20),
+        ("cifar_plain56", {}, 56),
+        ("cifar_resnet20", {"stage_sizes": (1, 1, 1)}, 8),  # the name does not say it: the network does
+        ("resnet18", {}, 18),  # projection shortcuts are not counted, as in the paper
+        ("resnet50", {}, 50),
+    ],
+)
+def test_layers_are_counted_as_the_paper_counts_them(name, kwargs, layers):
+    resolution = 32 if name.startswith("cifar") else 64
+    assert models.count_layers(abstract_variables(models.create(name, **kwargs), resolution)) == layers
+
+
+@pytest.mark.parametrize(
     "name, millions, digits",
     [
         ("cifar_resnet20", 0.27, 2),

@@ -78,13 +78,14 @@ def test_study_is_stopped_resumed_in_parallel_reported_and_skipped(image_folder,
             assert r["final_test_error"] == pytest.approx(1 - evals[-1]["top1"])
             assert r["best_test_error"] == pytest.approx(1 - max(m["top1"] for m in evals))
             assert r["steps"] == 32 and r["params"] == 4_887 and r["seeds_together"] == 2  # 3 classes
+            assert r["layers"] == 8  # ResNet-20's recipe on ResNet-8's blocks: the table says what was trained
             assert len(r["layer_response_std"]) == 7  # the stem and 6 3x3 layers
             assert (seed_dir / "curves.png").read_bytes().startswith(PNG)
             errors.append(100 * r["final_test_error"])
         mean, std = np.mean(errors), np.std(errors, ddof=1)
         assert f"{mean:.2f} ± {std:.2f} (best {min(errors):.2f})" in table
     assert "mean ± std over 2 seeds" in table
-    assert "| ResNet | 20 | 0.00M |" in table and "| 8.75 |" in table and f"scale {SCALE}" in table.lower()
+    assert "| ResNet | 8 | 4.9K |" in table and "| 8.75 |" in table and f"scale {SCALE}" in table.lower()
     for name in ("figure.png", "figure7.png"):
         assert (workdir / name).read_bytes().startswith(PNG)
 

@@ -14,7 +14,7 @@ from resnet_jax.models.blocks import (
     PreActBasicBlock,
     PreActBottleneck,
 )
-from resnet_jax.models.profile import count_params, profile
+from resnet_jax.models.profile import count_layers, count_params, profile
 from resnet_jax.models.registry import create, family, list_models
 from resnet_jax.models.resnet import ResNet
 
@@ -25,6 +25,7 @@ __all__ = [
     "PreActBasicBlock",
     "PreActBottleneck",
     "ResNet",
+    "count_layers",
     "count_params",
     "create",
     "family",

@@ -27,6 +27,13 @@ def count_params(variables: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(variables["params"]))
 
 
+def count_layers(variables: Any) -> int:
+    """Weighted layers as the paper counts them: every convolution and the
+    classifier, projection shortcuts left out (ResNet-20: 19 + 1)."""
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables["params"])]
+    return sum(p.endswith("['kernel']") and "shortcut" not in p for p in paths)
+
+
 def profile(name: str, resolution: int | None = None, **overrides: Any) -> dict[str, int]:
     """Returns ``{"params": ..., "macs": ...}`` of model `name` on one image.
 

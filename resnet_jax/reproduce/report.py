@@ -51,6 +51,11 @@ def collect(runs: Sequence[Run], state: dict[str, Any], data_label: str) -> dict
     }
 
 
+def _params(n: int) -> str:
+    """A parameter count as the paper writes it (0.27M), in thousands below 0.1M."""
+    return f"{n / 1e6:.2f}M" if n >= 100_000 else f"{n / 1e3:.1f}K"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
@@ -92,10 +97,10 @@ def table_markdown(results: dict[str, Any]) -> str:
         rs = by_model[model]
         paper_params, paper_error = PAPER_TABLE6.get(model, ("", "(Fig. 6 only)" if "plain" in model else ""))
         lines.append(
-            "| {} | {} | {:.2f}M | {} | {} | {} | {} | {} | {:,.0f} |".format(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:,.0f} |".format(
                 "plain" if "plain" in model else "ResNet",
-                depth(model),
-                rs[0]["params"] / 1e6,
+                rs[0].get("layers", depth(model)),  # results from before "layers": the name's
+                _params(rs[0]["params"]),
                 _errors([r["final_test_error"] for r in rs]),
                 _errors([r["best_test_error"] for r in rs]),
                 _errors([r["final_train_error"] for r in rs]),

@@ -78,6 +78,7 @@ def summarize(config: ml_collections.ConfigDict, workdir: str, data_label: str) 
             "model": config.model,
             "seed": int(config.seed) + k,
             "params": models.count_params(variables),
+            "layers": models.count_layers(variables),
             "final_test_error": 1.0 - evals[-1]["top1"],
             "best_test_error": 1.0 - max(r["top1"] for r in evals),
             "final_train_error": final_train_error(train, config.eval_every_steps or evals[-1]["step"]),
