@@ -97,12 +97,19 @@ def test_a_save_cut_off_midway_is_never_loaded(tmp_path):
     assert int(tree["step"]) == 1 and tree["big"].shape == (10,)
 
 
-def test_another_model_in_the_workdir_is_a_clear_error(trained, image_folder):
+def test_another_model_in_the_workdir_is_a_clear_error(trained, image_folder, monkeypatch):
     from conftest import tiny_config
 
+    from resnet_jax.training import loop
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the checkpoint was refused")
+
     workdir, _ = trained
-    with pytest.raises(CheckpointMismatchError, match="model='cifar_resnet20'.*model='cifar_resnet32'"):
-        train_and_evaluate(tiny_config(image_folder, model="cifar_resnet32", ema_decay=0.5), workdir)
+    with monkeypatch.context() as m:
+        m.setattr(loop, "make_pipeline", no_data)  # refused before the data is read or a state is built
+        with pytest.raises(CheckpointMismatchError, match="model='cifar_resnet20'.*model='cifar_resnet32'"):
+            train_and_evaluate(tiny_config(image_folder, model="cifar_resnet32", ema_decay=0.5), workdir)
     # Restoring into a model of another number of classes names the arrays that differ.
     c = tiny_config(image_folder)
     mesh = parallel.make_mesh()

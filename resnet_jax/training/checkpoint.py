@@ -24,6 +24,7 @@ happened.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -433,6 +434,22 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
         self._remove_partial()
+
+
+def newest_metadata(workdir: str) -> dict[str, Any] | None:
+    """The metadata of the newest checkpoint of `workdir` whose metadata reads
+    (None when there is none), without its arrays; nothing is changed (a
+    damaged checkpoint is left where it is, for `restore_newest`)."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    ckpt = Checkpointer(workdir, async_save=False)
+    try:
+        for step in sorted(ckpt.all_steps(), reverse=True):
+            with contextlib.suppress(CheckpointDamagedError):
+                return ckpt.metadata(step)
+        return None
+    finally:
+        ckpt.close()
 
 
 def restore_newest(ckpt: Checkpointer, target: Any, check: Callable[[dict[str, Any]], None]) -> Any | None:

@@ -23,7 +23,7 @@ from resnet_jax.augment import batch as batch_augment
 from resnet_jax.data import make_pipeline, resolution
 from resnet_jax.errors import ConfigError, DivergedError, Interrupted, Preempted, StoppedNow, cannot_write
 from resnet_jax.training import config_check, optim, population, population_report, steps
-from resnet_jax.training.checkpoint import Checkpointer, restore_newest
+from resnet_jax.training.checkpoint import Checkpointer, newest_metadata, restore_newest
 from resnet_jax.training.compiled import compile_train_step
 from resnet_jax.training.evaluator import make_evaluator
 from resnet_jax.training.finetune import load_pretrained, use_pretrained_normalization
@@ -165,6 +165,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     config = config.copy_and_resolve_references()
     config.eval_batch_size = parallel.fit_eval_batch_size(config.eval_batch_size, mesh)
     use_pretrained_normalization(config)
+    saved = newest_metadata(workdir)
+    if saved is not None:  # a checkpoint this config may not resume: refused before the data is read
+        check_resumable(saved, run_metadata(config), os.path.join(os.path.abspath(workdir), "checkpoints"))
     built = setup(config, mesh)
     members, pipeline, total_steps, state = built.members, built.pipeline, built.total_steps, built.state
     info = pipeline.info

@@ -44,9 +44,12 @@ SCHEMA_VERSION = 2
 DEFAULT_CROP_FRACTION = 0.875  # what readers of schema 1 assumed where a config did not name one
 
 
-def run_metadata(config: ml_collections.ConfigDict, class_names: Sequence[str], num_train: int | None = None) -> dict:
+def run_metadata(
+    config: ml_collections.ConfigDict, class_names: Sequence[str] | None = None, num_train: int | None = None
+) -> dict:
     """The metadata of a training run of the resolved `config` on data of
-    `class_names` with `num_train` training examples."""
+    `class_names` with `num_train` training examples (None: not read yet, the
+    facts of the config alone, which `check_resumable` checks as far as they go)."""
     members = pop.from_config(config)
     return _schema(
         model=config.model,
@@ -104,15 +107,15 @@ def weights_metadata(
     )
 
 
-def _schema(*, model_kwargs: dict, class_names: Sequence[str], mean: Sequence[float], std: Sequence[float],
+def _schema(*, model_kwargs: dict, class_names: Sequence[str] | None, mean: Sequence[float], std: Sequence[float],
             members: list[dict[str, Any]], **facts: Any) -> dict:  # fmt: skip
     """The current schema of the named facts, as JSON stores them (tuples as lists)."""
     return {
         "schema": SCHEMA_VERSION,
         **facts,
         "model_kwargs": json.loads(json.dumps(model_kwargs)),
-        "num_classes": len(class_names),
-        "class_names": list(class_names),
+        "num_classes": None if class_names is None else len(class_names),
+        "class_names": None if class_names is None else list(class_names),
         "mean": [float(x) for x in mean],
         "std": [float(x) for x in std],
         "num_members": len(members),
