@@ -6,16 +6,29 @@
     python train.py --config configs/cifar10_quick.py --workdir runs/q --mode=eval --step=best
 """
 
-import json
+import os
+import signal
+import sys
 
-import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from resnet_jax import parallel
-from resnet_jax.errors import exit_on_user_error, run_app
-from resnet_jax.evaluate import evaluate_checkpoint
-from resnet_jax.training.loop import train_and_evaluate
+def stopped_while_starting(signum, frame):
+    """A Ctrl-C before `main` (the imports, the config file): one line, status 130; nothing is written yet."""
+    print("Ctrl-C: stopped while starting; nothing was written", file=sys.stderr, flush=True)
+    os._exit(130)  # not an exception in the middle of an import
+
+
+signal.signal(signal.SIGINT, stopped_while_starting)
+
+import json  # noqa: E402
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from resnet_jax import parallel  # noqa: E402
+from resnet_jax.errors import exit_on_user_error, run_app  # noqa: E402
+from resnet_jax.evaluate import evaluate_checkpoint  # noqa: E402
+from resnet_jax.training.loop import train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A config file of configs/.", lock_config=True)
@@ -26,6 +39,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a Ctrl-C is the run's (training/stops.py)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

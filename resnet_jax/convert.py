@@ -40,7 +40,6 @@ import functools
 import os
 import re
 import shutil
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,7 +47,14 @@ import jax
 import numpy as np
 
 from resnet_jax import models, weights
-from resnet_jax.errors import ConfigError, MissingDependencyError, NotFoundError, UserError, exit_on_user_error
+from resnet_jax.errors import (
+    ConfigError,
+    MissingDependencyError,
+    NotFoundError,
+    UserError,
+    exit_on_user_error,
+    run_main,
+)
 
 TORCHVISION_MODELS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
@@ -357,4 +363,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

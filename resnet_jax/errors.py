@@ -25,6 +25,7 @@ import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -131,6 +132,29 @@ def exit_on_user_error() -> Iterator[None]:
     sys.exit(status)
 
 
+def exit_now(status: int) -> NoReturn:
+    """Ends the process with `status`, stdout and stderr flushed, without the
+    interpreter's shutdown: after a Ctrl-C that came in the middle of a JAX call
+    (a compilation), that shutdown can crash in XLA's threads (a segmentation
+    fault in place of status 130). The tools close what they write before they
+    exit (checkpoints saved, logs closed), so nothing is lost."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
+def run_main(main: Callable[[], int | None]) -> NoReturn:
+    """A tool's ``sys.exit(main())``, its Ctrl-C (status 130) by `exit_now`."""
+    try:
+        status = main()
+    except SystemExit as e:
+        if e.code == EXIT_INTERRUPTED:
+            exit_now(EXIT_INTERRUPTED)
+        raise
+    sys.exit(status)
+
+
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -180,6 +204,10 @@ def run_app(
             raise ConfigFileError(f"config file {config_file} does not exist")
         define_flags()
         app.run(main)
+    except SystemExit as e:
+        if e.code == EXIT_INTERRUPTED:  # a Ctrl-C: see `exit_now`
+            exit_now(EXIT_INTERRUPTED)
+        raise
     except ConfigFileError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -11,7 +11,6 @@ CIFAR-style runs, short side + center crop for ImageNet-style ones.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ from PIL import Image
 
 from resnet_jax.data.augment import normalize
 from resnet_jax.data.folder import load_rgb
-from resnet_jax.errors import exit_on_user_error
+from resnet_jax.errors import exit_on_user_error, run_main
 from resnet_jax.restore import restore
 
 
@@ -75,4 +74,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

@@ -389,3 +389,49 @@ def test_out_of_device_memory_is_one_line_naming_what_to_lower(at_step_3, tiny, 
     monkeypatch.undo()
     assert open(f"{workdir}/metrics.jsonl", "rb").read().startswith(before["metrics.jsonl"])
     assert sorted(os.listdir(f"{workdir}/checkpoints")) == ["3"]
+
+
+CTRL_C_IN_A_COMPILATION = textwrap.dedent("""
+    import os, signal, sys, threading
+    import jax, jax.numpy as jnp
+    from resnet_jax.errors import exit_on_user_error, run_main
+
+    def f(x):
+        for i in range(400):
+            x = jnp.tanh(x @ x + i)
+        return x
+
+    def main():
+        with exit_on_user_error():
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            jax.jit(f).lower(jnp.ones((8, 8))).compile()  # a few seconds: the Ctrl-C comes in the middle
+            print("compiled before the Ctrl-C", file=sys.stderr)
+
+    run_main(main)
+""")
+
+
+def test_ctrl_c_in_the_middle_of_a_compilation_is_one_line_and_status_130():
+    """A Ctrl-C that comes inside a JAX call (a compilation): the tools' one line and status 130, not a
+    segmentation fault in XLA's threads at the interpreter's shutdown (`errors.exit_now`)."""
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_COMPILATION], env=env_with_devices(1),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (proc.returncode, proc.stderr) == (130, "Ctrl-C: stopped\n"), proc.stderr[-2000:]
+
+
+def test_train_py_ctrl_c_while_it_starts_is_one_line(image_folder, tmp_path):
+    """A Ctrl-C during train.py's imports (before its `main`): one line and status 130, no traceback, no
+    workdir made."""
+    args = cli_args(image_folder, tmp_path / "run")
+    proc = subprocess.Popen(args, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
+
+    def catches_sigint() -> bool:  # started ignoring it, the process catches SIGINT once train.py's handler is set
+        status = open(f"/proc/{proc.pid}/status").read()
+        return bool(int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16) & (1 << (signal.SIGINT - 1)))
+
+    wait_for(catches_sigint, proc)  # its first statement: JAX is still to be imported
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err) == (130, "Ctrl-C: stopped while starting; nothing was written\n"), err[-3000:]
+    assert not (tmp_path / "run").exists()

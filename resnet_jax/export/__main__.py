@@ -1,7 +1,6 @@
 """``python -m resnet_jax.export``: see `resnet_jax.export`."""
 
-import sys
-
+from resnet_jax.errors import run_main
 from resnet_jax.export import main
 
-sys.exit(main())
+run_main(main)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +24,7 @@ import numpy as np
 from resnet_jax import models, plot
 from resnet_jax.data import load_split_arrays
 from resnet_jax.data.augment import normalize
-from resnet_jax.errors import EXIT_PREEMPTED, Preempted, exit_on_user_error
+from resnet_jax.errors import EXIT_PREEMPTED, Preempted, exit_on_user_error, run_main
 from resnet_jax.models.responses import response_std
 from resnet_jax.reproduce.study import RESULT_FILE, write_json
 from resnet_jax.restore import restore
@@ -126,4 +125,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)
