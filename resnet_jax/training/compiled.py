@@ -46,8 +46,9 @@ def compile_train_step(
     ``pipeline.train_epoch``: `steps.train_step` with `options`, compiled once,
     over the `size` members of a state (held as `population.stored` holds it)
     with their hyperparameters `hp` ([K] arrays of the swept fields,
-    `population.Population.hyperparameters`), the state donated (not the log window: a few floats, and the loop starts
-    every window from the same zeros, `TrainLog`). With an on-device pipeline,
+    `population.Population.hyperparameters`), the state donated (not the log
+    window: a few floats, and the loop starts every window from the same zeros,
+    `TrainLog`). With an on-device pipeline,
     `steps_per_call` > 1 runs that many steps in one call (`jax.lax.scan`; the
     caller passes one item for them all)."""
 

@@ -111,6 +111,7 @@ def create_train_state(
         )
 
     keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+
     def init_all(keys: jax.Array) -> TrainState:
         return population.stored(jax.vmap(init)(jax.random.wrap_key_data(keys)), len(seeds))
 
