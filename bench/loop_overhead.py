@@ -200,7 +200,7 @@ def stacking(step_name: str, num_steps: int, batch: int, repeats: int) -> dict[s
     model, members, spe = loop.model_from_config(config, 10), population.from_config(config), pipeline.steps_per_epoch
     options = loop.step_options(config, model, 10, members, spe, num_steps)
     step_fn = _counting_step if step_name == "proxy" else loop.steps.train_step
-    trainers = compile_train_step(options, pipeline, members.hyperparameters(), 1)  # traced at its first call
+    population_step = compile_train_step(options, pipeline, members.hyperparameters(), 1)  # traced at its first call
     item = next(pipeline.train_epoch(0))
     states = {"population": create_train_state(model, options.make_tx({}), 32, [config.seed], mesh)}
     one = create_train_state(model, options.make_tx({}), 32, [config.seed], mesh)  # one member: one network's
@@ -213,7 +213,7 @@ def stacking(step_name: str, num_steps: int, batch: int, repeats: int) -> dict[s
     jitted = jax.jit(network_step, donate_argnums=0)
     one_item = population.take(item, 0)
     calls = {
-        "population": lambda state, window: trainers(state, window, item),
+        "population": lambda state, window: population_step(state, window, item),
         "network": lambda state, window: jitted(state, window, pipeline.data, *one_item),
     }
     windows = {"population": empty_window(1, parallel.replicated(mesh)),
