@@ -203,11 +203,7 @@ def run_app(
         if config_file and not os.path.isfile(config_file):
             raise ConfigFileError(f"config file {config_file} does not exist")
         define_flags()
-        app.run(main)
-    except SystemExit as e:
-        if e.code == EXIT_INTERRUPTED:  # a Ctrl-C: see `exit_now`
-            exit_now(EXIT_INTERRUPTED)
-        raise
+        run_main(lambda: app.run(main))  # its Ctrl-C by `exit_now`
     except ConfigFileError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
