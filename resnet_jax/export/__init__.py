@@ -127,13 +127,13 @@ def _write_savedmodel(path: str, fn: Callable, spec: Callable, platforms: Sequen
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    example = spec(None)
+    example = spec(1)  # jax 0.12's ShapeDtypeStruct refuses None in a shape: the batch is set free below
     shape = "(batch, " + ", ".join(str(d) for d in example.shape[1:]) + ")"
     converted = jax2tf.convert(
         fn, polymorphic_shapes=[shape], with_gradient=False, native_serialization_platforms=tuple(platforms)
     )
     module = tf.Module()
-    signature = [tf.TensorSpec(example.shape, tf.as_dtype(example.dtype), name="images")]
+    signature = [tf.TensorSpec((None, *example.shape[1:]), tf.as_dtype(example.dtype), name="images")]
     module.serve = tf.function(lambda images: {"logits": converted(images)}, input_signature=signature,
                                autograph=False)  # fmt: skip
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
