@@ -32,6 +32,13 @@ def default_config() -> ml_collections.ConfigDict:
     c.sweep = ""
 
     c.batch_size = 128  # global, over all devices and processes
+    # The recipe's source's device count: the global batch laid out as its devices' batches (each its own
+    # batch-norm statistics, mixing draw and copy of a repeated image), whatever devices the run has;
+    # 0 = off (resnet_jax.batch_layout).
+    c.source_devices = 0
+    # k > 1: each global batch as k micro-batches, one after another on the same devices, then one update
+    # (resnet_jax.batch_layout). Must divide batch_size (and source_devices when set).
+    c.gradient_accumulation_steps = 1
     c.eval_batch_size = 500
     c.num_epochs = 10
     c.num_train_steps = -1  # > 0: train this many steps instead of num_epochs
