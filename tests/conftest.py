@@ -3,23 +3,54 @@ path, and small image-folder fixtures made by the tests themselves."""
 
 import atexit
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
+import pytest
+
 # Tests compile far more than they run: LLVM's optimisation of XLA:CPU's fused
 # loops costs seconds a program (a 4-8-16 ResNet's init: 9 s, 1 s at level 0)
 # and buys nothing on 16-pixel images; XLA:CPU's fusion emitters take half of
 # what is left (a 4-8-16 ResNet-8's init and step: 5.2 s with them, 2.4 s
 # without, 2026-12-03). The fixtures of earlier commits, trained with neither,
-# are still met to 1e-5 (tests/test_population.py).
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
-# A subprocess that imports this file keeps the devices `env_with_devices` gave it.
+# are still met to 1e-5 (tests/test_population.py). jax 0.12's XLA has no
+# --xla_cpu_use_fusion_emitters (its emitters cannot be turned off), and an
+# unknown flag in XLA_FLAGS is a fatal error at JAX's first computation, so
+# only the flags that this jaxlib's XLA knows are set (`_flags_xla_knows`).
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+
+
+def _flags_xla_knows(base: str, optional: tuple[str, ...]) -> str:
+    """The flags of `optional` that XLA knows, found by starting JAX in a subprocess with `base` and them
+    and leaving out those it names as unknown. JAX failing to start for any other reason (a flag of `base`,
+    the user's XLA_FLAGS, that it does not know) is a UsageError that shows XLA's message: XLA's fatal
+    error would otherwise end every test process with pytest printing nothing."""
+    kept = list(optional)
+    while True:
+        flags = " ".join([base, *kept]).strip()
+        env = dict(os.environ, XLA_FLAGS=flags)
+        proc = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        if proc.returncode == 0:
+            return " ".join(kept)
+        unknown = re.search(r"Unknown flags? in XLA_FLAGS: (.*)", proc.stderr)
+        dropped = set(unknown.group(1).split()) & set(kept) if unknown else set()
+        if not dropped:
+            raise pytest.UsageError(f"JAX does not start with XLA_FLAGS={flags!r}:\n{proc.stderr[-3000:]}")
+        kept = [flag for flag in kept if flag not in dropped]
+
+
+# A subprocess that imports this file (and every pytest-xdist worker) keeps the
+# devices and flags that `env_with_devices` (the controller) gave it.
 if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    eight = f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}"
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {eight}"
+    eight = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
+    os.environ["RESNET_JAX_TESTS_FAST_COMPILE"] = _flags_xla_knows(eight, FAST_COMPILE_FLAGS)
+    os.environ["XLA_FLAGS"] = f"{eight} {os.environ['RESNET_JAX_TESTS_FAST_COMPILE']}".strip()
+FAST_COMPILE = os.environ.get("RESNET_JAX_TESTS_FAST_COMPILE", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Many tests compile the same tiny network: JAX's persistent cache shares the
 # programs between tests and with their subprocesses (which inherit the folder
@@ -30,7 +61,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
 
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from resnet_jax.config import default_config  # noqa: E402
