@@ -22,11 +22,11 @@ signal.signal(signal.SIGINT, stopped_while_starting)
 import json  # noqa: E402
 
 import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from resnet_jax import parallel  # noqa: E402
-from resnet_jax.errors import exit_on_user_error, run_app  # noqa: E402
+from resnet_jax.errors import ConfigError, exit_on_user_error, run_app  # noqa: E402
 from resnet_jax.evaluate import evaluate_checkpoint  # noqa: E402
 from resnet_jax.training.loop import train_and_evaluate  # noqa: E402
 
@@ -41,10 +41,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a Ctrl-C is the run's (training/stops.py)
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    parallel.initialize_distributed()
     with exit_on_user_error():
+        if len(argv) > 1:
+            raise ConfigError(f"unexpected arguments {argv[1:]}: every option is a --flag (python train.py --help)")
+        parallel.initialize_distributed()
         if FLAGS.mode == "train":
             train_and_evaluate(FLAGS.config, FLAGS.workdir)
             return

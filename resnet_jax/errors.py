@@ -23,6 +23,7 @@ import contextlib
 import errno
 import gc
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import NoReturn
@@ -189,8 +190,9 @@ def warn(message: str) -> None:
 def run_app(
     main: Callable[[list[str]], object], define_flags: Callable[[], object] = lambda: None, config_file: bool = False
 ) -> None:
-    """``absl.app.run(main)``, with an unknown ``--config.<field>`` reported as one
-    line: ml_collections raises it while the flags are parsed, before `main`
+    """``absl.app.run(main)``, with a flag absl cannot parse (a value of the wrong
+    type, a missing required flag) and an unknown ``--config.<field>`` reported as one
+    line and status 2: ml_collections raises the latter while the flags are parsed, before `main`
     (or, for ``DEFINE_config_dict``, while the flag is defined: pass that as
     `define_flags`). With `config_file` (``--config`` names a file, as
     ``DEFINE_config_file``'s), a file that does not exist or fails to load (a
@@ -203,8 +205,8 @@ def run_app(
         if config_file and not os.path.isfile(config_file):
             raise ConfigFileError(f"config file {config_file} does not exist")
         define_flags()
-        run_main(lambda: app.run(main))  # its Ctrl-C by `exit_now`
-    except ConfigFileError as e:
+        run_main(lambda: app.run(main, flags_parser=_parse_flags))  # its Ctrl-C by `exit_now`
+    except ConfigError as e:  # a config file that does not exist, a flag absl cannot parse
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except Exception as e:
@@ -216,11 +218,38 @@ def run_app(
         if where is not None:  # the file failed to load: its line and the error
             print(f"error: config file {where}: {type(e).__name__}: {getattr(e, 'msg', None) or e}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
-        field = str(e).strip("'\"")
-        given = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.") and field in a]
-        print(f"error: the config has no field {field!r} ({', '.join(given) or 'a --config override'}); "
-              "the fields are those of resnet_jax/config.py and the config file", file=sys.stderr)
+        print(f"error: {_no_such_field(e)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parse of the command line, its errors (a value of the wrong type, a
+    missing required flag, a value outside an enum's) a `ConfigError` of one line
+    (absl's own parser prints "FATAL Flags parsing error" and exits 1)."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = " ".join(str(e).split()).removeprefix("flag ")
+        required = re.search(r"Flag (--\S+) must have a value other than None", message)
+        raise ConfigError(f"{required[1]} is required" if required else message) from None
+
+
+def _no_such_field(error: BaseException) -> str:
+    """The one line of an unknown ``--config.<field>``: ml_collections' KeyError
+    (wrapped in an AttributeError) holds the quoted field and, on its next line,
+    a "Did you mean" hint."""
+    text = error
+    while isinstance(text, BaseException) and text.args:
+        text = text.args[0]
+    first, *rest = str(text).splitlines() or [""]
+    field = first.strip("'\"")
+    given = [a.split("=")[0] for a in sys.argv[1:] if a.startswith("--config.") and field in a]
+    hint = re.search(r'Did you mean "([^"]+)"', " ".join(rest))
+    return (f"the config has no field {field!r} ({', '.join(given) or 'a --config override'})"
+            f"{f'; did you mean {hint[1]!r}? The' if hint else '; the'} fields are those of resnet_jax/config.py and "
+            "the config file")  # fmt: skip
 
 
 def _config_path(args: list[str]) -> str | None:

@@ -101,6 +101,37 @@ def test_an_unknown_config_field_is_one_message(image_folder, tmp_path):
     )
 
 
+# train.py's flags, defined as it defines them, parsed by `errors.run_app` (no training imports: a second a case).
+FLAGS_OF_TRAIN_PY = f"""
+import sys
+from absl import flags
+from ml_collections import config_flags
+from resnet_jax.errors import run_app
+config_flags.DEFINE_config_file("config", None, "", lock_config=True)
+flags.DEFINE_string("workdir", None, "")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "")
+flags.mark_flags_as_required(["config", "workdir"])
+sys.argv = ["train.py", "--config", {QUICK_NARROW!r}, *sys.argv[1:]]
+run_app(lambda argv: print("parsed"), config_file=True)
+"""
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--workdir=w", "--config.num_epochs=abc"],
+     "error: --config.num_epochs=abc: invalid literal for int() with base 10: 'abc'"),
+    (["--config.num_epochs=3"], "error: --workdir is required"),
+    (["--workdir=w", "--mode=foo"], "error: --mode=foo: value should be one of <train|eval>"),
+    (["--workdir=w", "--config.num_epoch=1"],
+     "error: the config has no field 'num_epoch' (--config.num_epoch); did you mean 'num_epochs'? The fields are "
+     "those of resnet_jax/config.py and the config file"),
+    (["--workdir=w", "--workdr=1"], "error: Unknown command line flag 'workdr'. Did you mean: workdir ?"),
+], ids=["type", "required", "enum", "did-you-mean", "unknown-flag"])  # fmt: skip
+def test_a_flag_absl_cannot_parse_is_one_line_and_status_2(args, line):
+    out = subprocess.run([sys.executable, "-c", FLAGS_OF_TRAIN_PY, *args], env=env_with_devices(1),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (out.returncode, out.stderr, out.stdout) == (2, line + "\n", ""), out.stderr[-3000:]
+
+
 def test_predict_and_convert_user_errors_are_one_line(trained_r20, tmp_path, capsys):
     folder, workdir = trained_r20
     one_line(capsys, lambda: predict.main(["--workdir", str(tmp_path / "nowhere"), "x.png"]),
