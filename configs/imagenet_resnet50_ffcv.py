@@ -45,8 +45,9 @@ def get_config(model: str = "resnet50"):
     c.label_smoothing = 0.1
     c.eval_flip = True
     c.model_kwargs.zero_init_residual = False
-    c.model_kwargs.bn_group_size = 512  # batch-norm statistics per GPU batch
+    c.source_devices = 8  # world_size: 8 (yaml): each GPU's 512 images their own batch-norm statistics
     c.data.progressive_resizing = ffcv_ramp_reference(c.get_ref("num_epochs"), 160, 192)
     c.data.image_size = 256
     c.data.crop_fraction = 224 / 256
+    c.data.crop_sampler = "torchvision"  # RandomResizedCropRGBImageDecoder's get_random_crop: torchvision's draws
     return c

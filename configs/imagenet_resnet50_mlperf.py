@@ -51,6 +51,7 @@ def get_config(model: str = "resnet50"):
     c.weight_decay_exclude_bn_bias = True
     c.label_smoothing = 0.1
     c.model_kwargs.zero_init_residual = False  # the reference's batch norms all start at 1
-    c.model_kwargs.bn_group_size = 64  # batch-norm statistics per TPU replica (4,096 over 64)
+    c.source_devices = 64  # TPU-v3-64's 64 replicas: batch-norm statistics per replica (4,096 over 64)
     c.data.interpolation = "bilinear"  # imagenet_preprocessing._resize_image
+    c.data.crop_sampler = "tf"  # imagenet_preprocessing._decode_crop_and_flip: sample_distorted_bounding_box
     return c

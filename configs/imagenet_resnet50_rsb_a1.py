@@ -55,16 +55,18 @@ def rsb_config(model: str, epochs: int, lr: float, weight_decay: float, mixup: f
     c.bce_target_threshold = 0.2
     c.label_smoothing = 0.0
     c.mixup_alpha, c.cutmix_alpha = mixup, 1.0
-    c.mixup_chunk = 256  # one draw per GPU batch
     c.mixup_style = "timm"
     c.auto_augment = "rand"
     c.randaugment_magnitude, c.randaugment_std = magnitude, 0.5
     c.model_kwargs.drop_path_rate = drop_path
-    c.model_kwargs.bn_group_size = 256  # batch-norm statistics per GPU batch
+    # 8 GPUs x 256 (rsb section 3; timm's ./distributed_train.sh 8): each GPU's batch its own batch-norm
+    # statistics, mixing draw and copy of a repeated image (RepeatAugSampler), whatever devices this run has
+    c.source_devices = 8
     d = c.data
     d.image_size = 224
     d.train_image_size = train_size
     d.crop_fraction = 0.95
+    d.crop_sampler = "torchvision"  # timm's RandomResizedCropAndInterpolation: torchvision's draws
     d.repeated_augmentations = repeats
     return c
 

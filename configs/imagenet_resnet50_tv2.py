@@ -48,7 +48,6 @@ def get_config(model: str = "resnet50"):
     c.weight_decay_exclude_bn_bias = True
     c.label_smoothing = 0.1
     c.mixup_alpha, c.cutmix_alpha = 0.2, 1.0
-    c.mixup_chunk = 128  # one draw per GPU batch
     c.mixup_style = "torchvision"
     c.auto_augment = "trivial"
     c.auto_augment_interpolation = "bilinear"
@@ -59,11 +58,14 @@ def get_config(model: str = "resnet50"):
     steps = c.get_ref("batch_size").to_float() * c.get_ref("ema_every_steps") / c.get_ref("num_epochs")
     c.ema_decay = 1 - (1 - 0.99998) * steps
     c.model_kwargs.zero_init_residual = False
-    c.model_kwargs.bn_group_size = 128  # batch-norm statistics per GPU batch
+    # --nproc_per_node=8: each GPU's 128 images its own batch-norm statistics, mixing draw and copy of a repeated
+    # image (RASampler deals the 4 copies to 4 GPUs), whatever devices this run has (resnet_jax.batch_layout)
+    c.source_devices = 8
     d = c.data
     d.train_image_size = 176
     d.image_size = 224
     d.crop_fraction = 224 / 232
     d.interpolation = "bilinear"
+    d.crop_sampler = "torchvision"  # presets.py: RandomResizedCrop
     d.repeated_augmentations = 4
     return c

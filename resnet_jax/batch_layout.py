@@ -77,8 +77,9 @@ class BatchLayout:
         """Images of one process's share of the global batch."""
         return self.batch_size // self.processes
 
-    def order(self) -> np.ndarray | None:
-        """Where each position of a process's share of the batch reads from:
+    def order(self, whole: bool = False) -> np.ndarray | None:
+        """Where each position of a process's share of the batch (`whole`: of the
+        global batch, the processes' shares one after another) reads from:
         position ``d * b + u`` (local source device d, slot u) holds position
         ``u * S_local + d`` of the share's run of the repeated list, so that the
         copies of an image (consecutive in that list) go to different source
@@ -87,9 +88,11 @@ class BatchLayout:
         if self.copies == 1 or not self.source_devices:
             return None
         local = self.source_devices // self.processes
-        slots = self.device_batch
-        d, u = np.divmod(np.arange(self.process_batch), slots)
-        return (u * local + d).astype(np.int64)
+        d, u = np.divmod(np.arange(self.process_batch), self.device_batch)
+        share = u * local + d
+        if whole:
+            share = (np.arange(self.processes)[:, None] * self.process_batch + share).reshape(-1)
+        return share.astype(np.int64)
 
 
 def from_config(config: Any, processes: int = 1) -> BatchLayout:

@@ -128,6 +128,9 @@ def default_config() -> ml_collections.ConfigDict:
     # inception: the resampling of the random-resized crops and of the eval resize, bicubic | bilinear (both
     # antialiased; torchvision's reference: bilinear)
     d.interpolation = "bicubic"
+    # inception: the training crop's window, torchvision (RandomResizedCrop.get_params: area uniform, aspect
+    # log-uniform, 10 tries, on every pipeline) | tf (sample_distorted_bounding_box, the Flax example's; tfds only)
+    d.crop_sampler = "torchvision"
     # FixRes: side of the random-resized training crops (0 = image_size); evaluation keeps image_size / crop_fraction
     d.train_image_size = 0
     # FFCV's progressive resizing: "min:max:start_ramp:end_ramp" (e.g. "160:192:65:76"), the training crop size
@@ -159,6 +162,9 @@ def cifar10_paper_config(model: str = "cifar_resnet20") -> ml_collections.Config
     c = default_config()
     c.model = model
     c.batch_size = 128
+    # The paper trained "with a mini-batch size of 128 on two GPUs" (section 4.2); its code is not published, so
+    # whether batch norm was per GPU is not known: statistics over the whole batch (2 gives per-GPU ones).
+    c.source_devices = 0
     c.num_train_steps = 64000
     c.lr_schedule = "piecewise"
     c.lr_boundaries = (32000, 48000)

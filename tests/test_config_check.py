@@ -50,7 +50,6 @@ ERRORS = [
     ({"data.train_image_size": -1}, "data.train_image_size=-1: use a size in pixels"),
     ({"data.train_image_size": 24}, "they need data.augment='inception' (not 'cifar')"),
     ({"data.repeated_augmentations": 0}, "data.repeated_augmentations=0: use a whole number"),
-    ({"data.pipeline": "device", "data.repeated_augmentations": 2}, "data.repeated_augmentations is for the"),
     (dict(steps_per_call=2), "steps_per_call=2 needs data.pipeline='device'"),
     (dict(steps_per_call=0, **{"data.pipeline": "device"}), "steps_per_call=0 must be >= 1"),
     (dict(steps_per_call=2, **{"data.pipeline": "device"}), "divide log_every_steps (1)"),

@@ -20,6 +20,7 @@ from absl import flags
 from conftest import ROOT
 from ml_collections import config_flags
 
+from resnet_jax import batch_layout
 from resnet_jax.data import resolution
 
 Row = tuple  # (label, published value, ours(config) or None where ours is no config field)
@@ -63,11 +64,11 @@ def mixing(c):
 
 
 def groups(c):
-    return c.model_kwargs.get("bn_group_size", 0)
+    return batch_layout.from_config(c.copy_and_resolve_references()).bn_group_size
 
 
 def draws(c):
-    return (c.mixup_chunk, c.mixup_style)
+    return (batch_layout.from_config(c.copy_and_resolve_references()).mixup_chunk, c.mixup_style)
 
 
 # libffcv/ffcv-imagenet at 4dd291a1: rn50_configs/rn50_24_epochs.yaml and train_imagenet.py

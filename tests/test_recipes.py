@@ -271,8 +271,7 @@ def shrunk(c, image_folder):
     c.model, c.num_train_steps, c.batch_size, c.eval_batch_size = "cifar_resnet20", 2, 16, 16
     c.model_kwargs.stage_sizes, c.model_kwargs.stage_widths = (1, 1, 1), (4, 8, 16)
     c.half_precision, c.async_checkpoints, c.log_every_steps = False, False, 1
-    c.mixup_chunk = 8 if c.mixup_chunk else 0  # two draws a batch, as the recipe's per-GPU draws
-    c.model_kwargs.bn_group_size = 8  # and two batch-norm groups, as its per-GPU statistics
+    c.source_devices = 2  # two batch-norm groups and mixing draws, as the recipe's per-GPU ones
     d = c.data
     scale = lambda px: max(8, round(px * 16 / 224))  # noqa: E731
     d.path, d.eval_split, d.image_size, d.cache, d.shuffle_buffer, d.workers = image_folder, "test", 16, False, 64, 0

@@ -55,16 +55,19 @@ def _mixes(config: ml_collections.ConfigDict, swept: Collection[str]) -> bool:
 
 
 def batch_transform(
-    config: ml_collections.ConfigDict, num_classes: int, swept: Collection[str] = ()
+    config: ml_collections.ConfigDict, num_classes: int, swept: Collection[str] = (), chunk: int | None = None
 ) -> Transform | None:
     """The batch augmentations `config` turns on (or a population sweeps: the
-    fields in `swept`), composed; None when none is."""
+    fields in `swept`), composed; None when none is. `chunk`: images per
+    mixing draw (the batch layout's, `resnet_jax.batch_layout`; default
+    ``config.mixup_chunk``)."""
     check(config, swept)
     mixes = _mixes(config, swept)
     erases = _on(config, swept, "random_erasing")
     if not (config.auto_augment or erases or mixes):
         return None
-    chunk, style, interpolation = config.mixup_chunk, config.mixup_style, config.auto_augment_interpolation
+    chunk = config.mixup_chunk if chunk is None else chunk
+    style, interpolation = config.mixup_style, config.auto_augment_interpolation
     mean_pixel = tuple(255 * m for m in config.data.mean)  # erased to 0 once normalised, as torchvision's V2
     fill = tuple(round(v) for v in mean_pixel)  # timm's RandAugment fills with the rounded mean
 

@@ -14,8 +14,9 @@ The batch augmentations that run inside the train step (RandAugment, mixup,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh
@@ -24,22 +25,34 @@ from resnet_jax.data import augment, repeated, resolution
 from resnet_jax.data.pipeline import Pipeline
 from resnet_jax.errors import ConfigError, MissingDependencyError
 
+if TYPE_CHECKING:
+    from resnet_jax.batch_layout import BatchLayout
+
 PIPELINES = ("tfds", "grain", "device")
 AUGMENTS = ("cifar", "inception", "none")  # data.augment: pad + crop + flip | random-resized crop + flip | none
 
 
-def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: list[int] | None = None) -> Pipeline:
+def make_pipeline(
+    config: ml_collections.ConfigDict, mesh: Mesh, seeds: list[int] | None = None, layout: BatchLayout | None = None
+) -> Pipeline:
     """The pipeline `config.data.pipeline` names: "tfds" (tf.data), "grain" or "device".
 
     `seeds`: the data seed of each population member (the on-device pipeline
     draws each one's batches; default ``[config.seed]``); the host pipelines
-    serve one stream of ``config.seed``, shared by members of that seed."""
+    serve one stream of ``config.seed``, shared by members of that seed.
+    `layout`: where each position of a batch reads (the copies of repeated
+    augmentation dealt to the source's devices: `resnet_jax.batch_layout`;
+    default: `config`'s)."""
     check(config)
+    if layout is None:
+        from resnet_jax.batch_layout import from_config
+
+        layout = from_config(config, jax.process_count())
     cfg = config.data
     if cfg.pipeline == "tfds":
         from resnet_jax.data.tfds import TFDataPipeline
 
-        return TFDataPipeline(cfg, config.batch_size, config.eval_batch_size, config.seed, mesh)
+        return TFDataPipeline(cfg, config.batch_size, config.eval_batch_size, config.seed, mesh, layout.order())
     if cfg.pipeline == "grain":
         try:
             from resnet_jax.data.grain import GrainPipeline
@@ -49,7 +62,7 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: list[int
             raise MissingDependencyError(
                 "data.pipeline='grain' needs the grain package: pip install 'resnet-jax-flax[grain]'"
             ) from None
-        return GrainPipeline(cfg, config.batch_size, config.eval_batch_size, config.seed, mesh)
+        return GrainPipeline(cfg, config.batch_size, config.eval_batch_size, config.seed, mesh, order=layout.order())
     from resnet_jax.data.device import DevicePipeline  # "device", the last of `PIPELINES`
 
     train, evaluation, names = _load_arrays(cfg)
@@ -57,6 +70,7 @@ def make_pipeline(config: ml_collections.ConfigDict, mesh: Mesh, seeds: list[int
         train, evaluation, names, config.batch_size, config.eval_batch_size,
         [config.seed] if seeds is None else seeds, mesh,
         crop_padding=cfg.crop_padding, augment_images=cfg.augment == "cifar",
+        copies=layout.copies, order=layout.order(whole=True),
     )
 
 
@@ -71,10 +85,11 @@ def check(config: ml_collections.ConfigDict) -> None:
     if cfg.augment not in AUGMENTS:
         raise ConfigError(f"unknown data.augment {cfg.augment!r}; use {', '.join(repr(a) for a in AUGMENTS)}")
     augment.resize_method(cfg.interpolation)
+    augment.crop_sampler(cfg.get("crop_sampler", "torchvision"), cfg.pipeline if cfg.augment == "inception" else "tfds")
     resolution.train_sizes(cfg)
     repeated.repeats(cfg)
     if cfg.pipeline == "device":
-        host_only = {"train_image_size": 0, "progressive_resizing": "", "repeated_augmentations": 1}
+        host_only = {"train_image_size": 0, "progressive_resizing": ""}
         for field, off in host_only.items():
             if cfg[field] != off:
                 raise ConfigError(f"data.{field} is for the random-resized crops of the tfds and grain pipelines; "

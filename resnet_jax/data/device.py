@@ -36,6 +36,8 @@ class DevicePipeline:
         mesh: Mesh,
         crop_padding: int = 4,
         augment_images: bool = True,
+        copies: int = 1,
+        order: np.ndarray | None = None,
     ):
         """
         Args:
@@ -48,6 +50,11 @@ class DevicePipeline:
           mesh: the device mesh.
           crop_padding: zero padding before the random crop (0: no crop).
           augment_images: random crop and flip (False: plain shuffled batches).
+          copies: repeated augmentation: position p of an epoch reads example
+            ``perm[p // copies]`` (`resnet_jax.data.repeated`), each copy cropped on its own.
+          order: position i of a batch holds position ``order[i]`` of its run of
+            the epoch (`resnet_jax.batch_layout`: the copies dealt to the
+            source's devices); None: in turn.
         """
         images, labels = train
         if images.dtype != np.uint8 or images.ndim != 4:
@@ -55,6 +62,8 @@ class DevicePipeline:
         self.info = DataInfo(check_class_names(class_names), len(labels), len(eval[1]), images.shape[1])
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.mesh, self.crop_padding, self.augment_images = mesh, crop_padding, augment_images
+        self.copies = copies
+        self._order = order
         self.num_members = len(seeds)
         self._key = jax.vmap(jax.random.key)(jnp.asarray(seeds))
         self.data = parallel.replicate({"image": images, "label": labels.astype(np.int32)}, mesh)
@@ -72,7 +81,11 @@ class DevicePipeline:
 
     def make_batch(self, data: Batch, perm: jax.Array, key: jax.Array, step: jax.Array) -> Batch:
         """Batch `step` of an epoch (traced inside jit): gather, crop, flip."""
-        idx = jax.lax.dynamic_slice_in_dim(perm, step * self.batch_size, self.batch_size)
+        if self._order is None and self.copies == 1:
+            idx = jax.lax.dynamic_slice_in_dim(perm, step * self.batch_size, self.batch_size)
+        else:
+            order = jnp.arange(self.batch_size) if self._order is None else jnp.asarray(self._order)
+            idx = perm[(step * self.batch_size + order.astype(jnp.int32)) // self.copies]
         images, labels = data["image"][idx], data["label"][idx]
         if self.augment_images:
             images = augment.crop_flip(jax.random.fold_in(key, step), images, self.crop_padding)

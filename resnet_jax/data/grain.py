@@ -15,9 +15,8 @@ the resize-to-``image_size / crop_fraction`` + central crop for evaluation;
 ``"cifar"`` is the zero-pad by ``crop_padding``, random crop and flip; other
 images are resized to ``image_size`` if needed. Where they differ from tf.data:
 
-- the crop window is drawn as torchvision's RandomResizedCrop draws it (area
-  uniform, aspect log-uniform, 10 tries, then the evaluation crop), where
-  tf.data uses `sample_distorted_bounding_box` (same ranges and fallback);
+- the crop window is always torchvision's RandomResizedCrop's (`augment.crop_window`,
+  as tf.data's with ``data.crop_sampler="torchvision"``; the "tf" sampler is tf.data's only);
 - a JPEG is decoded at the smallest DCT scale (1, 1/2, 1/4, 1/8) that keeps the
   crop window at least ``image_size`` pixels (`augment.decode_box`), then resized
   with ``data.interpolation`` (bicubic by default), antialiased; tf.data decodes the window at full scale;
@@ -147,9 +146,7 @@ class Decoder:
             with folder.open_image(file, name) as image:
                 if rng is None:
                     return augment.pil_center_crop(image, self.size, self.crop_fraction, self.interpolation)
-                return augment.pil_inception_crop(
-                    image, rng, crop_size or self.size, self.crop_fraction, interpolation=self.interpolation
-                )
+                return augment.pil_inception_crop(image, rng, crop_size or self.size, interpolation=self.interpolation)
         image = folder.load_rgb(file, (self.size, self.size), name)
         if self.augment == "cifar" and rng is not None:
             return augment.np_crop_flip(image, rng, self.crop_padding)
@@ -170,6 +167,8 @@ class TrainExamples:
     skip_bad: bool
     sizes: resolution.TrainSizes | None = None  # None: the decoder's size in every epoch
     repeats: int = 1  # copies of each example in an epoch (repeated augmentation)
+    # position i of a batch reads position deal[i] of its run of the stream (`resnet_jax.batch_layout`); None: i
+    deal: np.ndarray | None = None
     _order: tuple[int, np.ndarray] | None = field(default=None, repr=False)
 
     def order(self, epoch: int) -> np.ndarray:
@@ -184,6 +183,9 @@ class TrainExamples:
         order = self.order(epoch)
         rng = np.random.default_rng([self.seed, _EXAMPLE, epoch, self.share.options.shard_index, position])
         crop_size = 0 if self.sizes is None else self.sizes.at(epoch)
+        if self.deal is not None:
+            start, slot = divmod(position, len(self.deal))
+            position = start * len(self.deal) + int(self.deal[slot])
         selected = position // self.repeats
         for attempt in range(len(order)):  # an unreadable file's stand-in: the next example of the order
             file, label, name = self.share[int(order[(selected + attempt) % len(order)])]
@@ -367,6 +369,7 @@ class GrainPipeline:
         seed: int,
         mesh: Mesh,
         shard: grain.sharding.ShardOptions | None = None,
+        order: np.ndarray | None = None,
     ):
         """
         Args:
@@ -375,6 +378,9 @@ class GrainPipeline:
           seed: data seed: order and augmentation.
           mesh: the device mesh batches are sharded over.
           shard: this process's share (default: `grain.sharding.ShardByJaxProcess`).
+          order: position i of this process's batch holds position ``order[i]``
+            of its run of the epoch's stream (`resnet_jax.batch_layout`: the
+            copies of repeated augmentation dealt to the source's devices); None: in turn.
         """
         if not flags.FLAGS.is_parsed():  # grain 0.2 reads an absl flag when it starts a worker
             flags.FLAGS.mark_as_parsed()
@@ -398,7 +404,7 @@ class GrainPipeline:
         )
         length = self.steps_per_epoch * self.batch_size
         train_examples = TrainExamples(
-            self._train, decoder, max(length, 1), seed, cfg.skip_bad_images, self.train_sizes, repeats
+            self._train, decoder, max(length, 1), seed, cfg.skip_bad_images, self.train_sizes, repeats, order
         )
         self._eval_examples = EvalExamples(self._eval, decoder, cfg.skip_bad_images)
         stream = functools.partial(_training_stream, train_examples, self.batch_size, self.workers, cfg.prefetch)

@@ -76,7 +76,8 @@ class TFDataPipeline:
     """Training and evaluation batches (numpy, this process's share) from tf.data."""
 
     def __init__(
-        self, cfg: ml_collections.ConfigDict, batch_size: int, eval_batch_size: int, seed: int, mesh: Mesh
+        self, cfg: ml_collections.ConfigDict, batch_size: int, eval_batch_size: int, seed: int, mesh: Mesh,
+        order: np.ndarray | None = None,
     ):
         """
         Args:
@@ -84,8 +85,12 @@ class TFDataPipeline:
           batch_size, eval_batch_size: global batch sizes (all processes).
           seed: data seed: shuffling and augmentation.
           mesh: the device mesh batches are sharded over.
+          order: position i of this process's batch holds position ``order[i]``
+            of its run of the epoch's stream (`resnet_jax.batch_layout`: the
+            copies of repeated augmentation dealt to the source's devices); None: in turn.
         """
         self.cfg, self.mesh = cfg, mesh
+        self.order = order
         self.seed = seed
         self.train_sizes = resolution.train_sizes(cfg)  # checks the options before any file is read
         augment.resize_method(cfg.get("interpolation", "bicubic"))
@@ -167,7 +172,7 @@ class TFDataPipeline:
             ds = self._repeated(length, int(epoch_seed[0]), int(epoch_seed[2]))
         ds = ds.take(length).enumerate().skip(start_step * self.batch_size)
         base_seed = tf.constant([int(epoch_seed[1]) % 2**31, 0], tf.int64)
-        interpolation = cfg.get("interpolation", "bicubic")
+        interpolation, sampler = cfg.get("interpolation", "bicubic"), cfg.get("crop_sampler", "torchvision")
 
         def preprocess(i: Any, example: tuple[Any, Any]) -> tuple[Any, Any]:
             image, label = example
@@ -177,13 +182,17 @@ class TFDataPipeline:
                     image = augment.tf_decode(image, (size, size))
                 image = augment.tf_crop_flip(image, seed, pad=cfg.crop_padding)
             elif cfg.augment == "inception":
-                image = augment.tf_inception_crop(image, seed, size, interpolation=interpolation)
+                image = augment.tf_inception_crop(image, seed, size, interpolation=interpolation, sampler=sampler)
             elif not cfg.cache:
                 image = augment.tf_decode(image, (size, size))
             return image, label
 
         ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True)
-        ds = ds.batch(self.batch_size, drop_remainder=True).prefetch(cfg.prefetch)
+        ds = ds.batch(self.batch_size, drop_remainder=True)
+        if self.order is not None:
+            order = tf.constant(self.order)
+            ds = ds.map(lambda image, label: (tf.gather(image, order), tf.gather(label, order)), AUTOTUNE)
+        ds = ds.prefetch(cfg.prefetch)
         for image, label in ds.as_numpy_iterator():
             yield {"image": image, "label": label}
 

@@ -18,7 +18,7 @@ import ml_collections
 import optax
 from tqdm import tqdm
 
-from resnet_jax import models, parallel, plot
+from resnet_jax import batch_layout, models, parallel, plot
 from resnet_jax.augment import batch as batch_augment
 from resnet_jax.data import make_pipeline, resolution
 from resnet_jax.errors import ConfigError, DivergedError, Interrupted, Preempted, StoppedNow, cannot_write
@@ -34,10 +34,17 @@ from resnet_jax.training.state import TrainState, create_train_state, step_of
 from resnet_jax.training.stops import Stops, is_out_of_memory, out_of_memory
 
 
-def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> Any:
-    """The configured model (`config.model`, `config.model_kwargs`, `config.half_precision`)."""
+def model_from_config(
+    config: ml_collections.ConfigDict, num_classes: int, layout: batch_layout.BatchLayout | None = None
+) -> Any:
+    """The configured model (`config.model`, `config.model_kwargs`, `config.half_precision`), its
+    batch-norm groups those of `layout` (default: `config`'s, `batch_layout.from_config`)."""
     dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-    return models.create(config.model, num_classes=num_classes, dtype=dtype, **config.model_kwargs.to_dict())
+    kwargs = config.model_kwargs.to_dict()
+    group = (layout or batch_layout.from_config(config)).bn_group_size
+    if group:
+        kwargs["bn_group_size"] = group
+    return models.create(config.model, num_classes=num_classes, dtype=dtype, **kwargs)
 
 
 def _resume_or_initialise(
@@ -143,9 +150,10 @@ class Setup:
 def setup(config: ml_collections.ConfigDict, mesh: Any) -> Setup:
     """The `Setup` of a resolved, checked `config` on `mesh` (reads the data's description, not its images)."""
     members = population.from_config(config)
-    pipeline = make_pipeline(config, mesh, list(members.seeds))
+    layout = batch_layout.from_config(config, jax.process_count())  # read by the pipeline, model and step
+    pipeline = make_pipeline(config, mesh, list(members.seeds), layout)
     info = pipeline.info
-    model = model_from_config(config, info.num_classes)
+    model = model_from_config(config, info.num_classes, layout)
     steps_per_epoch = pipeline.steps_per_epoch
     if steps_per_epoch == 0:
         raise ConfigError(f"batch_size={config.batch_size} exceeds the {info.num_train} training examples")
@@ -153,7 +161,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Any) -> Setup:
     schedules = [
         optim.learning_rate_schedule(config, steps_per_epoch, total_steps, hp) for hp in members.swept_values()
     ]
-    options = step_options(config, model, info.num_classes, members, steps_per_epoch, total_steps)
+    options = step_options(config, model, info.num_classes, members, steps_per_epoch, total_steps, layout)
     use_ema = max((config.ema_decay, *members.swept.get("ema_decay", ()))) > 0
     tx = options.make_tx(members.swept_values()[0])  # the state's structure (each member's values are traced)
     state = create_train_state(model, tx, info.image_size, members.seeds, mesh, use_ema)
@@ -212,9 +220,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
 
 def step_options(
     config: ml_collections.ConfigDict, model: Any, num_classes: int, members: population.Population,
-    steps_per_epoch: int, total_steps: int,
+    steps_per_epoch: int, total_steps: int, layout: batch_layout.BatchLayout | None = None,
 ) -> steps.StepOptions:
-    """The train step's options for `config` (resolved), built once."""
+    """The train step's options for `config` (resolved), built once; its mixing chunks
+    (and micro-batches) those of `layout` (default: `config`'s, `batch_layout.from_config`)."""
+    layout = layout or batch_layout.from_config(config)
 
     def make_tx(hp: dict[str, Any]) -> optax.GradientTransformation:
         return optim.make_optimizer(config, optim.learning_rate_schedule(config, steps_per_epoch, total_steps, hp), hp)
@@ -227,12 +237,13 @@ def step_options(
         ema_decay=config.ema_decay,
         max_loss=config.max_train_loss if config.max_train_loss > 0 else steps.divergence_bound(num_classes),
         make_tx=make_tx,
-        transform=batch_augment.batch_transform(config, num_classes, members.swept),
+        transform=batch_augment.batch_transform(config, num_classes, members.swept, layout.mixup_chunk),
         loss=config.loss,
         bce_target_threshold=config.bce_target_threshold,
         freeze_bn=config.freeze_bn,
         ema_every=config.ema_every_steps,
         dropout=config.model_kwargs.get("drop_path_rate", 0.0) > 0,
+        micro_batches=layout.micro_batches,
     )
 
 
