@@ -107,6 +107,15 @@ class MissingDependencyError(UserError, ImportError):
     """An optional package the request needs is not installed."""
 
 
+class ExportError(UserError, ValueError):
+    """The model cannot be written in the requested format (an architecture it cannot express)."""
+
+
+class OutputWriteError(UserError, OSError):
+    """A command's output (an export, a conversion) cannot be written: a read-only
+    folder, a full disk, a parent that is a file; what was there before is kept."""
+
+
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """Inside a tool's ``main``: a `UserError` becomes ``error: <message>`` on
@@ -180,6 +189,28 @@ def cannot_write(path: str, error: OSError, what: str = "") -> WorkdirWriteError
     return WorkdirWriteError(
         f"cannot write {path} ({reason}){what}; {write_advice(error)}, then run the same command to resume"
     )
+
+
+def cannot_write_output(path: str, error: OSError, kept: str) -> OutputWriteError:
+    """The one line of a command's output that could not be written: the path,
+    the OS's reason (or the parent that is a file), what to do, and `kept` (what
+    is as it was)."""
+    blocker = next((p for p in _parents(path) if os.path.lexists(p) and not os.path.isdir(p)), None)
+    if blocker is not None:
+        reason, advice = f"{blocker} is a file, not a folder", "choose another path"
+    else:
+        reason = error.strerror or str(error)
+        advice = "make it writable or choose another path" if error.errno in _NOT_WRITABLE else write_advice(error)
+    return OutputWriteError(f"cannot write {path} ({reason}); {advice}, then run the same command again; {kept}")
+
+
+def _parents(path: str) -> list[str]:
+    """The folders above `path`, the nearest first."""
+    parents, path = [], os.path.abspath(path)
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        parents.append(path)
+    return parents
 
 
 def warn(message: str) -> None:
@@ -276,3 +307,63 @@ def _where_in(error: BaseException, path: str) -> str | None:
             line = tb.tb_lineno
         tb = tb.tb_next
     return None if line is None else f"{path} line {line}"
+
+
+_STOP_SIGNALS = {"SIGTERM": ("SIGTERM", EXIT_PREEMPTED), "SIGINT": ("Ctrl-C", EXIT_INTERRUPTED)}
+
+
+def stop_while_starting(command: str) -> None:
+    """A command's first statement, before its imports that take seconds: a
+    SIGTERM or Ctrl-C while it starts ends it at once in one line (status 3 or
+    130); nothing is written yet. `stops_raise` takes over once it runs."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        name, status = _STOP_SIGNALS[signal.Signals(signum).name]
+        with contextlib.suppress(OSError):
+            os.write(2, f"{name}: {command} stopped while starting; nothing was written\n".encode())
+        os._exit(status)  # not an exception in the middle of an import
+
+    for name in _STOP_SIGNALS:
+        signal.signal(getattr(signal, name), stop)
+
+
+@contextlib.contextmanager
+def stops_raise(command: str, untouched: str) -> Iterator[None]:
+    """Inside: SIGTERM raises `Preempted` and Ctrl-C ``KeyboardInterrupt`` at once,
+    with the line ``<SIGTERM|Ctrl-C>: <command> stopped; <untouched>``, so that the
+    command's ``finally`` blocks remove what it had begun to write before
+    `exit_on_user_error` prints the line (status 3, 130). The earlier handlers
+    are put back at the end."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        name, _ = _STOP_SIGNALS[signal.Signals(signum).name]
+        raise (Preempted if name == "SIGTERM" else KeyboardInterrupt)(f"{name}: {command} stopped; {untouched}")
+
+    previous = {name: signal.signal(getattr(signal, name), stop) for name in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+@contextlib.contextmanager
+def stops_held() -> Iterator[None]:
+    """Inside: SIGTERM and Ctrl-C wait for the block's end (the renames that put
+    a command's output in place of an earlier one are never cut in half); one
+    that came meanwhile is handled as the block ends."""
+    import signal
+
+    held = {getattr(signal, name) for name in _STOP_SIGNALS}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def stop_name(stop: BaseException) -> str:
+    """The signal that raised `stop`: SIGTERM for a `Preempted`, else Ctrl-C (a ``KeyboardInterrupt``)."""
+    return "SIGTERM" if isinstance(stop, Preempted) and not isinstance(stop, Interrupted) else "Ctrl-C"
