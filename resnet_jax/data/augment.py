@@ -2,6 +2,12 @@
 with the same semantics) and Inception-style crops for ImageNet-scale images
 (TensorFlow, and Pillow for the Grain pipeline).
 
+The random-resized crop's window is drawn by one sampler, `crop_window`, on
+both pipelines: torchvision's `RandomResizedCrop.get_params` (timm's is the
+same), written once for NumPy and TensorFlow arrays. ``data.crop_sampler="tf"``
+draws TensorFlow's `sample_distorted_bounding_box` instead (tf.data only), the
+crop of TF sources such as the Flax ImageNet example and MLPerf's reference.
+
 TensorFlow is imported inside the TF functions only, so this module imports
 where TensorFlow is absent. Every random choice is stateless, keyed by a seed
 (or drawn from a generator seeded per example), so the same seed gives the same
@@ -63,6 +69,91 @@ def tf_crop_flip(image: Any, seed: Any, pad: int = 4) -> Any:
     return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
 
 
+CROP_SAMPLERS = ("torchvision", "tf")  # data.crop_sampler
+CROP_TRIES = 10  # torchvision's and timm's RandomResizedCrop
+
+
+def crop_sampler(name: str, pipeline: str = "tfds") -> str:
+    """``data.crop_sampler`` checked: "torchvision" on any pipeline, "tf" on tf.data only."""
+    if name not in CROP_SAMPLERS:
+        raise ConfigError(f"data.crop_sampler={name!r}: use {' or '.join(repr(n) for n in CROP_SAMPLERS)}")
+    if name == "tf" and pipeline != "tfds":
+        raise ConfigError(
+            "data.crop_sampler='tf' is TensorFlow's sample_distorted_bounding_box, drawn by the tfds pipeline only; "
+            f"data.pipeline={pipeline!r} draws torchvision's RandomResizedCrop (data.crop_sampler='torchvision')"
+        )
+    return name
+
+
+def crop_window(
+    uniforms: Any,
+    height: Any,
+    width: Any,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    xp: Any = np,
+) -> tuple[Any, Any, Any, Any]:
+    """torchvision's `RandomResizedCrop.get_params` (and timm's) from ``2 * CROP_TRIES + 2``
+    uniform draws in [0, 1): (top, left, height, width) of the window, as floats.
+
+    Try k takes an area fraction uniform in `area_range` (``uniforms[k]``) and an
+    aspect (width / height) log-uniform in `aspect_range` (``uniforms[CROP_TRIES + k]``);
+    the first try whose rounded window fits the image is placed uniformly
+    (the last two draws). If none fits, the window is the central crop of the whole
+    image clamped to `aspect_range`. `xp` is ``numpy`` or ``tensorflow``: the
+    functions used (exp, sqrt, round, floor, where) exist in both, rounding half to
+    even as Python's `round` does; `height` and `width` are floats (float64 tensors).
+    """
+    lo, hi = math.log(aspect_range[0]), math.log(aspect_range[1])
+    area = height * width * (area_range[0] + (area_range[1] - area_range[0]) * uniforms[:CROP_TRIES])
+    aspect = xp.exp(lo + (hi - lo) * uniforms[CROP_TRIES : 2 * CROP_TRIES])
+    w, h = xp.round(xp.sqrt(area * aspect)), xp.round(xp.sqrt(area / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ratio, low, high = width / height, min(aspect_range), max(aspect_range)  # the fallback: clamped to the range
+    crop_h = xp.where(ratio < low, xp.round(width / low), height)
+    crop_w = xp.where(ratio > high, xp.round(height * high), width)
+    found = False
+    for k in reversed(range(CROP_TRIES)):  # the first try that fits wins
+        crop_h, crop_w = xp.where(fits[k], h[k], crop_h), xp.where(fits[k], w[k], crop_w)
+        found = found | fits[k]
+    top = xp.where(found, xp.floor(uniforms[2 * CROP_TRIES] * (height - crop_h + 1)), xp.floor((height - crop_h) / 2))
+    left = xp.where(
+        found, xp.floor(uniforms[2 * CROP_TRIES + 1] * (width - crop_w + 1)), xp.floor((width - crop_w) / 2)
+    )
+    return top, left, crop_h, crop_w
+
+
+def tf_crop_window(
+    shape: Any,
+    seed: Any,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+    sampler: str = "torchvision",
+) -> Any:
+    """The training crop's window, int32 [top, left, height, width], of an image of
+    `shape` ([height, width, ...]) from a stateless [2] `seed`: `crop_window`'s
+    ("torchvision") or `sample_distorted_bounding_box`'s ("tf", the Flax ImageNet
+    example's arguments: ``min_object_covered=0.1``, 10 attempts, the whole image
+    when none succeeds)."""
+    import tensorflow as tf
+
+    if crop_sampler(sampler) == "torchvision":
+        uniforms = tf.random.stateless_uniform([2 * CROP_TRIES + 2], seed, dtype=tf.float64)
+        height, width = tf.unstack(tf.cast(shape[:2], tf.float64))
+        return tf.cast(tf.stack(crop_window(uniforms, height, width, area_range, aspect_range, tf)), tf.int32)
+    begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
+        seed=seed,
+        min_object_covered=0.1,
+        aspect_ratio_range=aspect_range,
+        area_range=area_range,
+        max_attempts=CROP_TRIES,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.stack([begin[0], begin[1], box_size[0], box_size[1]])
+
+
 def tf_inception_crop(
     encoded: Any,
     seed: Any,
@@ -70,34 +161,31 @@ def tf_inception_crop(
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
     interpolation: str = "bicubic",
+    sampler: str = "torchvision",
 ) -> Any:
     """Random-resized crop (area 8-100%, aspect 3/4-4/3) + flip, resized to `size`
-    (`interpolation`: "bicubic" or "bilinear", antialiased).
+    (`interpolation`: "bicubic" or "bilinear", antialiased). Only the crop window of
+    a JPEG is decoded.
 
-    Only the crop window of a JPEG is decoded. Falls back to a center crop when
-    no valid window is found in 10 tries.
+    `sampler` "torchvision": the window of `crop_window`. "tf": TensorFlow's
+    `sample_distorted_bounding_box` with the Flax ImageNet example's arguments
+    (``min_object_covered=0.1``, 10 attempts; the area is then not uniform: its
+    mean is 0.36 of a 500 x 375 image against torchvision's 0.43), falling back to
+    the evaluation crop when it returns the whole image, as that example does.
     """
     import tensorflow as tf
 
     seeds = tf.random.experimental.stateless_split(seed, 2)
     shape = tf.image.extract_jpeg_shape(encoded) if _is_jpeg(encoded) else tf.shape(_decode(encoded))
-    begin, box_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], tf.float32, [1, 1, 4]),
-        seed=seeds[0],
-        min_object_covered=area_range[0],
-        aspect_ratio_range=aspect_range,
-        area_range=area_range,
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    window = tf.stack([begin[0], begin[1], box_size[0], box_size[1]])
-    whole = tf.reduce_all(tf.equal(box_size[:2], shape[:2]))
-    image = tf.cond(
-        whole,
-        lambda: tf.cast(_center_crop(_decode(encoded), size, 224 / 256, interpolation), tf.float32),
-        lambda: tf.cast(_decode_window(encoded, window), tf.float32),
-    )
+    window = tf_crop_window(shape, seeds[0], area_range, aspect_range, sampler)
+    if sampler == "torchvision":
+        image = tf.cast(_decode_window(encoded, window), tf.float32)
+    else:
+        image = tf.cond(
+            tf.reduce_all(tf.equal(window[2:], shape[:2])),  # the whole image: the example's evaluation crop
+            lambda: tf.cast(_center_crop(_decode(encoded), size, 224 / 256, interpolation), tf.float32),
+            lambda: tf.cast(_decode_window(encoded, window), tf.float32),
+        )
     image = tf.image.resize(image, [size, size], method=resize_method(interpolation), antialias=True)
     image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
@@ -190,34 +278,33 @@ def np_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int = 4) -> n
     return np.ascontiguousarray(crop[:, ::-1]) if rng.random() < 0.5 else crop
 
 
+def np_crop_window(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
+    """`crop_window` (torchvision's draws) of a `height` x `width` image from `rng`: (top, left, height, width)."""
+    window = crop_window(rng.random(2 * CROP_TRIES + 2), float(height), float(width), area_range, aspect_range)
+    return tuple(int(v) for v in window)
+
+
 def pil_inception_crop(
     image: Image.Image,
     rng: np.random.Generator,
     size: int,
-    crop_fraction: float = 224 / 256,
     area_range: tuple[float, float] = (0.08, 1.0),
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3),
     interpolation: str = "bicubic",
 ) -> np.ndarray:
-    """`tf_inception_crop` for an opened, not yet decoded Pillow image: a window of
-    8-100% of the area and aspect 3/4-4/3 (drawn as torchvision's RandomResizedCrop
-    does: area uniform, aspect log-uniform, 10 tries, else `pil_center_crop`),
-    resized to `size` x `size`, flipped with probability 1/2. A JPEG is decoded
-    only at the scale the window needs (`decode_box`)."""
+    """`tf_inception_crop` (sampler "torchvision") for an opened, not yet decoded
+    Pillow image: the window of `crop_window`, resized to `size` x `size`, flipped
+    with probability 1/2. A JPEG is decoded only at the scale the window needs
+    (`decode_box`)."""
     width, height = image.size
-    box = None
-    for _ in range(10):
-        area = width * height * rng.uniform(*area_range)
-        aspect = math.exp(rng.uniform(*np.log(aspect_range)))
-        w, h = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            box = (x, y, x + w, y + h)
-            break
-    if box is None:
-        out = pil_center_crop(image, size, crop_fraction, interpolation)
-    else:
-        out = decode_box(image, box, size, interpolation)
+    top, left, h, w = np_crop_window(rng, height, width, area_range, aspect_range)
+    out = decode_box(image, (left, top, left + w, top + h), size, interpolation)
     return np.ascontiguousarray(out[:, ::-1]) if rng.random() < 0.5 else out
 
 
