@@ -10,12 +10,16 @@ images seen r times each. Here the replica is a process's share of the dataset
 (n examples, ``length`` = steps_per_epoch x local batch trained per epoch):
 position ``p`` of epoch ``e`` reads example ``order[p // r]`` of the epoch's
 permutation ``order`` of the share, so the epoch uses its first
-``ceil(length / r)`` examples, each r times in consecutive positions (on one
-process this is RASampler's order; across processes RASampler deals the copies of
-an image to different replicas, this keeps them in the same process, in the same
-global batch either way). Each position keeps its own augmentation draw, so the
-r copies are augmented independently, and the epoch keeps its number of steps
-(the learning-rate schedule is unchanged).
+``ceil(length / r)`` examples, each r times in consecutive positions of that
+stream: RASampler's list before it deals it. RASampler then deals the list to
+the replicas, so an image's copies go to r different GPUs, each with its own
+batch-norm statistics and mixing draw. With ``source_devices`` set, the batch
+layout (`resnet_jax.batch_layout`) deals each batch's run of the stream to the
+source's devices the same way (position ``d * b + u`` of a batch reads
+position ``u * S + d`` of its run); without it the copies stay side by side.
+Each position keeps its own augmentation draw, so the r copies are augmented
+independently, and the epoch keeps its number of steps (the learning-rate
+schedule is unchanged).
 """
 
 from __future__ import annotations
