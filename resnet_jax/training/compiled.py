@@ -17,17 +17,23 @@ The step takes and returns the state as the loop holds it (`population.stored`:
 one member's unstacked), adding the member axis inside.
 The step also adds its metrics to the log window's running sums
 (`metrics.accumulate`), so that logging costs the loop no call of its own.
+With gradient accumulation (``options.micro_batches`` > 1) each micro-batch
+is spread over the mesh's devices, as a whole batch is (`steps.train_step`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from resnet_jax import parallel
 from resnet_jax.data.pipeline import Batch, OnDevicePipeline, Pipeline
+from resnet_jax.errors import ConfigError
 from resnet_jax.training import population, steps
 from resnet_jax.training.metrics import Window, accumulate
 
@@ -50,9 +56,18 @@ def compile_train_step(
     window: a few floats, and the loop starts every window from the same zeros,
     `TrainLog`). With an on-device pipeline,
     `steps_per_call` > 1 runs that many steps in one call (`jax.lax.scan`; the
-    caller passes one item for them all)."""
+    caller passes one item for them all). Its first call raises `ConfigError`
+    where ``options.micro_batches`` makes micro-batches that do not divide
+    over the mesh's devices."""
+    k, devices = options.micro_batches, pipeline.mesh.devices.size
+    if k > 1:  # each micro-batch over all the devices, as a whole batch is
+        options = dataclasses.replace(options, micro_sharding=NamedSharding(pipeline.mesh, P(None, parallel.DATA_AXIS)))
 
     def train_step(state: Any, batch: Batch, hp: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
+        size = batch["label"].shape[0] // k  # traced: the global batch's shape
+        if k > 1 and size % devices:
+            raise ConfigError(f"gradient_accumulation_steps={k} makes micro-batches of {size} images, which do not "
+                              f"divide over {devices} devices; use fewer accumulation steps or more images a batch")
         return steps.train_step(state, batch, hp, options)
 
     if isinstance(pipeline, OnDevicePipeline):

@@ -79,6 +79,10 @@ class StepOptions:
       freeze_bn: batch norm uses (and keeps) its running statistics, as when fine-tuning.
       ema_every: the EMA is updated every this many steps.
       dropout: the model draws from a "dropout" rng (stochastic depth).
+      micro_batches: gradient accumulation: the batch runs as this many
+        micro-batches, one after another, for one update (`train_step`).
+      micro_sharding: where the stacked micro-batches ``[k, B / k, ...]`` lie
+        (each spread over the devices, as the batch was); None: XLA's choice.
     """
 
     mean: tuple[float, ...]
@@ -94,6 +98,8 @@ class StepOptions:
     freeze_bn: bool = False
     ema_every: int = 1
     dropout: bool = False
+    micro_batches: int = 1
+    micro_sharding: Any = None
 
 
 def train_step(
@@ -107,6 +113,20 @@ def train_step(
     `hp`: the network's own swept hyperparameters (`population.SWEEPABLE`,
     traced), overriding `options`' values; ``options.make_tx(hp)`` builds its
     optimiser.
+
+    With ``options.micro_batches`` = k > 1 (gradient accumulation) the batch
+    augmentations (``options.transform``) still run on the whole batch, with
+    the key of k = 1 (the same draws), then positions ``[i * B / k, (i + 1) * B / k)``
+    make micro-batch i, run one after another (`jax.lax.scan`: one micro-batch's
+    activations live at a time). Each starts from the state's batch-norm
+    statistics; the loss and the gradients are the means of the micro-batches'
+    (the batch's mean: equal sizes), the new running statistics the mean of
+    theirs (what one pass with batch-norm groups of B / k gives), and
+    `TrainState.apply_gradients` runs once: the optimiser, the schedule's count
+    and the EMA advance once per batch. A run with k micro-batches on one
+    device trains what k devices with per-device batch norm did. Stochastic
+    depth draws micro-batch i's masks from the dropout key with i folded in:
+    with ``drop_path_rate`` > 0 they differ from k = 1's.
     """
     o = options
     smoothing = hp.get("label_smoothing", o.label_smoothing)
@@ -115,24 +135,65 @@ def train_step(
     if o.transform is not None:
         images, targets = o.transform(jax.random.fold_in(key, 0), images, targets, {**hp, "label_smoothing": smoothing})
     images = normalize(images, o.mean, o.std, o.dtype)
-    rngs = {"dropout": jax.random.fold_in(key, 1)} if o.dropout else {}
+    dropout_key = jax.random.fold_in(key, 1) if o.dropout else None
 
-    def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
-        variables = {"params": params, "batch_stats": state.batch_stats}
-        if o.freeze_bn:
-            logits, batch_stats = state.apply_fn(variables, images, train=False), state.batch_stats
-        else:
-            logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"], rngs=rngs)
-            batch_stats = updates["batch_stats"]
-        threshold = {"target_threshold": o.bce_target_threshold} if o.loss == "bce" else {}
-        value = jnp.mean(LOSSES[o.loss](logits, targets, smoothing, **threshold))
-        return value, (logits, batch_stats)
+    def gradients(images: jax.Array, targets: jax.Array, dropout: jax.Array | None) -> tuple[Any, ...]:
+        """(loss, grads, new batch statistics, logits) of one (micro-)batch from the state's variables."""
+        rngs = {"dropout": dropout} if dropout is not None else {}
 
-    (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[jax.Array, Any]]:
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            if o.freeze_bn:
+                logits, batch_stats = state.apply_fn(variables, images, train=False), state.batch_stats
+            else:
+                logits, updates = state.apply_fn(variables, images, train=True, mutable=["batch_stats"], rngs=rngs)
+                batch_stats = updates["batch_stats"]
+            threshold = {"target_threshold": o.bce_target_threshold} if o.loss == "bce" else {}
+            value = jnp.mean(LOSSES[o.loss](logits, targets, smoothing, **threshold))
+            return value, (logits, batch_stats)
+
+        (value, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return value, grads, batch_stats, logits
+
+    if o.micro_batches == 1:
+        value, grads, batch_stats, logits = gradients(images, targets, dropout_key)
+        hits = jnp.argmax(logits, -1) == batch["label"]
+    else:
+        value, grads, batch_stats, hits = _accumulate(gradients, state, images, targets, batch["label"], dropout_key, o)
     state = state.apply_gradients(grads, batch_stats, hp.get("ema_decay", o.ema_decay), o.make_tx(hp), o.ema_every)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
     diverged = ~(value <= o.max_loss)  # NaN compares false
-    return state, {"loss": value, "accuracy": accuracy, "diverged": diverged}
+    return state, {"loss": value, "accuracy": jnp.mean(hits), "diverged": diverged}
+
+
+def _accumulate(
+    gradients: Callable[..., tuple[Any, ...]], state: TrainState, images: jax.Array, targets: jax.Array,
+    labels: jax.Array, dropout_key: jax.Array | None, o: StepOptions,
+) -> tuple[jax.Array, Any, Any, jax.Array]:
+    """`gradients` of each of ``o.micro_batches`` micro-batches of consecutive
+    positions, one after another: (mean loss, mean grads, mean batch
+    statistics, hits [B]) (`train_step`)."""
+    k = o.micro_batches
+
+    def split(x: jax.Array) -> jax.Array:
+        x = x.reshape(k, x.shape[0] // k, *x.shape[1:])
+        return x if o.micro_sharding is None else jax.lax.with_sharding_constraint(x, o.micro_sharding)
+
+    def body(carry: tuple[Any, Any], micro: tuple[jax.Array, ...]) -> tuple[tuple[Any, Any], tuple]:
+        grad_sum, stats_sum = carry
+        i, x, y, label = micro
+        dropout = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+        value, grads, batch_stats, logits = gradients(x, y, dropout)
+        if not o.freeze_bn:
+            stats_sum = jax.tree_util.tree_map(jnp.add, stats_sum, batch_stats)
+        carry = jax.tree_util.tree_map(jnp.add, grad_sum, grads), stats_sum
+        return carry, (value, jnp.argmax(logits, -1) == label)
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, (state.params, state.batch_stats))
+    micro = (jnp.arange(k), split(images), split(targets), split(labels))
+    (grad_sum, stats_sum), (values, hits) = jax.lax.scan(body, zeros, micro)
+    grads = jax.tree_util.tree_map(lambda g: g / k, grad_sum)
+    batch_stats = state.batch_stats if o.freeze_bn else jax.tree_util.tree_map(lambda s: s / k, stats_sum)
+    return jnp.mean(values), grads, batch_stats, hits.reshape(-1)
 
 
 def eval_step(
