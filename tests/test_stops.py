@@ -189,6 +189,45 @@ def test_a_second_ctrl_c_stops_at_once_and_the_replayed_steps_are_recorded_once(
     assert_same_end(workdir, straight)
 
 
+def test_sigterm_during_an_evaluation_abandons_it_saves_and_the_resumed_run_evaluates_that_step_first(
+    straight, at_step_3, tiny, tmp_path, capfd, monkeypatch
+):
+    """SIGTERM after the first of the two batches of step 6's evaluation: no
+    other batch is evaluated, step 6 is saved without an evaluation, one line
+    and status 3; the same command evaluates step 6 first, then trains on to
+    the uninterrupted run's end and records."""
+    workdir = copy_of(at_step_3, tmp_path)
+    load, fed = loop.make_pipeline, []
+
+    def sigterm_after_the_first_batch(*args, **kwargs):
+        pipeline = load(*args, **kwargs)
+        batches = pipeline.eval_batches
+
+        def eval_batches():
+            for k, batch in enumerate(batches()):
+                if k == 1:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                fed.append(k)
+                yield batch
+
+        pipeline.eval_batches = eval_batches
+        return pipeline
+
+    monkeypatch.setattr(loop, "make_pipeline", sigterm_after_the_first_batch)
+    config = tiny(num_train_steps=9, eval_batch_size=8, **FAST)  # 15 test images: two batches
+    status, tail = as_train_py(capfd, lambda: train_and_evaluate(config, workdir))
+    assert (status, tail) == (3, [f"SIGTERM: stopped the evaluation of step 6 and saved a checkpoint at step 6 of 9 "
+                                  f"in {workdir}/checkpoints; the same command resumes, evaluating step 6 first"])
+    assert fed == [0, 1]  # the batch read after the SIGTERM was not evaluated, nor any after it
+    assert Checkpointer(workdir).all_steps() == [3, 6] and Checkpointer(workdir).metadata(6)["metrics"] is None
+    assert recorded(workdir)[-2:] == [(5, "train"), (6, "train")]
+    monkeypatch.undo()
+    capfd.readouterr()
+    train_and_evaluate(config, workdir)
+    assert "epoch   2 step      6 | eval loss" in capfd.readouterr().out  # step 6 evaluated first
+    assert_same_end(workdir, straight)
+
+
 def test_sighup_saves_and_stops_unless_ignored_as_under_nohup(at_step_3, tiny, tmp_path, capfd, monkeypatch):
     """A closed terminal (SIGHUP) saves and stops like SIGTERM (status 3); under
     ``nohup`` (SIGHUP ignored) the run goes on to its end."""

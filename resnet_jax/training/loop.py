@@ -105,7 +105,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Raises:
       ConfigError: a field of `config` cannot work (`config_check.check`):
         raised first, before anything is read or written.
-      Preempted: SIGTERM stopped training before its last step (after a save).
+      Preempted: SIGTERM stopped training before its last step (after a save;
+        one during an evaluation abandons it, and the resumed run makes it first).
       Interrupted: Ctrl-C stopped training before its last step (after a save).
       StoppedNow: a second Ctrl-C (or one before training began) stopped the
         run at once, saving nothing.
@@ -196,7 +197,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     writers = [MetricWriter(d, after=resumed_at) for d in population.member_dirs(workdir, members)]
     run = _Run(
         config, workdir, members, pipeline, ckpt, metadata, total_steps, stops,
-        evaluate=make_evaluator(built.model, config, info.num_classes, mesh, members.size),
+        evaluate=make_evaluator(built.model, config, info.num_classes, mesh, members.size, lambda: stops.requested),
         log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in built.schedules],
                      built.options.max_loss, parallel.replicated(mesh)),
     )  # fmt: skip
@@ -269,11 +270,17 @@ class _Run:
         self.every = _Cadence.of(config, pipeline.steps_per_epoch, total_steps)
         self.results: dict[str, Any] = {}
         self.last_save = self.last_curves = time.time()
+        self.abandoned: int | None = None  # the step whose evaluation a stop abandoned
 
     def train(self, state: TrainState, train_step: Callable) -> dict[str, Any]:
         spe, total = self.pipeline.steps_per_epoch, self.total_steps
         step, start_time = step_of(state), time.time()
-        if step >= total:
+        if self._evaluation_pending(step) and not self._evaluate(state, step):
+            raise (Interrupted if self.stops.requested == "Ctrl-C" else Preempted)(
+                f"{self.stops.requested}: stopped the evaluation of step {step} (its checkpoint is in "
+                f"{self.ckpt.directory}); the same command resumes, evaluating step {step} first"
+            )
+        if step >= total and not self.results:
             return self._finished(step)
         self.stops.training = True  # from here a Ctrl-C saves first
         self.log.restart_clock()
@@ -288,18 +295,20 @@ class _Run:
                     self.log.added(n, time.perf_counter() - called)
                     step += n  # counted here: reading the state's step back would wait for the device
                     bar.update(n)
-                    stop = self.stops.requested
-                    self._periodic(state, step, stop)
+                    stop = self._periodic(state, step, self.stops.requested)
                     if step == total or step % spe == 0 or stop:
                         break
-        if stop and step < total:
+        if stop and (step < total or self.abandoned == step):
             self.ckpt.wait()
             if self.ckpt.latest_step() == step:
                 what = f"saved a checkpoint at step {step} of {total} in {self.ckpt.directory}"
+                if self.abandoned == step:
+                    what = f"stopped the evaluation of step {step} and {what}"
             else:  # SIGTERM came while the run was starting: nothing trained, nothing to save
                 what = f"stopped before training (at step {step} of {total}); nothing new to save"
             error = Interrupted if stop == "Ctrl-C" else Preempted
-            raise error(f"{stop}: {what}; the same command resumes")
+            first = f", evaluating step {step} first" if self.abandoned == step else ""
+            raise error(f"{stop}: {what}; the same command resumes{first}")
         if jax.process_index() == 0 and self.members.size > 1:
             print("Population report: " + ", ".join(population_report.write_report(self.workdir, self.members)))
         if jax.process_index() == 0 and self.results:
@@ -323,8 +332,17 @@ class _Run:
             )
         return metrics
 
-    def _periodic(self, state: TrainState, step: int, stop: bool) -> None:
-        """The actions due after `step` (`stop`: SIGTERM or Ctrl-C came, save now)."""
+    def _evaluation_pending(self, step: int) -> bool:
+        """Whether the checkpoint resumed at `step` lacks the evaluation due there
+        (a stop abandoned it, and the checkpoint was saved without it): made first."""
+        return 0 < step <= self.total_steps and self.every.evaluates(step) and not (
+            self.ckpt.metadata(step).get("metrics")
+        )
+
+    def _periodic(self, state: TrainState, step: int, stop: str | None) -> str | None:
+        """The actions due after `step` (`stop`: SIGTERM or Ctrl-C came, save now);
+        returns `stop`, or the stop that came during the evaluation and abandoned
+        it (the state is then saved without it, and the resumed run makes it)."""
         every = self.every
         evaluates = every.evaluates(step)
         saves = (
@@ -343,34 +361,40 @@ class _Run:
                 where = f"step {kept} stays the latest checkpoint" if kept is not None else "no checkpoint exists"
                 raise DivergedError(f"{e}; {where}") from None
             self.ckpt.check_saved()
-        if evaluates:
-            self._evaluate(state, step)
+        if evaluates and not self._evaluate(state, step):
+            stop, evaluates, saves, self.abandoned = self.stops.requested, False, True, step
         if saves:
             with self.stops.saving():
                 self.ckpt.save(state, self.metadata, self.results.get("eval") if evaluates else None)
             self.last_save = time.time()
         if evaluates or saves:  # each waited for the device: the next window starts from an idle one
             self.log.restart_clock()
+        return stop
 
-    def _evaluate(self, state: TrainState, step: int) -> None:
+    def _evaluate(self, state: TrainState, step: int) -> bool:
+        """Evaluates `state`, records it and keeps it as the run's results; False
+        (nothing recorded) when a stop abandoned it."""
         try:
             per_member = _evaluate_all(state, self.evaluate, self.pipeline, self.config)
         except Exception as e:
             if is_out_of_memory(e):
                 raise out_of_memory(e, self.config, evaluating=True) from None
             raise
+        if per_member is None:
+            return False
         for writer, member_results in zip(self.log.writers, per_member):
             for split, metrics in member_results.items():
                 writer.write(step, split, metrics)
         self.results = {split: population.combine([r[split] for r in per_member]) for split in per_member[0]}
         if jax.process_index() != 0:
-            return
+            return True
         tqdm.write(_summary_line((step - 1) // self.pipeline.steps_per_epoch, step, self.log.last, self.results))
         every = self.config.curves_every_seconds
         if every >= 0 and (step >= self.total_steps or time.time() - self.last_curves >= every):
             for d in self.dirs:  # ~1 s with 164 evaluations: not at each one of a fast GPU run
                 plot.write_curves(d)
             self.last_curves = time.time()
+        return True
 
 
 def _progress(epoch: int, steps: int) -> tqdm:
@@ -428,16 +452,20 @@ def _closed_after(batches: Iterator[Any]) -> Iterator[Iterator[Any]]:
 
 def _evaluate_all(
     state: TrainState, evaluate: Callable, pipeline: Any, config: ml_collections.ConfigDict
-) -> list[dict[str, dict]]:
-    """``[{"eval": metrics, "eval_ema": metrics}]``, one per member."""
+) -> list[dict[str, dict]] | None:
+    """``[{"eval": metrics, "eval_ema": metrics}]``, one per member; None when a stop abandoned it."""
     t0, compiled = time.perf_counter(), compile_seconds()  # the training before was waited for (TrainLog.flush)
     with _closed_after(pipeline.eval_batches()) as batches:
         evals = evaluate(state.variables(), batches)  # returns floats: the evaluation is over
     seconds = time.perf_counter() - t0 - (compile_seconds() - compiled)  # its first call's compilation left out
+    if evals is None:
+        return None
     emas = None
     if state.ema_params is not None:
         with _closed_after(pipeline.eval_batches()) as batches:
             emas = evaluate(state.variables(ema=True), batches)
+        if emas is None:
+            return None
     out = []
     for k, ev in enumerate(evals):
         ev = {**ev, "seconds": seconds, "images_per_sec": ev["count"] * len(evals) / seconds}
@@ -446,12 +474,12 @@ def _evaluate_all(
 
 
 def _summary_line(epoch: int, step: int, train: list[dict[str, float]], results: dict[str, dict]) -> str:
-    ev, tr = results["eval"], train[0] if len(train) == 1 else population.combine(train)
-    line = (
-        f"epoch {epoch + 1:3d} step {step:6d} | train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} "
-        f"lr {tr['lr']:.4g} {tr['images_per_sec'] * len(train):.0f} img/s | eval loss {ev['loss']:.4f} "
-        f"top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} ({ev['images_per_sec']:.0f} img/s)"
-    )
+    ev, line = results["eval"], f"epoch {epoch + 1:3d} step {step:6d} | "
+    if train:  # none yet in a resumed run's first evaluation, of the step it resumed at
+        tr = train[0] if len(train) == 1 else population.combine(train)
+        line += (f"train loss {tr['loss']:.4f} acc {tr['accuracy']:.4f} lr {tr['lr']:.4g} "
+                 f"{tr['images_per_sec'] * len(train):.0f} img/s | ")  # fmt: skip
+    line += f"eval loss {ev['loss']:.4f} top1 {ev['top1']:.4f} top5 {ev['top5']:.4f} ({ev['images_per_sec']:.0f} img/s)"
     if "per_member" in ev:
         line += " | members' top1 " + " ".join(f"{r['top1']:.4f}" for r in ev["per_member"])
     if "eval_ema" in results:
