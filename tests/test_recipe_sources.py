@@ -1,0 +1,84 @@
+"""What docs/recipes.md calls "same" for the loss, the SGD update and timm's schedule, against the sources'
+own code: torch's cross entropy with label smoothing, torch's SGD, timm's CosineLRScheduler."""
+
+import importlib.util
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from resnet_jax.training import optim, steps
+
+torch = pytest.importorskip("torch")
+timm_cosine = pytest.importorskip("timm.scheduler.cosine_lr")
+
+
+def load_config(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config().copy_and_resolve_references()
+
+
+def test_cross_entropy_is_torchs_with_label_smoothing():
+    """The "ce" loss of the torchvision, FFCV and MLPerf recipes: torch's CrossEntropyLoss(label_smoothing=0.1)."""
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(6, 7)).astype(np.float32), rng.integers(0, 7, 6)
+    for smoothing in (0.0, 0.1):
+        ours = float(jnp.mean(steps.cross_entropy(jnp.asarray(logits), jnp.asarray(labels), smoothing)))
+        ref = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)(torch.tensor(logits), torch.tensor(labels))
+        assert ours == pytest.approx(float(ref), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["imagenet_resnet50_tv2", "imagenet_resnet50_ffcv"])
+def test_sgd_is_torchs_sgd(name):
+    """The recipe's optimizer (SGD, momentum 0.9, no Nesterov, decay added to the gradient) against
+    torch.optim.SGD with the recipe's momentum and weight decay, over steps whose rate changes (the buffer
+    holds gradients, the rate multiplies it), on a kernel: the only difference, which parameters decay, is
+    a row of its own."""
+    c = load_config(name)
+    rates = [0.5, 0.3, 0.3, 0.1, 0.05]
+    rng = np.random.default_rng(1)
+    kernel = rng.normal(size=(3, 4)).astype(np.float32)
+    grads = [rng.normal(size=(3, 4)).astype(np.float32) for _ in rates]
+    tx = optim.make_optimizer(c, lambda step: jnp.asarray(rates)[step])
+    params = {"conv": {"kernel": jnp.asarray(kernel)}}
+    state = tx.init(params)
+    weight = torch.nn.Parameter(torch.tensor(kernel))
+    sgd = torch.optim.SGD([weight], lr=rates[0], momentum=c.momentum, weight_decay=c.weight_decay, nesterov=False)
+    for rate, grad in zip(rates, grads):
+        updates, state = tx.update({"conv": {"kernel": jnp.asarray(grad)}}, state, params)
+        params = {"conv": {"kernel": params["conv"]["kernel"] + updates["conv"]["kernel"]}}
+        sgd.param_groups[0]["lr"] = rate
+        weight.grad = torch.tensor(grad)
+        sgd.step()
+        np.testing.assert_allclose(np.asarray(params["conv"]["kernel"]), weight.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["imagenet_resnet50_rsb_a1", "imagenet_resnet50_rsb_a3"])
+def test_rsb_schedule_is_timms_cosine_with_the_warm_up_as_a_prefix(name):
+    """timm's CosineLRScheduler (warm-up from --warmup-lr, cosine to --min-lr, stepped once an epoch) with
+    ``warmup_prefix=True`` over the epochs after the warm-up is the RSB configs' schedule, epoch by epoch; the
+    source's ``warmup_prefix=False`` (its cosine also spans the warm-up) is the "cosine over" row's difference,
+    and it shows here."""
+    c = load_config(name)
+    epochs, spe = 40, 3
+    c.num_epochs = epochs
+    ours = optim.learning_rate_schedule(c, spe, epochs * spe)
+
+    def timm_rates(prefix: bool) -> np.ndarray:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=c.learning_rate)
+        kwargs = dict(warmup_t=c.warmup_epochs, warmup_lr_init=1e-4, lr_min=1e-6, t_in_epochs=True)
+        sched = timm_cosine.CosineLRScheduler(opt, t_initial=epochs - c.warmup_epochs if prefix else epochs,
+                                              warmup_prefix=prefix, **kwargs)  # fmt: skip
+        rates = []
+        for epoch in range(epochs):
+            sched.step(epoch)
+            rates.append(opt.param_groups[0]["lr"])
+        return np.array(rates)
+
+    got = np.array([[float(ours(epoch * spe + k)) for k in range(spe)] for epoch in range(epochs)])
+    np.testing.assert_allclose(got, np.repeat(timm_rates(True)[:, None], spe, 1), rtol=1e-5, atol=1e-9)
+    assert not np.allclose(got[:, 0], timm_rates(False), rtol=1e-3)
