@@ -221,6 +221,7 @@ def test_python_blocks_run_as_written(doc_folder):
                     exec(code, namespace)
 
 
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections reads config files so
 @pytest.mark.parametrize("page", PAGES)
 def test_shell_blocks_parse_and_name_what_exists(page):
     written = []
@@ -274,3 +275,78 @@ def check_command(words: list[str], where: str) -> None:
             check_config(words)
         except Exception as e:  # noqa: BLE001 - the parser's or the check's own message
             raise AssertionError(f"{where}: {' '.join(words)}: {type(e).__name__}: {e}") from None
+
+
+def named_paths(text: str) -> list[str]:
+    """The checkout's files a page names (``resnet_jax/...``, ``tests/...``, ``bench/...``, ``configs/...``),
+    left out: those inside a quoted message or a pattern (``configs/x.py`` in an example error, ``{18,34}``)."""
+    spans = re.findall(r"`([^`]+)`", text)
+    prose = re.sub(r"`[^`]+`", " ", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+    candidates = [s for s in spans if re.fullmatch(r"[\w./-]+", s)] + prose.split()
+    found = [re.match(r"(?:resnet_jax|tests|bench|configs)/[\w./-]*\w", c.strip("()[],;:")) for c in candidates]
+    return sorted({m.group(0) for m in found if m})
+
+
+def exists(path: str) -> bool:
+    """Whether `path` is a file or folder of the checkout, or ``module.py``'s name
+    written as ``module.name`` (``tests/conftest.cli_args``)."""
+    if os.path.exists(os.path.join(ROOT, path)):
+        return True
+    module, _, name = path.rpartition(".")
+    source = os.path.join(ROOT, module + ".py")
+    return bool(module) and os.path.isfile(source) and re.search(rf"^(def|class) {name}\b|^{name} =",
+                                                                 open(source).read(), re.M) is not None  # fmt: skip
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``resnet_jax.a.b...`` names a module, or a module's attribute, that exists."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            if importlib.util.find_spec(".".join(parts[:i])) is None:
+                continue
+        except ModuleNotFoundError:  # a name inside a module, not a module
+            continue
+        obj = importlib.import_module(".".join(parts[:i]))
+        for name in parts[i:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_name_files_modules_and_config_fields_that_exist(page):
+    from resnet_jax.config import default_config
+
+    text = open(os.path.join(ROOT, page)).read()
+    missing = [p for p in named_paths(text) if not exists(p)]
+    assert not missing, f"{page} names files that do not exist: {missing}"
+    unresolved = [d for d in sorted(set(re.findall(r"`(resnet_jax(?:\.\w+)+)", text))) if not resolves(d)]
+    assert not unresolved, f"{page} names modules or functions that do not exist: {unresolved}"
+    config, unknown = default_config(), []
+    for field in sorted(set(re.findall(r"(?:--config|`config)\.([a-z_][\w.]*\w)", text)) - {"json"}):
+        node = config
+        for key in field.split("."):
+            if key not in node:
+                unknown.append(field)
+                break
+            node = node[key]
+    assert not unknown, f"{page} names config fields that do not exist: {unknown}"
+
+
+def test_the_readme_install_has_what_every_config_needs():
+    """README's one-command install holds the extra of every config's input pipeline
+    (grain: configs/imagefolder.py and finetune.py; tfds: the ImageNet configs)."""
+    install = next(b.text for b in blocks("README.md") if b.lang == "bash")
+    extras = set(re.search(r'pip install -e "\.\[([\w,]+)\]"', install).group(1).split(","))
+    needs = {"grain": "grain", "tfds": "data", "device": None}
+    for name in sorted(os.listdir(os.path.join(ROOT, "configs"))):
+        if name.endswith(".py"):
+            spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(ROOT, "configs", name))
+            loaded = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded)
+            config = loaded.get_config()
+            extra = needs[config.data.pipeline]
+            assert extra is None or extra in extras, f"configs/{name} needs the {extra} extra; README installs {extras}"
