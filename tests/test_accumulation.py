@@ -9,7 +9,7 @@ from conftest import tiny_config
 
 from resnet_jax import parallel
 from resnet_jax.errors import ConfigError
-from resnet_jax.training import loop, population
+from resnet_jax.training import config_check, loop, population
 from resnet_jax.training.metrics import ACCURACY, LOSS, empty_window
 
 STEPS = 3  # the fixture folder's 48 images make 3 batches of 16: one epoch
@@ -104,8 +104,16 @@ def test_a_population_accumulates_each_member(image_folder):
     assert not np.allclose(head[0], head[1])  # the members differ
 
 
-def test_micro_batches_that_do_not_divide_over_the_devices_are_refused(image_folder):
-    """16 images in 4 micro-batches of 4 cannot spread over 8 devices: said at the step's first call."""
-    config = config_of(image_folder, gradient_accumulation_steps=4)
-    with pytest.raises(ConfigError, match="micro-batches of 4 images, which do not divide over 8 devices"):
-        run(config, 8)
+def test_layouts_that_cannot_run_are_refused_before_any_work(image_folder):
+    """`config_check.check` refuses micro-batches that cannot spread over the 8
+    devices (16 images in 4 micro-batches of 4) and the layout's own errors
+    (`batch_layout.from_config`); the compiled step refuses the former too, at its first call."""
+    uneven = config_of(image_folder, gradient_accumulation_steps=4)
+    message = "micro-batches of 4 images, which do not divide over 8 devices"
+    with pytest.raises(ConfigError, match=message):
+        config_check.check(uneven)
+    with pytest.raises(ConfigError, match=message):
+        run(uneven, 8)
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps=4 must divide source_devices=2"):
+        config_check.check(config_of(image_folder, source_devices=2, gradient_accumulation_steps=4))
+    config_check.check(config_of(image_folder, source_devices=2, gradient_accumulation_steps=2))  # 8 a micro-batch

@@ -64,10 +64,7 @@ def compile_train_step(
         options = dataclasses.replace(options, micro_sharding=NamedSharding(pipeline.mesh, P(None, parallel.DATA_AXIS)))
 
     def train_step(state: Any, batch: Batch, hp: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
-        size = batch["label"].shape[0] // k  # traced: the global batch's shape
-        if k > 1 and size % devices:
-            raise ConfigError(f"gradient_accumulation_steps={k} makes micro-batches of {size} images, which do not "
-                              f"divide over {devices} devices; use fewer accumulation steps or more images a batch")
+        check_micro_batches(batch["label"].shape[0], k, devices)  # traced: the global batch's shape
         return steps.train_step(state, batch, hp, options)
 
     if isinstance(pipeline, OnDevicePipeline):
@@ -100,3 +97,12 @@ def compile_train_step(
         return lambda state, window, inputs: jitted(state, window, (pipeline.data, *inputs))
     mesh = pipeline.mesh
     return lambda state, window, batch: jitted(state, window, (parallel.shard_batch(batch, mesh),))
+
+
+def check_micro_batches(batch_size: int, micro_batches: int, devices: int) -> None:
+    """Raises `ConfigError` unless each of the `micro_batches` micro-batches of
+    a global batch of `batch_size` images spreads evenly over `devices` devices."""
+    size = batch_size // micro_batches
+    if micro_batches > 1 and size % devices:
+        raise ConfigError(f"gradient_accumulation_steps={micro_batches} makes micro-batches of {size} images, which "
+                          f"do not divide over {devices} devices; use fewer accumulation steps or more images a batch")

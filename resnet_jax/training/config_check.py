@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax
 import ml_collections
 
-from resnet_jax import data, models, parallel
+from resnet_jax import batch_layout, data, models, parallel
 from resnet_jax.augment import batch as batch_augment
 from resnet_jax.errors import ConfigError
-from resnet_jax.training import optim, population, steps
+from resnet_jax.training import compiled, optim, population, steps
 
 RENAMED = {"seed_batching": "member_batching"}  # old field -> its name now
 # Fields whose value has a floor, checked first (a negative batch is not "a batch that does not divide").
@@ -40,7 +41,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     `config` that cannot work; returns None when every one can.
 
     Checked: the values with a floor (sizes, cadences and counts positive,
-    learning rates and their factors not negative), the batch's split over the devices and processes, the run's length,
+    learning rates and their factors not negative), the batch's split over the devices and processes, its layout
+    (`batch_layout.from_config`: source devices, micro-batches over the devices), the run's length,
     the model's name and options, the population (sweep, seeds, member
     batching, ``init_from``), the loss, learning-rate schedule and optimiser
     names, the in-step augmentations, the input pipeline and its options, and
@@ -53,6 +55,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     for name in (*AT_LEAST_1, *LEARNING_RATES, *LR_FACTORS, *AT_LEAST_0):
         check_value(name, _field(config, name))
     parallel.check_batch_size(config.batch_size, parallel.make_mesh())
+    layout = batch_layout.from_config(config, jax.process_count())  # source devices, micro-batches, BN groups
+    compiled.check_micro_batches(config.batch_size, layout.micro_batches, jax.device_count())
     if config.num_train_steps <= 0 and config.num_epochs < 1:
         raise ConfigError(f"num_epochs={config.num_epochs} makes a run of no steps: train at least one epoch, "
                           "or set num_train_steps")  # fmt: skip
