@@ -123,19 +123,30 @@ def _write_stablehlo(path: str, fn: Callable, spec: Callable, platforms: Sequenc
         f.write(exported.serialize())
 
 
-def _write_savedmodel(path: str, fn: Callable, spec: Callable, platforms: Sequence[str]) -> None:
-    import tensorflow as tf
-    from jax.experimental import jax2tf
+def _readable_by_tensorflow(exported: jax.export.Exported) -> jax.export.Exported:
+    """`exported` with its module serialized at StableHLO's oldest version, which every TensorFlow's
+    XlaCallModule reads. jax serializes at the version of 4 weeks before its release: 1.15 for jax 0.10, 1.22
+    for jax 0.12, whose ``custom_call_v2`` (its shape assertions) TensorFlow 2.21 (StableHLO 1.13.7) cannot read."""
+    import dataclasses
 
-    example = spec(1)  # jax 0.12's ShapeDtypeStruct refuses None in a shape: the batch is set free below
-    shape = "(batch, " + ", ".join(str(d) for d in example.shape[1:]) + ")"
-    converted = jax2tf.convert(
-        fn, polymorphic_shapes=[shape], with_gradient=False, native_serialization_platforms=tuple(platforms)
-    )
+    from jaxlib.mlir.dialects import stablehlo
+
+    data = stablehlo.serialize_portable_artifact_str(exported.mlir_module(), stablehlo.get_minimum_version())
+    return dataclasses.replace(exported, mlir_module_serialized=data)
+
+
+def _write_savedmodel(path: str, fn: Callable, spec: Callable, platforms: Sequence[str]) -> None:
+    import jax
+    import tensorflow as tf
+    from jax.experimental.jax2tf.jax2tf import _run_exported_as_tf  # jax2tf.convert's op, on an `Exported`
+
+    (batch,) = jax.export.symbolic_shape("batch")
+    exported = _readable_by_tensorflow(jax.export.export(jax.jit(fn), platforms=tuple(platforms))(spec(batch)))
+    example = spec(1)
     module = tf.Module()
     signature = [tf.TensorSpec((None, *example.shape[1:]), tf.as_dtype(example.dtype), name="images")]
-    module.serve = tf.function(lambda images: {"logits": converted(images)}, input_signature=signature,
-                               autograph=False)  # fmt: skip
+    module.serve = tf.function(lambda images: {"logits": _run_exported_as_tf([images], exported)[0]},
+                               input_signature=signature, autograph=False)  # fmt: skip
     tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
 
 
