@@ -51,6 +51,7 @@ def get_config(model: str = "resnet50"):
     c.mixup_style = "torchvision"
     c.auto_augment = "trivial"
     c.auto_augment_interpolation = "bilinear"
+    c.auto_augment_shear = "centre"  # torchvision 0.11's TrivialAugmentWide shear, before vision PR 5285
     c.random_erasing = 0.1
     c.ema_every_steps = 32
     # torchvision: alpha = (1 - 0.99998) * world_size * batch_per_gpu * ema_steps / epochs, resolved from the

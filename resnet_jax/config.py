@@ -81,6 +81,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Augmentations on the accelerator, inside the train step, on any pipeline (resnet_jax.augment).
     c.auto_augment = ""  # "" | trivial (torchvision's TrivialAugmentWide) | rand (timm's RandAugment)
     c.auto_augment_interpolation = "nearest"  # trivial: of its geometric ops, nearest | bilinear (torchvision's V2)
+    # trivial: ShearX/Y of magnitude m, corner (torchvision >= 0.12, vision PR 5285: factor m about the top-left
+    # corner) | centre (torchvision 0.11: m radians about the centre, factor tan m; the V2 weights were trained so)
+    c.auto_augment_shear = "corner"
     c.randaugment_magnitude = 9.0  # rand: timm's rand-m{magnitude}-mstd{std}-inc1, `layers` ops an image
     c.randaugment_std = 0.5
     c.randaugment_layers = 2

@@ -5,6 +5,8 @@ draw per image. Every random choice comes from the JAX key, so the same key give
 
 * `trivial_augment_wide` follows torchvision's `transforms.v2.TrivialAugmentWide` (31 magnitude bins, nearest
   or bilinear interpolation): one op per image, chosen uniformly, with a uniform magnitude bin and a random sign.
+  Its shear is torchvision's since vision PR 5285 (torchvision 0.12: factor m about the top-left corner), or with
+  ``shear="centre"`` the op before it (torchvision 0.11: an angle of m radians about the centre, factor tan m).
 * `rand_augment` follows timm's `rand_augment_transform("rand-m9-mstd0.5-inc1")`: `num_layers` ops per image, chosen
   uniformly with replacement from timm's `_RAND_INCREASING_TRANSFORMS`, each applied with probability
   `probability` at a magnitude drawn per application from N(magnitude, magnitude_std) clipped to [0, 10], with
@@ -133,17 +135,21 @@ def _identity_matrix() -> jax.Array:
     return jnp.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], _F32)
 
 
-def _shear_x_matrix(factor: jax.Array, height: int) -> jax.Array:
-    # torchvision's inverse matrix for shear=[degrees(atan(factor)), 0] about the corner (center=[0, 0]).
-    f = jnp.asarray(factor, _F32)
-    one, zero = jnp.ones((), _F32), jnp.zeros((), _F32)
-    return jnp.stack([one, f, f * _F32(0.5 * height), zero, one, zero])
+SHEAR_PIVOTS = ("corner", "centre")
 
 
-def _shear_y_matrix(factor: jax.Array, width: int) -> jax.Array:
+def _shear_x_matrix(factor: jax.Array, height: int, pivot: str = "corner") -> jax.Array:
+    # torchvision's inverse matrix for shear=[degrees(atan(factor)), 0] about the corner (center=[0, 0]), or
+    # about the centre (its default center) with no offset.
     f = jnp.asarray(factor, _F32)
     one, zero = jnp.ones((), _F32), jnp.zeros((), _F32)
-    return jnp.stack([one, zero, zero, f, one, f * _F32(0.5 * width)])
+    return jnp.stack([one, f, f * _F32(0.5 * height) if pivot == "corner" else zero, zero, one, zero])
+
+
+def _shear_y_matrix(factor: jax.Array, width: int, pivot: str = "corner") -> jax.Array:
+    f = jnp.asarray(factor, _F32)
+    one, zero = jnp.ones((), _F32), jnp.zeros((), _F32)
+    return jnp.stack([one, zero, zero, f, one, f * _F32(0.5 * width) if pivot == "corner" else zero])
 
 
 def _translate_matrix(dx: jax.Array, dy: jax.Array) -> jax.Array:
@@ -217,21 +223,31 @@ def _affine_warp(
 
 
 def shear_x(
-    image: jax.Array, factor: jax.Array | float, fill: Sequence[float] = (0, 0, 0), interpolation: str = "nearest"
+    image: jax.Array,
+    factor: jax.Array | float,
+    fill: Sequence[float] = (0, 0, 0),
+    interpolation: str = "nearest",
+    pivot: str = "corner",
 ) -> jax.Array:
     """Horizontal shear: output pixel (x, y) samples input (x + factor * y, y), about the top-left corner.
 
     torchvision's `affine(shear=[degrees(atan(factor)), 0], center=[0, 0])` as its TrivialAugmentWide calls it,
-    which is also PIL's `transform(AFFINE, (1, factor, 0, 0, 1, 0))` that timm uses.
+    which is also PIL's `transform(AFFINE, (1, factor, 0, 0, 1, 0))` that timm uses. ``pivot="centre"``: about
+    the image's centre, `affine`'s default, as torchvision's TrivialAugmentWide called it before vision PR 5285.
     """
-    return _affine_warp(image, _shear_x_matrix(factor, jnp.shape(image)[0]), fill, interpolation)
+    return _affine_warp(image, _shear_x_matrix(factor, jnp.shape(image)[0], pivot), fill, interpolation)
 
 
 def shear_y(
-    image: jax.Array, factor: jax.Array | float, fill: Sequence[float] = (0, 0, 0), interpolation: str = "nearest"
+    image: jax.Array,
+    factor: jax.Array | float,
+    fill: Sequence[float] = (0, 0, 0),
+    interpolation: str = "nearest",
+    pivot: str = "corner",
 ) -> jax.Array:
-    """Vertical shear: output pixel (x, y) samples input (x, y + factor * x), about the top-left corner."""
-    return _affine_warp(image, _shear_y_matrix(factor, jnp.shape(image)[1]), fill, interpolation)
+    """Vertical shear: output pixel (x, y) samples input (x, y + factor * x), about the top-left corner
+    (``pivot="centre"``: about the centre, as `shear_x`)."""
+    return _affine_warp(image, _shear_y_matrix(factor, jnp.shape(image)[1], pivot), fill, interpolation)
 
 
 def translate_x(
@@ -442,14 +458,17 @@ def trivial_augment_wide_choices(key: jax.Array, batch_size: int) -> tuple[jax.A
     return ops, jnp.where(jnp.asarray(_TA_ENHANCE)[ops], 1.0 + magnitude, magnitude)
 
 
-def _ta_apply(image: jax.Array, op: jax.Array, arg: jax.Array, fill: jax.Array, interpolation: str) -> jax.Array:
-    """One TrivialAugmentWide op on one image."""
+def _ta_apply(
+    image: jax.Array, op: jax.Array, arg: jax.Array, fill: jax.Array, interpolation: str, shear: str = "corner"
+) -> jax.Array:
+    """One TrivialAugmentWide op on one image (`shear`: as `trivial_augment_wide`'s)."""
     h, w, _ = image.shape
+    factor = arg if shear == "corner" else jnp.tan(arg)  # before PR 5285: shear=[degrees(m), 0], factor tan(m)
     matrices = jnp.stack(
         [
             _identity_matrix(),
-            _shear_x_matrix(arg, h),
-            _shear_y_matrix(arg, w),
+            _shear_x_matrix(factor, h, shear),
+            _shear_y_matrix(factor, w, shear),
             _translate_matrix(arg, 0.0),
             _translate_matrix(0.0, arg),
             _rotate_matrix(arg),
@@ -473,7 +492,11 @@ def _ta_apply(image: jax.Array, op: jax.Array, arg: jax.Array, fill: jax.Array, 
 
 
 def trivial_augment_wide(
-    key: jax.Array, images: jax.Array, fill: Sequence[float] = (0, 0, 0), interpolation: str = "nearest"
+    key: jax.Array,
+    images: jax.Array,
+    fill: Sequence[float] = (0, 0, 0),
+    interpolation: str = "nearest",
+    shear: str = "corner",
 ) -> jax.Array:
     """torchvision's TrivialAugmentWide (31 bins) with an independent draw per image.
 
@@ -483,6 +506,9 @@ def trivial_augment_wide(
       fill: the colour of the pixels a geometric op brings in from outside the image.
       interpolation: of the geometric ops, "nearest" (torchvision's default) or
         "bilinear" (torchvision's classification reference, ``presets.py``).
+      shear: ShearX/Y of magnitude m: "corner", torchvision's since vision PR 5285
+        (0.12 on: factor m about the top-left corner), or "centre", torchvision 0.11's
+        (an angle of m radians about the centre: factor tan m, up to 1.52).
 
     Returns:
       uint8 [B, H, W, 3].
@@ -492,7 +518,9 @@ def trivial_augment_wide(
     fill_vec = _fill_vector(fill, images.shape[-1])
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {_INTERPOLATIONS}, got {interpolation!r}")
-    apply = functools.partial(_ta_apply, interpolation=interpolation)
+    if shear not in SHEAR_PIVOTS:
+        raise ValueError(f"shear must be one of {SHEAR_PIVOTS}, got {shear!r}")
+    apply = functools.partial(_ta_apply, interpolation=interpolation, shear=shear)
     return jax.vmap(apply, in_axes=(0, 0, 0, None))(images, ops, args, fill_vec)
 
 

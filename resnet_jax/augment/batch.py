@@ -44,6 +44,9 @@ def check(config: ml_collections.ConfigDict, swept: Collection[str] = ()) -> Non
     if config.auto_augment_interpolation not in INTERPOLATIONS:
         raise ConfigError(f"unknown auto_augment_interpolation {config.auto_augment_interpolation!r}; "
                           f"use {' or '.join(repr(i) for i in INTERPOLATIONS)}")  # fmt: skip
+    if config.get("auto_augment_shear", "corner") not in autoaugment.SHEAR_PIVOTS:
+        raise ConfigError(f"unknown auto_augment_shear {config.auto_augment_shear!r}; "
+                          f"use {' or '.join(repr(p) for p in autoaugment.SHEAR_PIVOTS)}")  # fmt: skip
 
 
 def _on(config: ml_collections.ConfigDict, swept: Collection[str], field: str) -> bool:
@@ -68,6 +71,7 @@ def batch_transform(
         return None
     chunk = config.mixup_chunk if chunk is None else chunk
     style, interpolation = config.mixup_style, config.auto_augment_interpolation
+    shear = config.get("auto_augment_shear", "corner")
     mean_pixel = tuple(255 * m for m in config.data.mean)  # erased to 0 once normalised, as torchvision's V2
     fill = tuple(round(v) for v in mean_pixel)  # timm's RandAugment fills with the rounded mean
 
@@ -75,7 +79,7 @@ def batch_transform(
         value = lambda field: hp.get(field, config[field])  # noqa: E731
         k_auto, k_erase, k_mix = jax.random.split(key, 3)
         if config.auto_augment == "trivial":
-            images = autoaugment.trivial_augment_wide(k_auto, images, interpolation=interpolation)
+            images = autoaugment.trivial_augment_wide(k_auto, images, interpolation=interpolation, shear=shear)
         elif config.auto_augment == "rand":
             images = autoaugment.rand_augment(
                 k_auto, images, value("randaugment_magnitude"), config.randaugment_std, config.randaugment_layers,
