@@ -6,27 +6,19 @@
     python train.py --config configs/cifar10_quick.py --workdir runs/q --mode=eval --step=best
 """
 
-import os
-import signal
-import sys
+from resnet_jax.errors import stop_while_starting
 
-
-def stopped_while_starting(signum, frame):
-    """A Ctrl-C before `main` (the imports, the config file): one line, status 130; nothing is written yet."""
-    print("Ctrl-C: stopped while starting; nothing was written", file=sys.stderr, flush=True)
-    os._exit(130)  # not an exception in the middle of an import
-
-
-signal.signal(signal.SIGINT, stopped_while_starting)
+stop_while_starting("train.py")  # a SIGTERM or Ctrl-C during the imports and the config file: one line
 
 import json  # noqa: E402
+import signal  # noqa: E402
 
 import jax  # noqa: E402
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from resnet_jax import parallel  # noqa: E402
-from resnet_jax.errors import ConfigError, exit_on_user_error, run_app  # noqa: E402
+from resnet_jax.errors import ConfigError, exit_on_user_error, run_app, stops_raise  # noqa: E402
 from resnet_jax.evaluate import evaluate_checkpoint  # noqa: E402
 from resnet_jax.training.loop import train_and_evaluate  # noqa: E402
 
@@ -46,9 +38,14 @@ def main(argv):
             raise ConfigError(f"unexpected arguments {argv[1:]}: every option is a --flag (python train.py --help)")
         parallel.initialize_distributed()
         if FLAGS.mode == "train":
-            train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            try:  # SIGTERM: `stop_while_starting`'s until training's own (training/stops.py) takes it
+                train_and_evaluate(FLAGS.config, FLAGS.workdir)
+            finally:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the run's work is over: a SIGTERM while it exits
             return
-        metrics = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
+        # Evaluation has nothing to save: a SIGTERM or Ctrl-C stops it at once, in one line (status 3, 130).
+        with stops_raise("train.py --mode=eval", "nothing was written"):
+            metrics = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
         if jax.process_index() == 0:
             per_class = metrics.pop("per_class_accuracy")
             print(json.dumps(metrics, indent=2))

@@ -7,6 +7,7 @@ trained model in your own code, see `resnet_jax.restore`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -14,7 +15,7 @@ import jax
 import ml_collections
 
 from resnet_jax import parallel
-from resnet_jax.errors import CheckpointMismatchError
+from resnet_jax.errors import CheckpointMismatchError, stops_held, warn, write_advice
 from resnet_jax.restore import restore, use_checkpoint_preprocessing
 from resnet_jax.training.evaluator import make_evaluator
 
@@ -22,8 +23,9 @@ from resnet_jax.training.evaluator import make_evaluator
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: int | str | None = None) -> dict:
     """Evaluates a checkpoint of `workdir` on ``config.data.eval_split``, with the
     preprocessing its weights expect (the checkpoint's mean, std, image size and
-    crop fraction, not the config's); writes ``eval_<split>_<step>.json`` into the
-    workdir and returns the metrics."""
+    crop fraction, not the config's); returns the metrics, and writes them into
+    the workdir as ``eval_<split>_<step>.json`` where it can (`write_record`:
+    a workdir that cannot be written is a warning, not an error: evaluation only reads)."""
     from resnet_jax.data import make_pipeline
 
     model, variables, info = restore(workdir, step)
@@ -44,6 +46,26 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
     [metrics] = make_evaluator(model, config, info["num_classes"], mesh, 1)(variables, pipeline.eval_batches())
     metrics["step"] = info["step"]
     split = config.data.eval_split.replace("/", "_")
-    with open(os.path.join(workdir, f"eval_{split}_{info['step']}.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+    if jax.process_index() == 0:
+        write_record(os.path.join(workdir, f"eval_{split}_{info['step']}.json"), metrics)
     return metrics
+
+
+def write_record(path: str, metrics: dict) -> bool:
+    """Writes `metrics` as JSON to `path` whole or not at all (a temporary file
+    beside it, renamed over it; a SIGTERM or Ctrl-C waits for the rename). Where
+    it cannot (a read-only workdir, a full disk), one warning line names the path
+    and the OS's reason, no partial file is left, and it returns False."""
+    temporary = f"{path}.tmp"  # a fixed name: one left by a SIGKILL is written over by the next evaluation
+    try:
+        with stops_held():
+            with open(temporary, "w") as f:
+                json.dump(metrics, f, indent=2)
+            os.replace(temporary, path)
+        return True
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        advice = write_advice(e).split(" (")[0]
+        warn(f"could not write {path} ({e.strerror or e}): the metrics are printed, not saved; {advice} to keep them")
+        return False
