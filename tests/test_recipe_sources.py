@@ -82,3 +82,30 @@ def test_rsb_schedule_is_timms_cosine_with_the_warm_up_as_a_prefix(name):
     got = np.array([[float(ours(epoch * spe + k)) for k in range(spe)] for epoch in range(epochs)])
     np.testing.assert_allclose(got, np.repeat(timm_rates(True)[:, None], spe, 1), rtol=1e-5, atol=1e-9)
     assert not np.allclose(got[:, 0], timm_rates(False), rtol=1e-3)
+
+
+def test_eval_flip_ranks_as_ffcvs_summed_logits():
+    """FFCV's validation with ``lr_tta`` (train_imagenet.py: ``output += model(ch.flip(images, dims=[3]))``, the
+    logits of the image and of its mirror summed, on NCHW): ours averages them, so the top-1 and top-5 hits are
+    FFCV's, on a model that is not mirror-symmetric."""
+    rng = np.random.default_rng(3)
+    n, h, w, classes = 32, 4, 5, 7
+    images = rng.integers(0, 256, (n, h, w, 3)).astype(np.uint8)
+    labels = rng.integers(0, classes, n).astype(np.int32)
+    kernel = rng.normal(size=(h * w * 3, classes)).astype(np.float32)
+
+    def apply_fn(variables, x, train):
+        return x.reshape(x.shape[0], -1) @ variables["kernel"]
+
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels), "mask": jnp.ones(n)}
+    kw = dict(apply_fn=apply_fn, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), dtype=jnp.float32, num_classes=classes)
+    ours = steps.eval_step({"kernel": jnp.asarray(kernel)}, batch, flip=True, **kw)
+    plain = steps.eval_step({"kernel": jnp.asarray(kernel)}, batch, flip=False, **kw)
+    x = torch.tensor((images / 255.0 - 0.5) / 0.25, dtype=torch.float32).permute(0, 3, 1, 2)  # NCHW
+    model = lambda t: t.permute(0, 2, 3, 1).reshape(n, -1) @ torch.tensor(kernel)  # noqa: E731
+    output = model(x)
+    output += model(torch.flip(x, dims=[3]))
+    top5 = output.topk(5, dim=1).indices.numpy()
+    assert int(ours["top1"]) == int((top5[:, 0] == labels).sum())
+    assert int(ours["top5"]) == int((top5 == labels[:, None]).any(1).sum())
+    assert int(plain["top1"]) != int(ours["top1"])  # the mirror changes the ranking here
