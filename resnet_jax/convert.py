@@ -15,6 +15,9 @@ the weights' tag (`resnet_jax.weights`), or from ``--mean``, ``--std``,
 ``--crop-fraction`` and ``--image-size``. ``out_dir`` must be new or empty, or
 hold an earlier conversion and ``--overwrite`` be given: a conversion never
 writes into a training run (its step 0 would push the run's checkpoints out).
+The new conversion is written beside ``out_dir`` and swapped in when complete
+(`resnet_jax.outputs`): a conversion that fails, is stopped or killed leaves
+the earlier one whole, and the same command runs again.
 
 Names map one to one. torchvision's (and timm's ResNet, whose keys are the
 same): ``conv1``/``bn1`` -> ``stem_conv``/``stem_bn``,
@@ -35,25 +38,36 @@ convolutions) and the GroupNorm/EvoNorm/FRN ``resnetv2_50d_*`` do not map.
 
 from __future__ import annotations
 
-import argparse
-import functools
-import os
-import re
-import shutil
-from collections.abc import Callable, Mapping
-from typing import Any
+if __name__ == "__main__":  # python -m resnet_jax.convert: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
 
-import jax
-import numpy as np
+    stop_while_starting("convert")
 
-from resnet_jax import models, weights
-from resnet_jax.errors import (
+import functools  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+from collections.abc import Callable, Mapping, Sequence  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from resnet_jax import models, outputs, weights  # noqa: E402
+from resnet_jax.errors import (  # noqa: E402
+    ArgumentParser,
     ConfigError,
     MissingDependencyError,
     NotFoundError,
+    OutputWriteError,
+    Preempted,
     UserError,
+    cannot_write_output,
     exit_on_user_error,
     run_main,
+    stop_name,
+    stops_held,
+    stops_raise,
 )
 
 TORCHVISION_MODELS = (
@@ -73,7 +87,12 @@ _NOT_TIMM = (
 
 
 class ConversionError(UserError, ValueError):
-    """The state dict does not fit the model: keys missing, unexpected or misshapen."""
+    """The state dict does not fit the model: keys missing, unexpected or misshapen
+    (`problems`: each of them, in the state dict's order, the missing last)."""
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -203,9 +222,63 @@ def _convert(state_dict: Mapping[str, Any], name: str, num_classes: int | None, 
     for col, path, leaf in sorted(set(expected) - found):
         problems.append(f"missing {'/'.join(path)}/{leaf} ({col})")
     if problems:
-        listing = "\n  ".join(problems)
-        raise ConversionError(f"state dict does not fit {name} ({num_classes} classes):\n  {listing}")
+        kinds = {"missing": sum(p.startswith("missing") for p in problems[1:]),
+                 "unexpected": sum(p.startswith("unexpected") for p in problems[1:])}  # fmt: skip
+        kinds["of another shape"] = len(problems) - 1 - sum(kinds.values())
+        others = ", ".join(f"{n} {kind}" for kind, n in kinds.items() if n)
+        more = f"; {len(problems) - 1} more do not fit ({others})" if len(problems) > 1 else ""
+        head = f"state dict does not fit {name} ({model.num_classes} classes)"
+        raise ConversionError(f"{head}: {problems[0]}{more}{_what_fits(state, name)}", problems)
     return out
+
+
+def _architecture(state: Mapping[str, Any]) -> tuple | None:
+    """(blocks per stage, bottleneck, groups, width per group, deep stem, ResNet-D's
+    projections, pre-activation) read from a state dict's keys and shapes, as
+    `_model_architecture` reads them from a model; None if they are not a ResNet's."""
+    preact = any(k.startswith("stages.") for k in state)  # timm's ResNetV2
+    pattern, first = ((r"stages\.(\d)\.blocks\.(\d+)\.", "stages.0.blocks.0.") if preact
+                      else (r"layer(\d)\.(\d+)\.", "layer1.0."))  # fmt: skip
+    blocks: dict[int, set[int]] = {}
+    for key in state:
+        if m := re.match(pattern, key):
+            blocks.setdefault(int(m[1]), set()).add(int(m[2]))
+    if not blocks:
+        return None
+    conv2 = state.get(first + "conv2.weight")
+    if conv2 is None or np.ndim(conv2) != 4:
+        return None
+    bottleneck = first + "conv3.weight" in state
+    groups = max(1, conv2.shape[0] // conv2.shape[1])
+    deep = "stem.conv1.weight" in state if preact else "conv1.0.weight" in state
+    avg_down = deep if preact else any(k.startswith("layer2.0.downsample.2.") for k in state)
+    sizes = tuple(len(blocks[i]) for i in sorted(blocks))
+    return sizes, bottleneck, groups, conv2.shape[0] // groups if bottleneck else 64, deep, avg_down, preact
+
+
+@functools.cache
+def _model_architecture(name: str) -> tuple:
+    """`_architecture`'s facts of our model `name`."""
+    model = models.create(name)
+    block = getattr(model.block, "__name__", "")
+    bottleneck = "Bottleneck" in block
+    return (tuple(model.stage_sizes), bottleneck, model.groups, model.base_width if bottleneck else 64,
+            model.stem == "deep", model.avg_down, "PreAct" in block)  # fmt: skip
+
+
+def _what_fits(state: Mapping[str, Any], name: str) -> str:
+    """``; its shapes are those of torchvision's resnet18 (...)``: the convertible
+    models whose architecture the state dict's shapes are ("" if none, or `name`'s own)."""
+    facts = _architecture(state)
+    if facts is None or facts == _model_architecture(name):
+        return ""
+    candidates = [("torchvision", n, n) for n in TORCHVISION_MODELS] + [("timm", *n) for n in TIMM_MODELS.items()]
+    fits = [(source, theirs) for source, theirs, ours in candidates if _model_architecture(ours) == facts]
+    blocks = f"blocks per stage {'-'.join(map(str, facts[0]))}, {'bottleneck' if facts[1] else 'basic'} blocks"
+    if not fits:
+        return f"; its shapes ({blocks}) are those of no model that converts"
+    listed = " or ".join(f"{source}'s {theirs}" for source, theirs in fits[:3])
+    return f"; its shapes ({blocks}) are those of {listed}: python -m resnet_jax.convert {fits[0][0]} {fits[0][1]} ..."
 
 
 def model_for(source: str, name: str) -> str:
@@ -263,10 +336,14 @@ def write_checkpoint(
     `resnet_jax.restore(out_dir)` loads, with metadata naming the weights'
     `source` and the preprocessing they are evaluated with (`preprocessing`,
     default: torchvision's IMAGENET1K_V1 one: ImageNet mean and std, 224 of 256).
+    It is written beside `out_dir` and swapped in when complete; a stop (SIGTERM,
+    Ctrl-C) during the swap waits for its end.
 
     Raises:
       ConfigError: `out_dir` is neither new nor empty nor (with `overwrite`) an
         earlier conversion; nothing in it is changed.
+      OutputWriteError: it cannot be written (a read-only folder, a full disk, a
+        parent that is a file); `out_dir` is as it was.
     """
     from resnet_jax.training.checkpoint import Checkpointer
     from resnet_jax.training.metadata import weights_metadata
@@ -280,35 +357,81 @@ def write_checkpoint(
         name, class_names, prep.image_size, prep.mean, prep.std, prep.crop_fraction, source=source
     )
     state = {"step": np.zeros((), np.int32), **variables}
-    _clear_out_dir(out_dir, overwrite)
-    ckpt = Checkpointer(out_dir, async_save=False)
-    ckpt.save(_Tree(state), metadata)
-    ckpt.wait()
-    ckpt.close()
+    out_dir = os.path.abspath(out_dir)
+    outputs.remove_leftovers(out_dir, ("checkpoints",))
+    earlier = _check_out_dir(out_dir, overwrite)
+    kept = f"the earlier conversion in {out_dir} is as it was" if earlier else "nothing was written"
+    tmp = outputs.temporary(out_dir, "tmp")
+    done, old = False, None
+    try:
+        _check_room(out_dir, state, kept)
+        os.makedirs(os.path.dirname(out_dir), exist_ok=True)
+        ckpt = Checkpointer(tmp, async_save=False)
+        try:
+            ckpt.save(_Tree(state), metadata)
+            ckpt.wait()
+        finally:
+            ckpt.close()
+        with stops_held():
+            old = outputs.swap(tmp, out_dir)
+            done = True
+    except OutputWriteError:
+        raise
+    except OSError as e:  # the OS's error, or the checkpointer's one line of it
+        if done:
+            raise
+        raise cannot_write_output(out_dir, e.__cause__ or e, kept) from None
+    except (Preempted, KeyboardInterrupt) as stop:
+        if not done:
+            raise
+        checkpoints = os.path.join(out_dir, "checkpoints")
+        raise type(stop)(f"{stop_name(stop)}: convert stopped after writing {checkpoints} (complete)") from None
+    finally:
+        outputs.discard(old if done else tmp)
 
 
-def _clear_out_dir(out_dir: str, overwrite: bool) -> None:
-    """Nothing to do for a new or empty `out_dir`; an earlier conversion (only
-    ``checkpoints/0`` from `write_checkpoint`) is removed with `overwrite`; else refuses."""
-    if not os.path.isdir(out_dir) or not os.listdir(out_dir):
-        return
+def _check_room(out_dir: str, state: dict, kept: str) -> None:
+    """Refuses a conversion larger than the free space beside `out_dir`."""
+    needed = sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(state))
+    where = out_dir
+    while not os.path.isdir(where):  # the nearest folder that is there
+        where = os.path.dirname(where)
+    free = shutil.disk_usage(where).free
+    if free < needed:
+        raise OutputWriteError(f"cannot write {out_dir}: the conversion needs up to {needed / 2**20:.1f} MiB and "
+                               f"{free / 2**20:.1f} MiB are free; free space, then run the same command again; "
+                               f"{kept}")  # fmt: skip
+
+
+def _check_out_dir(out_dir: str, overwrite: bool) -> str | None:
+    """The earlier conversion in `out_dir` (its source), with `overwrite`; None for
+    a new or empty folder; anything else is refused, and nothing is changed."""
+    there = outputs.describe(out_dir)
+    if there is None:
+        return None
+    earlier = _earlier_conversion(out_dir) if os.path.isdir(out_dir) and not os.path.islink(out_dir) else None
+    if earlier is None:
+        raise ConfigError(
+            f"{out_dir} is {there} and holds no earlier conversion; convert writes only into a new or empty "
+            "folder, or over an earlier conversion: choose another"
+        )
+    if not overwrite:
+        raise ConfigError(f"{out_dir} holds an earlier conversion ({earlier}); pass --overwrite to replace it")
+    return earlier
+
+
+def _earlier_conversion(out_dir: str) -> str | None:
+    """The source of the conversion `write_checkpoint` wrote in `out_dir` (only its
+    ``checkpoints/0``, whose metadata names a source); None if it holds anything else."""
     from resnet_jax.restore import read_metadata
 
     checkpoints = os.path.join(out_dir, "checkpoints")
-    earlier = None
-    if os.listdir(out_dir) == ["checkpoints"] and os.listdir(checkpoints) == ["0"]:
-        try:
-            earlier = read_metadata(out_dir, 0)["source"]
-        except UserError:
-            earlier = None
-    if earlier is None:
-        raise ConfigError(
-            f"{out_dir!r} is not empty and holds no earlier conversion (a training run?); convert writes only into "
-            "a new or empty folder: choose another"
-        )
-    if not overwrite:
-        raise ConfigError(f"{out_dir!r} holds an earlier conversion ({earlier}); pass --overwrite to replace it")
-    shutil.rmtree(checkpoints)
+    if os.listdir(out_dir) != ["checkpoints"] or not os.path.isdir(checkpoints) or os.listdir(checkpoints) != ["0"]:
+        return None
+    try:
+        return read_metadata(out_dir, 0)["source"]
+    except UserError:
+        return None
 
 
 class _Tree(dict):
@@ -327,7 +450,9 @@ def _read_class_names(path: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet_jax.convert", description=__doc__.split("\n")[0])
+    """``python -m resnet_jax.convert``: every stop is one line (SIGTERM: status 3, Ctrl-C: 130, a
+    user error: 2), and an earlier conversion in ``out_dir`` is never lost."""
+    parser = ArgumentParser(prog="python -m resnet_jax.convert", description=__doc__.split("\n")[0])
     parser.add_argument("source", choices=["torchvision", "timm"])
     parser.add_argument(
         "model", help="the library's model name, optionally with the weights' tag: resnet50.IMAGENET1K_V2, "
@@ -342,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crop-fraction", type=float, help="evaluation centre crop / resized short side")
     parser.add_argument("--image-size", type=int, help="evaluation resolution")
     args = parser.parse_args(argv)
-    with exit_on_user_error():
+    kept = f"{args.out_dir} is as it was" if os.path.lexists(args.out_dir) else "nothing was written"
+    with exit_on_user_error(), stops_raise("convert", f"{kept}; the same command runs again"):
         arch, _, tag = args.model.partition(".")
         ours = model_for(args.source, arch)
         given = dict(mean=args.mean, std=args.std, crop_fraction=args.crop_fraction, image_size=args.image_size)

@@ -19,6 +19,7 @@ process exit with status 75 (``EXIT_LOST_PEER``, `resnet_jax.peers`).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import gc
@@ -26,7 +27,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import Any, NoReturn
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
@@ -193,16 +194,17 @@ def cannot_write(path: str, error: OSError, what: str = "") -> WorkdirWriteError
     )
 
 
-def cannot_write_output(path: str, error: OSError, kept: str) -> OutputWriteError:
+def cannot_write_output(path: str, error: BaseException, kept: str) -> OutputWriteError:
     """The one line of a command's output that could not be written: the path,
-    the OS's reason (or the parent that is a file), what to do, and `kept` (what
-    is as it was)."""
+    the reason (the OS's, the first line of a library's error, or the parent
+    that is a file), what to do, and `kept` (what is as it was)."""
     blocker = next((p for p in _parents(path) if os.path.lexists(p) and not os.path.isdir(p)), None)
     if blocker is not None:
         reason, advice = f"{blocker} is a file, not a folder", "choose another path"
     else:
-        reason = error.strerror or str(error)
-        advice = "make it writable or choose another path" if error.errno in _NOT_WRITABLE else write_advice(error)
+        reason = getattr(error, "strerror", None) or (str(error).splitlines() or [type(error).__name__])[0]
+        advice = write_advice(error if isinstance(error, OSError) and error.errno else reason)
+        advice = "make it writable or choose another path" if advice.startswith("make it writable") else advice
     return OutputWriteError(f"cannot write {path} ({reason}); {advice}, then run the same command again; {kept}")
 
 
@@ -213,6 +215,15 @@ def _parents(path: str) -> list[str]:
         path = os.path.dirname(path)
         parents.append(path)
     return parents
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors (a missing or malformed argument) are one
+    line, ``error: <message> (<prog> --help)``, and status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} ({self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
 
 def warn(message: str) -> None:
@@ -311,7 +322,8 @@ def _where_in(error: BaseException, path: str) -> str | None:
     return None if line is None else f"{path} line {line}"
 
 
-_STOP_SIGNALS = {"SIGTERM": ("SIGTERM", EXIT_PREEMPTED), "SIGINT": ("Ctrl-C", EXIT_INTERRUPTED)}
+# SIGINT first: a SIGTERM handler in place (/proc/<pid>/status) means both are.
+_STOP_SIGNALS = {"SIGINT": ("Ctrl-C", EXIT_INTERRUPTED), "SIGTERM": ("SIGTERM", EXIT_PREEMPTED)}
 
 
 def stop_while_starting(command: str) -> None:
@@ -326,6 +338,7 @@ def stop_while_starting(command: str) -> None:
             os.write(2, f"{name}: {command} stopped while starting; nothing was written\n".encode())
         os._exit(status)  # not an exception in the middle of an import
 
+    stop.while_starting = True  # type: ignore[attr-defined]
     for name in _STOP_SIGNALS:
         signal.signal(getattr(signal, name), stop)
 
@@ -335,29 +348,48 @@ def stops_raise(command: str, untouched: str) -> Iterator[None]:
     """Inside: SIGTERM raises `Preempted` and Ctrl-C ``KeyboardInterrupt`` at once,
     with the line ``<SIGTERM|Ctrl-C>: <command> stopped; <untouched>``, so that the
     command's ``finally`` blocks remove what it had begun to write before
-    `exit_on_user_error` prints the line (status 3, 130). The earlier handlers
-    are put back at the end."""
+    `exit_on_user_error` prints the line (status 3, 130). A stop raised where
+    Python drops exceptions (a garbage-collection callback, ``__del__``) is
+    raised again by the next `stops_held`. The earlier handlers are put back
+    at the end, but for `stop_while_starting`'s: the command's work is over,
+    and a stop while it exits is ignored."""
     import signal
 
     def stop(signum: int, frame: object) -> None:
         name, _ = _STOP_SIGNALS[signal.Signals(signum).name]
-        raise (Preempted if name == "SIGTERM" else KeyboardInterrupt)(f"{name}: {command} stopped; {untouched}")
+        _requested[:] = [(Preempted if name == "SIGTERM" else KeyboardInterrupt)(f"{name}: {command} stopped; "
+                                                                                 f"{untouched}")]  # fmt: skip
+        raise _requested[0]
+
+    def unraisable(info: Any) -> None:  # a dropped stop is not printed: it is raised again
+        if not (_requested and info.exc_value is _requested[0]):
+            hook(info)
 
     previous = {name: signal.signal(getattr(signal, name), stop) for name in _STOP_SIGNALS}
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
+        _requested.clear()
+        sys.unraisablehook = hook
         for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
+            ended = getattr(handler, "while_starting", False)
+            signal.signal(getattr(signal, name), signal.SIG_IGN if ended else handler)
+
+
+_requested: list[BaseException] = []  # the stop `stops_raise` raised (one Python may have dropped)
 
 
 @contextlib.contextmanager
 def stops_held() -> Iterator[None]:
     """Inside: SIGTERM and Ctrl-C wait for the block's end (the renames that put
     a command's output in place of an earlier one are never cut in half); one
-    that came meanwhile is handled as the block ends."""
+    that came meanwhile is handled as the block ends. A stop that came before
+    and was dropped (`stops_raise`) is raised here, so nothing is put in place."""
     import signal
 
+    if _requested:
+        raise _requested[0]
     held = {getattr(signal, name) for name in _STOP_SIGNALS}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:

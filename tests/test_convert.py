@@ -105,12 +105,35 @@ def test_errors_list_keys_by_name():
     state["extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(convert.ConversionError) as e:
         convert.from_torchvision(state, "resnet18")
-    message = str(e.value)
-    assert "missing stage2/block0/shortcut_conv/kernel" in message
-    assert "'layer1.0.conv1.weight': shape (64, 64, 1, 1)" in message
-    assert "unexpected key 'extra.weight'" in message
+    message = str(e.value)  # one line: the first tensor that does not fit, how many others
+    assert message == (
+        "state dict does not fit resnet18 (1000 classes): 'layer1.0.conv1.weight': shape (64, 64, 1, 1) does not "
+        "fit stage1/block0/conv1/kernel (3, 3, 64, 64); 2 more do not fit (1 missing, 1 unexpected)"
+    )
+    missing = "missing stage2/block0/shortcut_conv/kernel (params)"
+    assert e.value.problems[1:] == ["unexpected key 'extra.weight'", missing]
     with pytest.raises(ValueError, match="no torchvision counterpart for 'cifar_resnet20'"):
         convert.from_torchvision(state, "cifar_resnet20")
+
+
+@pytest.mark.parametrize("name, given, fits", [
+    ("resnet18", "resnet50", "torchvision's resnet18 or timm's resnet18: python -m resnet_jax.convert torchvision"),
+    ("wide_resnet50_2", "resnet50", "torchvision's wide_resnet50_2 or timm's wide_resnet50_2"),
+    ("resnet18d", "resnet34", "timm's resnet18d: python -m resnet_jax.convert timm resnet18d"),
+])  # fmt: skip
+def test_weights_of_another_model_name_the_model_they_fit(name, given, fits):
+    """Another depth, another width, ResNet-D's stem: the one line names the model
+    whose shapes the weights have, from the state dict's blocks per stage and widths."""
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):  # shapes only: no weights drawn
+        net = timm.create_model(name) if name.endswith("d") else getattr(torchvision.models, name)()
+    state = {k: np.empty(v.shape, np.float32) for k, v in net.state_dict().items()}
+    with pytest.raises(convert.ConversionError) as e:
+        convert.from_torchvision(state, given)
+    message = str(e.value)
+    assert "\n" not in message and message.startswith(f"state dict does not fit {given} (1000 classes): ")
+    assert f"; {len(e.value.problems) - 1} more do not fit (" in message
+    assert f"are those of {fits}" in message, message
 
 
 def test_cli_writes_a_checkpoint_that_restores(tmp_path, capsys):

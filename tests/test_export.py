@@ -343,26 +343,6 @@ def test_bad_requests_are_one_line_and_write_nothing(tmp_path, monkeypatch):
     assert not os.path.exists(os.path.dirname(out))
 
 
-def test_a_failed_write_leaves_the_earlier_artifact_and_no_partial_file(tmp_path, monkeypatch):
-    from resnet_jax import export as export_function
-
-    module = sys.modules[export_function.__module__]
-    out = tmp_path / "m.stablehlo"
-    out.write_bytes(b"earlier")
-    with pytest.raises(ConfigError, match="exists; pass overwrite=True"):
-        resnet_jax.export(TRAINED, "stablehlo", str(out))
-
-    def half_then_fail(path, *args):
-        with open(path, "wb") as f:
-            f.write(b"half")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(module, "_write_stablehlo", half_then_fail)
-    with pytest.raises(OSError, match="No space left"):
-        resnet_jax.export(TRAINED, "stablehlo", str(out), overwrite=True)
-    assert sorted(os.listdir(tmp_path)) == ["m.stablehlo"] and out.read_bytes() == b"earlier"
-
-
 def test_cli_exports_and_reports_a_bad_request_in_one_line(tmp_path, capsys):
     out = str(tmp_path / "m.stablehlo")
     assert main(["--workdir", TRAINED, "--format", "stablehlo", "--out", out, "--platforms", "cpu"]) == 0

@@ -27,33 +27,52 @@ in (input: RGB in [0, 1]); ``--preprocess uint8`` also the scaling (input:
 uint8 pixels). Beside every artifact, ``<out>.json`` gives the input's layout,
 shape, dtype and preprocessing, the resize the model was evaluated with, the
 class names and the source checkpoint and step. Both are written under a
-temporary name and renamed when complete: an export that fails leaves nothing.
+temporary name and renamed when complete: an export that fails or is stopped
+(SIGTERM, Ctrl-C) leaves nothing, and one killed (SIGKILL) leaves temporary
+files that the next export to the same path removes.
+
+``overwrite`` replaces only an earlier export, recognised by its record
+(``<out>.json``): never a training run's workdir, a population, or a file or
+folder that holds anything else.
+
+This package imports no JAX until an export runs (``python -m
+resnet_jax.export`` takes its signals first).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.util
 import json
 import os
-import shutil
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from resnet_jax import outputs
+from resnet_jax.errors import (
+    ArgumentParser,
+    ConfigError,
+    ExportError,
+    MissingDependencyError,
+    Preempted,
+    cannot_write_output,
+    exit_on_user_error,
+    stop_name,
+    stops_held,
+    stops_raise,
+)
 
-from resnet_jax import models
-from resnet_jax.errors import ConfigError, MissingDependencyError, exit_on_user_error
-from resnet_jax.export.state_dict import ExportError
-from resnet_jax.restore import restore
+if TYPE_CHECKING:
+    import jax
+    import numpy as np
 
 FORMATS = ("stablehlo", "onnx", "savedmodel", "torchvision", "timm")
 PREPROCESS = ("none", "normalize", "uint8")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = ("float32", "bfloat16")
 PLATFORMS = ("cpu", "cuda", "tpu")
+LOWERING_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")  # what jax.export lowers for, on any machine
+# What a SavedModel folder holds (tf.saved_model.save); a folder with anything else is not an export.
+SAVEDMODEL_FILES = {"saved_model.pb", "saved_model.pbtxt", "variables", "assets", "fingerprint.pb"}
 _FLOAT32_ONLY = ("onnx", "torchvision", "timm")
 # What each format imports, and the extra that installs it.
 _NEEDS = {"onnx": (("onnx",), "export"), "savedmodel": (("tensorflow",), "data"), "torchvision": ((), ""),
@@ -70,14 +89,19 @@ def _installed(module: str) -> bool:
         return False
 
 
-def _check_request(format: str, dtype: str, preprocess: str, out: str, overwrite: bool) -> None:
-    """Refuses, before any checkpoint is read, what cannot be exported."""
+def _check_request(format: str, dtype: str, preprocess: str, platforms: Sequence[str], out: str) -> None:
+    """Refuses, before any checkpoint is read, what cannot be exported (`_check_out`: what is at `out`)."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; formats: {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; dtypes: {', '.join(DTYPES)}")
     if preprocess not in PREPROCESS:
         raise ConfigError(f"unknown preprocess {preprocess!r}; one of: {', '.join(PREPROCESS)}")
+    unknown = [p for p in platforms if p not in LOWERING_PLATFORMS]
+    if unknown or not platforms:
+        hint = " (a GPU is cuda or rocm)" if "gpu" in unknown else ""
+        raise ConfigError(f"unknown platform {', '.join(map(repr, unknown)) or 'list (empty)'}{hint}; platforms: "
+                          f"{', '.join(LOWERING_PLATFORMS)}, any of them on any machine")  # fmt: skip
     if dtype != "float32" and format in _FLOAT32_ONLY:
         raise ExportError(f"the {format} format is float32 only (bfloat16: --format stablehlo or savedmodel)")
     if preprocess != "none" and format in ("torchvision", "timm"):
@@ -89,14 +113,46 @@ def _check_request(format: str, dtype: str, preprocess: str, out: str, overwrite
     for module in modules:
         if not _installed(module):
             raise MissingDependencyError(f"the {format} format needs {module}: pip install 'resnet-jax-flax[{extra}]'")
-    for path in (out, out + ".json"):
-        if os.path.lexists(path) and not overwrite:
-            raise ConfigError(f"{path!r} exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    """Refuses an `out` that holds anything but an earlier export (recognised by its
+    record, ``<out>.json``), and an earlier export without `overwrite`."""
+    record = _read_record(out + ".json")
+    if os.path.lexists(out + ".json") and record is None:
+        raise ConfigError(f"{out}.json exists and is not an export's record: export writes its record there and "
+                          "replaces only an earlier export; choose another --out")  # fmt: skip
+    there = outputs.describe(out)
+    if there is None and record is None:
+        return
+    folder = os.path.isdir(out) and not os.path.islink(out)
+    artifact = there == "a file" or (folder and set(os.listdir(out)) <= SAVEDMODEL_FILES)
+    if there is not None and (record is None or not artifact):
+        raise ConfigError(f"{out} is {there}, not an earlier export (recognised by its record, {out}.json): export "
+                          "replaces only its own; choose another --out")  # fmt: skip
+    if not overwrite:
+        raise ConfigError(f"{out} holds an earlier export ({record['format']} of {record['model']}, written "
+                          f"{record['exported']}); pass overwrite=True (--overwrite) to replace it")  # fmt: skip
+
+
+def _read_record(path: str) -> dict | None:
+    """The record an export wrote at `path` (``<out>.json``), or None if `path` is none."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    keys = ("format", "model", "source", "exported", "input")
+    if not isinstance(record, dict) or not all(k in record for k in keys) or record["format"] not in FORMATS:
+        return None
+    return record
 
 
 def inference_function(model: Any, variables: dict, preprocess: str, mean: Any, std: Any) -> Callable:
     """``images -> float32 logits`` of `model` in inference mode, `variables` closed
     over, with `preprocess` ("none", "normalize", "uint8") applied first."""
+    import numpy as np
+
     mean32, std32 = np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
     def logits(images: jax.Array) -> jax.Array:
@@ -112,11 +168,16 @@ def inference_function(model: Any, variables: dict, preprocess: str, mean: Any, 
 
 
 def _input_spec(preprocess: str, size: int, batch: Any) -> jax.ShapeDtypeStruct:
+    import jax
+    import jax.numpy as jnp
+
     dtype = jnp.uint8 if preprocess == "uint8" else jnp.float32
     return jax.ShapeDtypeStruct((batch, size, size, 3), dtype)
 
 
 def _write_stablehlo(path: str, fn: Callable, spec: Callable, platforms: Sequence[str]) -> None:
+    import jax
+
     (batch,) = jax.export.symbolic_shape("batch")
     exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(spec(batch))
     with open(path, "wb") as f:
@@ -147,7 +208,10 @@ def _write_savedmodel(path: str, fn: Callable, spec: Callable, platforms: Sequen
     signature = [tf.TensorSpec((None, *example.shape[1:]), tf.as_dtype(example.dtype), name="images")]
     module.serve = tf.function(lambda images: {"logits": _run_exported_as_tf([images], exported)[0]},
                                input_signature=signature, autograph=False)  # fmt: skip
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    try:
+        tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    except tf.errors.OpError as e:  # TensorFlow's own file errors: an OSError's one line (the reason in words)
+        raise OSError(e.message.split("\n")[0]) from None
 
 
 def _write_onnx(path: str, model: Any, variables: dict, info: dict, preprocess: str) -> None:
@@ -166,36 +230,37 @@ def _write_state_dict(path: str, state: dict[str, np.ndarray]) -> None:
     save_file(state, path)
 
 
-def _replace(tmp: str, out: str) -> None:
-    """Moves `tmp` onto `out`; an existing folder at `out` is moved aside first, then removed."""
-    old = None
-    if os.path.isdir(out) and not os.path.islink(out):
-        old = f"{out}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _write_atomically(out: str, write: Callable[[str], None], description: dict) -> None:
-    """`write(temporary path)`, the JSON beside it, then both renamed into place;
-    on any failure the temporary files are removed and `out` is as it was."""
+    """`write(temporary path)`, the JSON beside it, then both renamed into place
+    (the record first: an export killed between the two renames leaves one that
+    the same command replaces); on any failure or stop the temporary files are
+    removed and `out` is as it was. A stop that comes during the renames waits
+    for their end."""
     out = os.path.abspath(out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tmp-{os.getpid()}")
+    kept = f"{out} is as it was" if os.path.lexists(out) else "nothing was written"
+    tmp = outputs.temporary(out, "tmp")
     tmp_json = tmp + ".json"
+    done, old = False, None
     try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
         write(tmp)
         with open(tmp_json, "w") as f:
             json.dump(description, f, indent=2)
-        _replace(tmp, out)
-        os.replace(tmp_json, out + ".json")
+        with stops_held():
+            os.replace(tmp_json, out + ".json")
+            old = outputs.swap(tmp, out)
+            done = True
+    except OSError as e:
+        if done:
+            raise
+        raise cannot_write_output(out, e, kept) from None
+    except (Preempted, KeyboardInterrupt) as stop:
+        if not done:
+            raise
+        raise type(stop)(f"{stop_name(stop)}: export stopped after writing {out} and {out}.json (complete)") from None
     finally:
-        for path in (tmp, tmp_json):
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            elif os.path.lexists(path):
-                os.remove(path)
+        for path in (old,) if done else (tmp, tmp_json):
+            outputs.discard(path)
 
 
 def _describe(format: str, info: dict, workdir: str, ema: bool, dtype: str, preprocess: str,
@@ -276,20 +341,31 @@ def export(
       dtype: compute dtype, "float32" or "bfloat16" (stablehlo and savedmodel); logits are float32.
       preprocess: "none", "normalize" or "uint8": what the artifact does to its input first.
       platforms: what stablehlo and savedmodel are lowered for.
-      overwrite: replace an existing `out`.
+      overwrite: replace an earlier export at `out` (recognised by its record, ``<out>.json``);
+        anything else there is refused.
 
     Returns:
       The description written to ``<out>.json``.
 
     Raises:
       UserError: one line naming the problem (no checkpoint, a damaged one, an
-        unknown format, a missing dependency, an architecture the format cannot express).
+        unknown format, a missing dependency, an architecture the format cannot
+        express, something else at `out`, a write that failed: `OutputWriteError`).
     """
-    _check_request(format, dtype, preprocess, out, overwrite)
+    _check_request(format, dtype, preprocess, platforms, out)
+    outputs.remove_leftovers(out, SAVEDMODEL_FILES)
+    _check_out(out, overwrite)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from resnet_jax import models
+    from resnet_jax.restore import restore
+
     model, variables, info = restore(workdir, step, ema=ema, member=member)
     variables = jax.tree_util.tree_map(np.asarray, variables)
     model = models.create(info["model"], num_classes=info["num_classes"], **{**info["model_kwargs"],
-                                                                             "dtype": DTYPES[dtype]})  # fmt: skip
+                                                                             "dtype": getattr(jnp, dtype)})  # fmt: skip
     library_model = None
     if format in ("torchvision", "timm"):
         from resnet_jax.export.state_dict import to_state_dict
@@ -309,7 +385,9 @@ def export(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet_jax.export", description=__doc__.split("\n")[0])
+    """``python -m resnet_jax.export``: every stop is one line (SIGTERM: status 3, Ctrl-C: 130, a
+    user error: 2), and nothing at ``--out`` is lost."""
+    parser = ArgumentParser(prog="python -m resnet_jax.export", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="a training workdir, a converted checkpoint or a member")
     parser.add_argument("--step", default="latest", help='"latest", "best" or a step number')
     parser.add_argument("--member", type=int, help="the member of a population (0 ... K - 1)")
@@ -321,7 +399,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--platforms", default=",".join(PLATFORMS), help="stablehlo/savedmodel lowering targets")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     args = parser.parse_args(argv)
-    with exit_on_user_error():
+    kept = f"{args.out} is as it was" if os.path.lexists(args.out) else "nothing was written"
+    with exit_on_user_error(), stops_raise("export", f"{kept}; the same command runs again"):
         description = export(
             args.workdir, args.format, args.out, step=args.step, member=args.member, ema=args.ema, dtype=args.dtype,
             preprocess=args.preprocess, platforms=args.platforms.split(","), overwrite=args.overwrite,
@@ -331,4 +410,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {args.out} ({args.format}) and {args.out}.json: {description['model']}, step {source['step']}"
           f"{member}; input {spec['layout']} {spec['dtype']} {spec['shape']}")  # fmt: skip
     return 0
-

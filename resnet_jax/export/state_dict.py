@@ -25,15 +25,11 @@ import jax
 import numpy as np
 
 from resnet_jax import convert, models
-from resnet_jax.errors import UserError
+from resnet_jax.errors import ExportError
 
 # Model fields that do not change what a network computes at inference, or that
 # the state dict itself carries: any other field must keep the registered default.
 _FREE_FIELDS = {"num_classes", "dtype", "zero_init_residual", "bn_momentum", "bn_one_pass", "drop_path_rate"}
-
-
-class ExportError(UserError, ValueError):
-    """The model cannot be written in the requested format (an architecture it cannot express)."""
 
 
 def library_name(library: str, model_name: str) -> str:
