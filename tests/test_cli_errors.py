@@ -134,13 +134,20 @@ def test_a_flag_absl_cannot_parse_is_one_line_and_status_2(args, line):
 
 def test_predict_and_convert_user_errors_are_one_line(trained_r20, tmp_path, capsys):
     folder, workdir = trained_r20
-    one_line(capsys, lambda: predict.main(["--workdir", str(tmp_path / "nowhere"), "x.png"]),
+    good = glob.glob(f"{folder}/test/*/*.png")[:2]
+    one_line(capsys, lambda: predict.main(["--workdir", str(tmp_path / "nowhere"), *good]),
              "holds no checkpoints/ folder")  # fmt: skip
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
-    one_line(capsys, lambda: predict.main(["--workdir", workdir, str(tmp_path / "broken.png")]),
-             "not a readable image")  # fmt: skip
-    step_999 = ["--workdir", workdir, "--step", "999", str(tmp_path / "broken.png")]
+    broken, missing = str(tmp_path / "broken.png"), str(tmp_path / "missing.jpg")
+    err = one_line(capsys, lambda: predict.main(["--workdir", workdir, good[0], broken, good[1], missing]),
+                   "2 of 4 files cannot be read, so nothing was predicted: ")  # every unreadable file, in one line
+    assert err.count("\n") == 1 and f"{broken}: not a readable image" in err and f"{missing}: not a readable" in err
+    assert good[0] not in err and good[1] not in err and capsys.readouterr().out == ""
+    step_999 = ["--workdir", workdir, "--step", "999", *good]
     one_line(capsys, lambda: predict.main(step_999), "no checkpoint of step")
+    one_line(capsys, lambda: predict.main(["--workdir", workdir, "--top", "0", *good]), "--top=0: print at least one")
+    one_line(capsys, lambda: predict.main(["--workdir", workdir, "--top", "x", *good]),
+             "argument --top: invalid int value: 'x'")  # fmt: skip
 
     def convert_main(*args):
         return lambda: convert.main(["torchvision", "resnet18", *map(str, args)])
