@@ -170,7 +170,7 @@ def tf_inception_crop(
     `sampler` "torchvision": the window of `crop_window`. "tf": TensorFlow's
     `sample_distorted_bounding_box` with the Flax ImageNet example's arguments
     (``min_object_covered=0.1``, 10 attempts; the area is then not uniform: its
-    mean is 0.38 of a 500 x 375 image against torchvision's 0.43), falling back to
+    mean is 0.39 of a 500 x 375 image against torchvision's 0.43), falling back to
     the evaluation crop when it returns the whole image, as that example does.
     """
     import tensorflow as tf
