@@ -51,6 +51,12 @@ def test_study_is_stopped_resumed_in_parallel_reported_and_skipped(image_folder,
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 3, out[-3000:]
     assert "cifar_plain20 stopped before its end" in out
+    assert out.rstrip().splitlines()[-1] == (  # what it wrote, and no figure7.png (no run has finished)
+        "SIGTERM: the study stopped before its end (runs to finish: cifar_plain20, cifar_resnet20); wrote "
+        f"results.json, table.md, figure.png in {workdir} from the runs finished so far; the same command resumes"
+    )
+    assert not (workdir / "figure7.png").exists() and (workdir / "figure.png").read_bytes().startswith(PNG)
+    assert "legend" not in out  # matplotlib's "No artists with labels found to put in legend" (no ResNet curve yet)
     assert not (workdir / "cifar_plain20" / "result.json").exists()
     assert not (workdir / "cifar_resnet20").exists()  # no new run starts after SIGTERM
 
@@ -58,6 +64,9 @@ def test_study_is_stopped_resumed_in_parallel_reported_and_skipped(image_folder,
     out = subprocess.run([*cmd, "--parallel=2"], env=env_with_devices(1), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "2 run(s), 2 to train" in out.stdout
+    assert out.stdout.rstrip().splitlines()[-1] == (
+        f"Done: wrote results.json, table.md, figure.png, figure7.png in {workdir}."
+    )
     assert "cifar_plain20: started (2 seeds together in one step, 32 steps" in out.stdout
     results = json.loads((workdir / "results.json").read_text())
     assert results["scale"] == SCALE and results["steps_per_run"] == 32 and results["pending"] == []

@@ -8,21 +8,28 @@ Trains plain-20/32/44/56 and ResNet-20/32/44/56/110 with the paper's recipe
 ``<workdir>/<model>/``, and writes into the workdir ``results.json``,
 ``table.md`` (Table 6), ``figure.png`` (Figure 6) and ``figure7.png``
 (Figure 7). Running the same command again skips finished runs and resumes
-unfinished ones; SIGTERM saves and stops (exit status 3). Every ``--config.*``
-override applies to every run.
+unfinished ones; SIGTERM saves and stops (exit status 3), after a report of the
+runs finished so far; Ctrl-C saves and stops at once (status 130). Every
+``--config.*`` override applies to every run.
 """
 
 from __future__ import annotations
 
-import os
-import time
+from resnet_jax.errors import stop_while_starting
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+stop_while_starting("reproduce")  # before the imports that take seconds: a stop while it starts is one line
 
-from resnet_jax.config import default_config
-from resnet_jax.errors import exit_on_user_error, run_app
-from resnet_jax.reproduce import figures, report, runner, study
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from absl import flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from resnet_jax.config import default_config  # noqa: E402
+from resnet_jax.errors import EXIT_PREEMPTED, ConfigError, exit_on_user_error, run_app  # noqa: E402
+from resnet_jax.reproduce import figures, report, runner, study  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("study", "cifar10", list(study.STUDIES), "Which study of the paper.")
@@ -46,24 +53,28 @@ def data_label(config) -> str:
     return f"TFDS {config.data.name}"
 
 
-def write_report(runs: list[study.Run], state: dict, label: str, workdir: str) -> dict:
-    """``results.json``, ``table.md``, ``figure.png`` and ``figure7.png`` from the runs so far."""
+def write_report(runs: list[study.Run], state: dict, label: str, workdir: str) -> tuple[dict, list[str]]:
+    """``results.json``, ``table.md``, ``figure.png`` and (once a run has finished)
+    ``figure7.png`` from the runs so far; returns the results and the names of the files written."""
     results = report.collect(runs, state, label)
     study.write_json(os.path.join(workdir, "results.json"), results)
     with open(os.path.join(workdir, "table.md"), "w") as f:
         f.write(report.table_markdown(results))
     title = f"{label}, scale {results['scale']:g} ({results['steps_per_run']:,} iterations)"
     figures.figure6(runs, f"Figure 6: {title}", os.path.join(workdir, "figure.png"))
+    written = ["results.json", "table.md", "figure.png"]
     if results["runs"]:
         figures.figure7(results, f"Figure 7: layer responses, {title}", os.path.join(workdir, "figure7.png"))
-    return results
+        written.append("figure7.png")
+    return results, written
 
 
 def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a Ctrl-C is the runs' (training/stops.py)
     logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     with exit_on_user_error():
+        if len(argv) > 1:
+            raise ConfigError(f"unexpected arguments {argv[1:]}: every option is a --flag")
         return _study(FLAGS.workdir)
 
 
@@ -85,10 +96,18 @@ def _study(workdir: str) -> int:
         study.write_json(os.path.join(workdir, study.STATE_FILE), state)
     else:
         done = True
-    results = write_report(runs, state, label, workdir)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the runs are over: the report is written whole
+        signal.signal(signum, signal.SIG_IGN)
+    results, written = write_report(runs, state, label, workdir)
     print(report.table_markdown(results))
-    print(f"Wrote results.json, table.md, figure.png, figure7.png in {workdir}.")
-    return 0 if done else 3
+    wrote = f"wrote {', '.join(written)} in {workdir}"
+    if done:
+        print(f"Done: {wrote}.")
+        return 0
+    pending = ", ".join(results["pending"]) or "none"
+    print(f"SIGTERM: the study stopped before its end (runs to finish: {pending}); {wrote} from the runs finished "
+          "so far; the same command resumes", file=sys.stderr)  # fmt: skip
+    return EXIT_PREEMPTED
 
 
 def define_config_flag() -> None:

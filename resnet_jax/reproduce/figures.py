@@ -72,7 +72,8 @@ def figure6(runs: Sequence[Run], title: str, out: str) -> str:
         ax.set_title("plain networks" if name == "plain" else "ResNets")
         ax.set_xlabel("iterations")
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
+        if ax.get_legend_handles_labels()[0]:  # a side with no curve yet (no run of its kind): no legend, no warning
+            ax.legend(loc="upper right")
     axes["plain"].set_ylabel("error (%)  [dashed: training, bold: test]")
     axes["plain"].set_ylim(0, min(100, top * 1.1) or 100)
     fig.suptitle(title)

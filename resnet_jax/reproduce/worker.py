@@ -24,7 +24,7 @@ import numpy as np
 from resnet_jax import models, plot
 from resnet_jax.data import load_split_arrays
 from resnet_jax.data.augment import normalize
-from resnet_jax.errors import EXIT_PREEMPTED, Preempted, exit_on_user_error, run_main
+from resnet_jax.errors import EXIT_PREEMPTED, Interrupted, Preempted, exit_on_user_error, run_main
 from resnet_jax.models.responses import response_std
 from resnet_jax.reproduce.study import RESULT_FILE, write_json
 from resnet_jax.restore import restore
@@ -101,10 +101,12 @@ def _trained_steps(workdir: str) -> int:
 def finish_run(config: ml_collections.ConfigDict, workdir: str, data_label: str) -> dict[str, Any] | None:
     """Trains the run to its last step (resuming), then writes and returns its
     ``result.json`` (``{"seeds": [per seed]}``); returns None if training
-    stopped before the end (SIGTERM)."""
+    stopped before the end (SIGTERM; a Ctrl-C's `Interrupted` is raised)."""
     if _trained_steps(workdir) < config.num_train_steps:
         try:
             train_and_evaluate(config, workdir)
+        except Interrupted:
+            raise  # Ctrl-C: the study stops here, with training's line (status 130)
         except Preempted as e:
             print(e)
             return None
