@@ -4,10 +4,11 @@ Every row of docs/recipes.md's table for a recipe is here, with the published
 value (its source named in a comment) and how to read ours from the resolved
 config. A row marked "same" in the docs must equal the published value here; a
 row with a reason must differ from it (so a fix that makes a field equal its
-source also updates the docs). Recipes whose fields follow another field
-(FFCV's ramp the epochs, torchvision's EMA decay the batch and epochs, timm's
-warm-up start the learning rate) are also resolved with those set on the
-command line.
+source also updates the docs). A "same" row of a behaviour (`BEHAVIOURS`) names
+the test that checks it against the source's code, or says "not tested" and why.
+Recipes whose fields follow another field (FFCV's ramp the epochs,
+torchvision's EMA decay the batch and epochs, timm's warm-up start the learning
+rate) are also resolved with those set on the command line.
 """
 
 import importlib.util
@@ -52,7 +53,11 @@ def schedule(c):
 
 def crops(c):
     d = c.data
-    return (d.augment, d.train_image_size or d.image_size, d.interpolation)
+    return (d.augment, d.train_image_size or d.image_size, d.interpolation, d.crop_sampler)
+
+
+def window_and_resize(c):
+    return (c.data.augment, c.data.interpolation, c.data.crop_sampler)
 
 
 def evaluation(c):
@@ -92,7 +97,7 @@ FFCV = [
     ("stochastic depth", 0.0, lambda c: c.model_kwargs.get("drop_path_rate", 0.0)),
     ("zero-init residual", False, lambda c: c.model_kwargs.zero_init_residual),  # torchvision resnet50()
     # RandomResizedCropRGBImageDecoder (scale 0.08-1, ratio 3/4-4/3), resized with OpenCV's INTER_AREA
-    ("train crops", ("inception", "area"), lambda c: (c.data.augment, c.data.interpolation)),
+    ("train crops", ("inception", "area", "torchvision"), window_and_resize),
     ("progressive resizing", "160:192:17:20", lambda c: c.data.progressive_resizing),  # resolution section
     ("eval", (256, 0.875, "area"), evaluation),  # validation.resolution 256, DEFAULT_CROP_RATIO 224/256
     ("eval flip", True, lambda c: c.eval_flip),  # validation.lr_tta
@@ -118,6 +123,9 @@ TV2 = [
     ("mixup/cutmix", (0.2, 1.0, 1.0, 0.5), mixing),  # RandomChoice([RandomMixup, RandomCutmix]), p=1.0
     ("mixing draws", (128, "torchvision"), draws),  # collate_fn per process batch; batch.roll(1, 0)
     ("augmentation", ("trivial", "bilinear"), lambda c: (c.auto_augment, c.auto_augment_interpolation)),
+    # torchvision 0.11's _apply_op: F.affine(shear=[math.degrees(magnitude), 0.0]) about the centre (vision PR 5285,
+    # January 2022, made it atan(magnitude) about the corner; the V2 weights were trained in late 2021)
+    ("TrivialAugmentWide shear", "centre", lambda c: c.auto_augment_shear),
     ("random erasing", 0.1, lambda c: c.random_erasing),  # --random-erase 0.1
     ("repeated augmentation", 4, lambda c: c.data.repeated_augmentations),  # --ra-sampler --ra-reps 4
     # --model-ema, --model-ema-steps 32, --model-ema-decay 0.99998 adjusted by batch, steps and epochs
@@ -125,7 +133,7 @@ TV2 = [
     ("EMA warm-up", "reset during the warm-up epochs", None),
     ("stochastic depth", 0.0, lambda c: c.model_kwargs.get("drop_path_rate", 0.0)),
     ("zero-init residual", False, lambda c: c.model_kwargs.zero_init_residual),
-    ("train crops", ("inception", 176, "bilinear"), crops),  # --train-crop-size 176, presets.py bilinear
+    ("train crops", ("inception", 176, "bilinear", "torchvision"), crops),  # --train-crop-size 176, presets.py
     ("eval", (224, round(224 / 232, 4), "bilinear"), evaluation),  # --val-resize-size 232, --val-crop-size 224
     ("eval flip", False, lambda c: c.eval_flip),
     ("batch norm", 128, groups),  # per-GPU statistics, no --sync-bn
@@ -158,7 +166,7 @@ RSB_A1 = [
     ("EMA", 0.0, lambda c: c.ema_decay),
     ("stochastic depth", 0.05, lambda c: c.model_kwargs.get("drop_path_rate", 0.0)),
     ("zero-init residual", True, lambda c: c.model_kwargs.zero_init_residual),  # timm ResNet zero_init_last_bn
-    ("train crops", ("inception", 224, "random"), crops),  # --train-interpolation random
+    ("train crops", ("inception", 224, "random", "torchvision"), crops),  # --train-interpolation random
     ("eval", (224, 0.95, "bicubic"), evaluation),  # --crop-pct 0.95, resnet50's bicubic
     ("eval flip", False, lambda c: c.eval_flip),
     ("batch norm", 256, groups),  # per-GPU statistics, no --sync-bn
@@ -179,7 +187,7 @@ RSB_A3 = [row for row in RSB_A2 if row[0] not in ("epochs", "lr", "warm-up", "au
                                                      c.randaugment_std, c.randaugment_layers)),  # fmt: skip
     ("stochastic depth", 0.0, lambda c: c.model_kwargs.get("drop_path_rate", 0.0)),
     ("repeated augmentation", 1, lambda c: c.data.repeated_augmentations),
-    ("train crops", ("inception", 160, "random"), crops),
+    ("train crops", ("inception", 160, "random", "torchvision"), crops),
 ]
 
 # mlcommons/training at db5b42e0: image_classification/README.md "TPU-V3-64" command, tensorflow2/lars_util.py,
@@ -206,7 +214,9 @@ MLPERF = [
     ("stochastic depth", 0.0, lambda c: c.model_kwargs.get("drop_path_rate", 0.0)),
     ("zero-init residual", False, lambda c: c.model_kwargs.zero_init_residual),
     ("initialisation", "he_normal convs, N(0, 0.01) dense", None),
-    ("train crops", (0.05, 1.0), None),  # sample_distorted_bounding_box area_range, 100 attempts
+    # _decode_crop_and_flip: sample_distorted_bounding_box(min_object_covered=0.1, area_range=(0.05, 1.0),
+    # max_attempts=100); ours: the "tf" sampler with tf_inception_crop's 8-100% and 10 attempts
+    ("train crops", ("tf", "5-100%, 100 attempts"), lambda c: (c.data.crop_sampler, "8-100%, 10 attempts")),
     ("eval", (224, 0.875), lambda c: evaluation(c)[:2]),  # _RESIZE_MIN 256, central 224
     # _resize_image: tf.compat.v1.image.resize(BILINEAR, align_corners=False), no antialiasing
     ("resize", ("bilinear", "not antialiased"), lambda c: (c.data.interpolation, "antialiased")),
@@ -240,16 +250,36 @@ def equal(a, b) -> bool:
     return a == b
 
 
-def docs_tables() -> dict[str, dict[str, str]]:
-    """docs/recipes.md: recipe -> {row label: its last column ("same" or the reason)}."""
+def docs_rows() -> dict[str, dict[str, list[str]]]:
+    """docs/recipes.md: section -> {row label: the row's cells}."""
     text = open(os.path.join(ROOT, "docs", "recipes.md")).read()
     tables = {}
     for section in re.split(r"^## ", text, flags=re.M)[1:]:
         name = re.match(r"`?(\w+)`?", section).group(1)
         rows = [line for line in section.splitlines() if line.startswith("|") and not line.startswith("|-")]
         cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in rows[1:]]
-        tables[name] = {row[0]: row[-1] for row in cells}
+        tables[name] = {row[0]: row for row in cells}
     return tables
+
+
+def docs_tables() -> dict[str, dict[str, str]]:
+    """docs/recipes.md: recipe -> {row label: its last column ("same", "same (tests...)" or the reason)}."""
+    return {name: {label: row[-1] for label, row in rows.items()} for name, rows in docs_rows().items()}
+
+
+def says_same(verdict: str) -> bool:
+    """"same", alone or followed by the tests that check it ("same (tests/...)") or by "; not tested: why"."""
+    return re.match(r"same(\s*\(|;|$)", verdict) is not None
+
+
+# Rows whose published value is a behaviour of the source's code, not only a number the config holds.
+BEHAVIOURS = {
+    "warm-up", "schedule", "optimizer", "LARS", "decay exclusions", "grad clip", "loss", "mixup/cutmix",
+    "mixing draws", "augmentation", "TrivialAugmentWide shear", "random erasing", "repeated augmentation", "EMA",
+    "stochastic depth", "zero-init residual", "train crops", "progressive resizing", "eval", "eval flip",
+    "batch norm", "resize",
+}
+TEST_REFERENCE = re.compile(r"(tests/\w+\.py)::(test_\w+)")
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -258,7 +288,7 @@ def test_every_field_equals_its_source_or_its_difference_is_stated(name):
     labels = [label for label, _, _ in RECIPES[name]]
     assert sorted(labels) == sorted(table), "the test's rows and docs/recipes.md's differ"
     for label, published, ours in RECIPES[name]:
-        same = table[label].lower() == "same"
+        same = says_same(table[label])
         if ours is None:
             assert not same, f"{label}: not a config field here, so docs/recipes.md must give the reason"
             continue
@@ -288,3 +318,46 @@ def test_fields_that_follow_others_follow_them_on_the_command_line():
     assert c.ema_decay == pytest.approx(1 - (1 - 0.99998) * 512 * 32 / 300, rel=1e-12)
     c = from_command_line("imagenet_resnet50_rsb_a1", "--config.learning_rate=0.002")
     assert c.warmup_start_factor * c.learning_rate == pytest.approx(1e-4)  # timm's --warmup-lr stays 1e-4
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_behaviour_called_same_names_the_test_that_checks_it(name):
+    """A "same" behaviour row (its published value not an absence: "none", "no") names existing test functions,
+    ``(tests/test_x.py::test_y)``, or says "not tested" and why."""
+    checked = 0
+    for label, row in docs_rows()[name].items():
+        published, verdict = row[1], row[-1]
+        if label not in BEHAVIOURS or not says_same(verdict) or re.match(r"(none|no)\b", published):
+            continue
+        references = TEST_REFERENCE.findall(verdict)
+        assert references or re.search(r"not tested[:;,] \w", verdict), f"{label!r}: names no test: {verdict!r}"
+        for path, function in references:
+            with open(os.path.join(ROOT, path)) as f:
+                assert re.search(rf"^def {function}\(", f.read(), re.M), f"{label!r}: no {path}::{function}"
+        checked += 1
+    assert checked >= 5
+
+
+def crop_sampler_table() -> dict[str, str]:
+    """docs/recipes.md's table under "The training crop's window": each config its first cell names (braces
+    expanded: ``imagenet_resnet50_rsb_a{1,2,3}``) -> the sampler in its second."""
+    text = open(os.path.join(ROOT, "docs", "recipes.md")).read()
+    section = text.split("## The training crop's window")[1].split("\n## ")[0]
+    table = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            for name in re.findall(r"`([\w{},]+)`", cells[0]):
+                stem, _, rest = name.partition("{")
+                for end in rest.rstrip("}").split(",") if rest else [""]:
+                    table[stem + end] = cells[1]
+    return table
+
+
+CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, "configs")) if f.startswith(("image", "finetune")))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_each_config_crops_with_the_sampler_docs_give_its_source(name):
+    """Every ImageNet-style config is in docs/recipes.md's table of crop samplers, with its ``data.crop_sampler``."""
+    assert load(name).data.crop_sampler == crop_sampler_table()[name]
