@@ -40,7 +40,8 @@ def restore(
         folder of a run that trained a population (``seed<k>``, or one named by
         its swept values).
       step: a step number, "latest" (default) or "best" (highest eval top-1;
-        the mean over the members of a population).
+        the mean over the members of a population; an error where no
+        checkpoint holds an evaluation yet, rather than the latest).
       ema: load the EMA weights (if the run kept them).
       member: which member of a population (0 ... K - 1, in the order of its
         checkpoint's ``members``); needed for such a run unless `workdir` is a
@@ -132,6 +133,11 @@ def _candidates(ckpt: Checkpointer, step: int | str | None) -> list[int]:
         found = ckpt.by_preference("best" if step == "best" else "latest")
         if not found:
             raise NotFoundError(f"no checkpoint in {ckpt.directory}")
+        if step == "best" and not (ckpt.metadata(found[0])["metrics"] or {}).get("top1"):  # "best" ranks the
+            raise NotFoundError(  # evaluated steps first: none is, and "best" would quietly mean "latest"
+                f'step "best" needs an evaluated checkpoint, and none of {ckpt.directory} holds an evaluation '
+                f'(its steps: {sorted(found)}); name one of them, or "latest"'
+            )
         return found
     try:
         number = int(step)

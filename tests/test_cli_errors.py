@@ -5,6 +5,7 @@ and exit 2 with no traceback; a bug keeps its traceback. Each error is checked i
 
 import glob
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -13,9 +14,12 @@ import jax
 import numpy as np
 import pytest
 from conftest import QUICK_NARROW, ROOT, cli_args, env_with_devices, make_image_folder, override, tiny_config
+from fixtures.make_checkpoints import HERE as FIXTURES
 
 from resnet_jax import convert, errors, parallel, predict
 from resnet_jax.evaluate import evaluate_checkpoint
+from resnet_jax.restore import read_metadata
+from resnet_jax.training.checkpoint import Checkpointer
 from resnet_jax.training.loop import train_and_evaluate
 
 
@@ -161,6 +165,34 @@ def test_predict_and_convert_user_errors_are_one_line(trained_r20, tmp_path, cap
     assert "missing layer1/0/bn1" in err or "missing" in err
     one_line(capsys, lambda: convert.main(["torchvision", "cifar_resnet20", str(tmp_path / "part.safetensors"),
                                            str(tmp_path / "o4")]), "no torchvision counterpart")  # fmt: skip
+
+
+class _State(dict):
+    """A saved state as a dict, with the `.step` that `Checkpointer.save` reads."""
+
+    @property
+    def step(self):
+        return self["step"]
+
+
+def test_step_best_before_any_evaluation_is_one_line_naming_the_steps(image_folder, tmp_path, capsys):
+    """Checkpoints of steps 3 and 6, neither evaluated (saved by a stop in the middle of an evaluation, or
+    by checkpoint_every_steps before the first): "best" is an error naming them, not quietly the latest."""
+    workdir = str(tmp_path / "run")
+    with open(os.path.join(FIXTURES, "one_seed", "checkpoints", "6", "metadata", "metadata")) as f:
+        metadata = json.load(f)
+    ckpt = Checkpointer(workdir, async_save=False)
+    for step in (3, 6):
+        ckpt.save(_State(step=np.asarray(step, np.int32), params={"w": np.ones(3, np.float32)}), metadata)
+    ckpt.close()
+    message = (f'step "best" needs an evaluated checkpoint, and none of {workdir}/checkpoints holds an evaluation '
+               '(its steps: [3, 6]); name one of them, or "latest"')  # fmt: skip
+    with pytest.raises(errors.NotFoundError) as raised:
+        read_metadata(workdir, "best")
+    assert str(raised.value) == message and read_metadata(workdir)["step"] == 6
+    good = glob.glob(f"{image_folder}/test/*/*.png")[:1]
+    err = one_line(capsys, lambda: predict.main(["--workdir", workdir, "--step", "best", *good]), message)
+    assert err == f"error: {message}\n"
 
 
 def test_predict_and_convert_print_a_user_error_as_one_line_in_their_own_processes(tmp_path):
