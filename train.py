@@ -10,16 +10,14 @@ from resnet_jax.errors import stop_while_starting
 
 stop_while_starting("train.py")  # a SIGTERM or Ctrl-C during the imports and the config file: one line
 
-import json  # noqa: E402
 import signal  # noqa: E402
 
-import jax  # noqa: E402
 from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from resnet_jax import parallel  # noqa: E402
-from resnet_jax.errors import ConfigError, exit_on_user_error, run_app, stops_raise  # noqa: E402
-from resnet_jax.evaluate import evaluate_checkpoint  # noqa: E402
+from resnet_jax.errors import ConfigError, exit_on_user_error, run_app  # noqa: E402
+from resnet_jax.evaluate import evaluate_command  # noqa: E402
 from resnet_jax.training.loop import train_and_evaluate  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -43,13 +41,7 @@ def main(argv):
             finally:
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the run's work is over: a SIGTERM while it exits
             return
-        # Evaluation has nothing to save: a SIGTERM or Ctrl-C stops it at once, in one line (status 3, 130).
-        with stops_raise("train.py --mode=eval", "nothing was written"):
-            metrics = evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.step)
-        if jax.process_index() == 0:
-            per_class = metrics.pop("per_class_accuracy")
-            print(json.dumps(metrics, indent=2))
-            print("per-class top-1:", " ".join(f"{a:.3f}" for a in per_class))
+        evaluate_command(FLAGS.config, FLAGS.workdir, FLAGS.step)
 
 
 if __name__ == "__main__":

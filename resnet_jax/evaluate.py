@@ -15,7 +15,7 @@ import jax
 import ml_collections
 
 from resnet_jax import parallel
-from resnet_jax.errors import CheckpointMismatchError, stops_held, warn, write_advice
+from resnet_jax.errors import CheckpointMismatchError, stops_held, stops_raise, warn, write_advice
 from resnet_jax.restore import restore, use_checkpoint_preprocessing
 from resnet_jax.training.evaluator import make_evaluator
 
@@ -49,6 +49,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
     if jax.process_index() == 0:
         write_record(os.path.join(workdir, f"eval_{split}_{info['step']}.json"), metrics)
     return metrics
+
+
+def evaluate_command(config: ml_collections.ConfigDict, workdir: str, step: int | str | None = None) -> None:
+    """``train.py --mode=eval``: `evaluate_checkpoint`, then the metrics printed.
+    Nothing is written before the end, so a SIGTERM or Ctrl-C stops it at once:
+    one line, ``SIGTERM: train.py --mode=eval stopped; nothing was written``
+    (`Preempted`, status 3; Ctrl-C a ``KeyboardInterrupt``, 130)."""
+    with stops_raise("train.py --mode=eval", "nothing was written"):
+        metrics = evaluate_checkpoint(config, workdir, step)
+    if jax.process_index() == 0:
+        per_class = metrics.pop("per_class_accuracy")
+        print(json.dumps(metrics, indent=2))
+        print("per-class top-1:", " ".join(f"{a:.3f}" for a in per_class))
 
 
 def write_record(path: str, metrics: dict) -> bool:
