@@ -21,6 +21,10 @@ Every fenced block of the pages is read here, in the order a reader meets it:
   ``<!-- requires: <what, and why> -->``. A marked python block is compiled,
   not run; a bash block names such a thing when it names a path outside the
   checkout (``/...``, ``~``, ``../``).
+
+Beside the blocks: every file of the checkout, ``resnet_jax`` module or name,
+and config field a page names exists, and the README's one-command install
+holds the extra of every config's input pipeline.
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ def python_commands(words: list[str]) -> list[str] | None:
     return None
 
 
-def source_of(words: list[str]) -> tuple[str, list[str]]:
+def source_of(words: list[str]) -> tuple[list[str], list[str]]:
     """The files that define a ``python ...`` command's flags, and its arguments."""
     if words[1] == "-m":
         spec = importlib.util.find_spec(words[2])
@@ -166,8 +170,31 @@ def check_config(words: list[str]) -> None:
         config_check.check(values.config)
 
 
+def check_command(words: list[str], where: str) -> None:
+    """`words` (a ``python ...`` command) names an existing file or module, flags it defines
+    and, for train.py and reproduce, config fields that parse; ``python -c`` code compiles."""
+    if words[1] == "-c":
+        compile(words[2], where, "exec")
+        return
+    try:
+        sources, args = source_of(words)
+    except AssertionError as e:
+        raise AssertionError(f"{where}: {e}") from None
+    for name in flag_names(args):
+        assert defines(sources, name), f"{where}: {' '.join(words[:3])} has no flag --{name}"
+    for a in args:
+        if a.endswith(".py") and "/" in a and not a.startswith("--"):
+            assert os.path.isfile(os.path.join(ROOT, a.split("=")[-1])), f"{where}: {a} does not exist"
+    if words[1] == "train.py" or words[1:3] == ["-m", "resnet_jax.reproduce"]:
+        try:
+            check_config(words)
+        except Exception as e:  # noqa: BLE001 - the parser's or the check's own message
+            raise AssertionError(f"{where}: {' '.join(words)}: {type(e).__name__}: {e}") from None
+
+
 def workdirs(words: list[str]) -> tuple[list[str], list[str]]:
     """The workdirs a ``python ...`` command writes and those it reads."""
+
     def value(flag: str) -> str | None:
         for i, w in enumerate(words):
             if w == flag and i + 1 < len(words):
@@ -221,7 +248,7 @@ def test_python_blocks_run_as_written(doc_folder):
                     exec(code, namespace)
 
 
-@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # ml_collections reads config files so
+@pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")  # how ml_collections reads a config file
 @pytest.mark.parametrize("page", PAGES)
 def test_shell_blocks_parse_and_name_what_exists(page):
     written = []
@@ -233,7 +260,8 @@ def test_shell_blocks_parse_and_name_what_exists(page):
         if b.lang == "python":
             for kind, path in re.findall(r"(restore|export)\(\s*\"([^\"]+)\"", b.text):
                 assert any(path == w or path.startswith(w + "/") for w in written), (
-                    f"{where}: {kind}({path!r}) reads a workdir no command earlier on the page writes")
+                    f"{where}: {kind}({path!r}) reads a workdir no command earlier on the page writes"
+                )
             continue
         done = subprocess.run(["bash", "-n"], input=b.text, capture_output=True, text=True)
         assert done.returncode == 0, f"{where}: not valid bash: {done.stderr}"
@@ -247,34 +275,13 @@ def test_shell_blocks_parse_and_name_what_exists(page):
             writes, reads = workdirs(words)
             for r in reads:
                 assert any(r == w or r.startswith(w + "/") for w in written), (
-                    f"{where}: {' '.join(words[:3])} reads {r}, which no command earlier on the page writes")
+                    f"{where}: {' '.join(words[:3])} reads {r}, which no command earlier on the page writes"
+                )
             written += writes
     for text in inline_commands(page):
         words = python_commands(shlex.split(text))
         if words is not None:
             check_command(words, f"{page}: `{text}`")
-
-
-def check_command(words: list[str], where: str) -> None:
-    """`words` (a ``python ...`` command) names an existing file or module, flags it defines
-    and, for train.py and reproduce, config fields that parse; ``python -c`` code compiles."""
-    if words[1] == "-c":
-        compile(words[2], where, "exec")
-        return
-    try:
-        sources, args = source_of(words)
-    except AssertionError as e:
-        raise AssertionError(f"{where}: {e}") from None
-    for name in flag_names(args):
-        assert defines(sources, name), f"{where}: {' '.join(words[:3])} has no flag --{name}"
-    for a in args:
-        if a.endswith(".py") and "/" in a and not a.startswith("--"):
-            assert os.path.isfile(os.path.join(ROOT, a.split("=")[-1])), f"{where}: {a} does not exist"
-    if words[1] == "train.py" or words[1:3] == ["-m", "resnet_jax.reproduce"]:
-        try:
-            check_config(words)
-        except Exception as e:  # noqa: BLE001 - the parser's or the check's own message
-            raise AssertionError(f"{where}: {' '.join(words)}: {type(e).__name__}: {e}") from None
 
 
 def named_paths(text: str) -> list[str]:
