@@ -22,7 +22,7 @@ from conftest import ROOT
 from ml_collections import config_flags
 
 from resnet_jax import batch_layout
-from resnet_jax.data import resolution
+from resnet_jax.data import augment, resolution
 
 Row = tuple  # (label, published value, ours(config) or None where ours is no config field)
 
@@ -54,6 +54,11 @@ def schedule(c):
 def crops(c):
     d = c.data
     return (d.augment, d.train_image_size or d.image_size, d.interpolation, d.crop_sampler)
+
+
+def eval_resize(c):
+    d = c.data
+    return (d.image_size, augment.eval_short_side(d.image_size, d.crop_fraction), d.interpolation)
 
 
 def window_and_resize(c):
@@ -167,7 +172,8 @@ RSB_A1 = [
     ("stochastic depth", 0.05, lambda c: c.model_kwargs.get("drop_path_rate", 0.0)),
     ("zero-init residual", True, lambda c: c.model_kwargs.zero_init_residual),  # timm ResNet zero_init_last_bn
     ("train crops", ("inception", 224, "random", "torchvision"), crops),  # --train-interpolation random
-    ("eval", (224, 0.95, "bicubic"), evaluation),  # --crop-pct 0.95, resnet50's bicubic
+    # --crop-pct 0.95, resnet50's bicubic; transforms_imagenet_eval: Resize(math.floor(img_size / crop_pct))
+    ("eval", (224, math.floor(224 / 0.95), "bicubic"), eval_resize),
     ("eval flip", False, lambda c: c.eval_flip),
     ("batch norm", 256, groups),  # per-GPU statistics, no --sync-bn
     ("BN running averages", "the first GPU's (DDP broadcast_buffers)", None),

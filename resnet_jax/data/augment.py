@@ -256,11 +256,17 @@ def _resize_short_side(image: Any, short: int, interpolation: str = "bicubic") -
     return tf.image.resize(image, new, method=resize_method(interpolation), antialias=True)
 
 
+def eval_short_side(size: int, crop_fraction: float) -> int:
+    """The short side the evaluation crop resizes to: ``size / crop_fraction`` rounded (timm floors it: 235
+    where this gives 236 for 224 / 0.95)."""
+    return int(round(size / crop_fraction))
+
+
 def _center_crop(image: Any, size: int, crop_fraction: float, interpolation: str = "bicubic") -> Any:
-    """Resizes the short side to ``size / crop_fraction``, crops the center ``size``."""
+    """Resizes the short side to `eval_short_side`, crops the center ``size``."""
     import tensorflow as tf
 
-    image = _resize_short_side(image, int(round(size / crop_fraction)), interpolation)
+    image = _resize_short_side(image, eval_short_side(size, crop_fraction), interpolation)
     shape = tf.shape(image)
     return tf.image.crop_to_bounding_box(image, (shape[0] - size) // 2, (shape[1] - size) // 2, size, size)
 
@@ -314,7 +320,7 @@ def pil_center_crop(
     """`tf_center_crop` for an opened Pillow image: the central `size` x `size`
     of the image resized so that its short side is ``size / crop_fraction``."""
     width, height = image.size
-    scale = round(size / crop_fraction) / min(width, height)
+    scale = eval_short_side(size, crop_fraction) / min(width, height)
     new_w, new_h = round(width * scale), round(height * scale)
     x, y = (new_w - size) // 2, (new_h - size) // 2
     sx, sy = width / new_w, height / new_h
