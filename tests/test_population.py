@@ -171,8 +171,11 @@ def test_a_one_member_population_ends_where_the_unstacked_trainer_did(image_fold
     before = np.load(one_member.OUT)
     assert len(now) > 50
     assert sorted(f"{pipeline}{k}" for k in now) == sorted(k for k in before if k.startswith(pipeline))
+    # jax 0.10.2 meets the fixture exactly (0 difference; 2.4e-7 without XLA:CPU's fusion emitters, as
+    # tests/conftest.py compiles). jax 0.12.1's XLA rounds the same float32 steps otherwise: 1.6e-6 at most,
+    # 3.5e-6 relative, 2 elements past rtol=1e-6 (a kernel of stage 3 and its EMA; 2-core CPU, 2026-12-08).
     for key, x in now.items():
-        np.testing.assert_allclose(x, before[f"{pipeline}{key}"], rtol=1e-6, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(x, before[f"{pipeline}{key}"], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.slow
