@@ -281,6 +281,7 @@ def test_shell_blocks_parse_and_name_what_exists(page):
     for text in inline_commands(page):
         words = python_commands(shlex.split(text))
         if words is not None:
+            assert not re.search(r"<[^>]*>", text), f"{page}: `{text}` holds a <placeholder>, which does not paste"
             check_command(words, f"{page}: `{text}`")
 
 
