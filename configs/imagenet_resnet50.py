@@ -7,11 +7,24 @@ last BN of each residual branch. Inception-style random-resized crops at 224;
 evaluation resizes to 256 and takes the central 224.
 
 Input through tf.data (TFDS imagenet2012 as TFRecord files, or a folder);
---config.data.pipeline=grain reads an ImageNet folder, or imagenet2012 prepared
-with `tfds build imagenet2012 --file_format=array_record`, without TensorFlow.
+--config.data.pipeline=grain --config.data.crop_sampler=torchvision reads an
+ImageNet folder, or imagenet2012 prepared with `tfds build imagenet2012
+--file_format=array_record`, without TensorFlow.
 
 Target (not yet a result of this package): 76.1-76.5% top-1, torchvision's
 ResNet-50 v1.5 (76.13%) and the Flax ImageNet example (76.3-76.5%).
+
+Not one published recipe. Closest: the Flax ImageNet example
+(google/flax examples/imagenet, `configs/tpu.py`, `train.py`,
+`input_pipeline.py`), whose lr 0.1 x batch / 256, 5 warm-up epochs from 0 then
+cosine, Nesterov momentum 0.9, L2 decay 1e-4 on the kernels only, batch 1,024,
+bfloat16, zero-initialised last batch norm of each block and training crop
+(TensorFlow's `sample_distorted_bounding_box`, ``min_object_covered=0.1``, 10
+attempts, the evaluation crop when it returns the whole image:
+``data.crop_sampler="tf"``, tf.data only) it keeps. It differs from that example
+in 90 epochs (the example's 100), label smoothing 0.1 (none there) and
+torchvision's initialisation (flax's LeCun normal). `--config.data.pipeline=grain`
+needs ``--config.data.crop_sampler=torchvision`` (torchvision's window).
 Other depths: configs/imagenet_resnet{18,34,101,152}.py.
 """
 

@@ -5,7 +5,8 @@ and `train_imagenet.py`: 8 processes (`world_size: 8`) of `batch_size: 512`, a g
 `lr: 1.7` (not scaled by the batch); SGD momentum 0.9, weight decay 1e-4 (none on the parameters named
 `bn`), label smoothing 0.1, the "cyclic" schedule (linear from 1e-4 x lr up to lr over 2 epochs, then
 linear down to 0 at the last epoch, set every iteration), progressive resizing of the random-resized
-crops from 160 to 192 between `start_ramp` and `end_ramp`, evaluation at 256 of the central 224/256
+crops (`get_random_crop`: torchvision's window, ``data.crop_sampler="torchvision"``) from 160 to 192
+between `start_ramp` and `end_ramp`, evaluation at 256 of the central 224/256
 of the image, test-time flips. Published top-1 (README, 8 A100s): 73.8% (16 epochs), 75.6% (24),
 76.6% (32), 77.2% (40), 78.0% (56), 78.4% (88).
 

@@ -20,7 +20,8 @@ Not yet a result of this package. Differences, each in docs/recipes.md: batch-no
 per group of 64 as the reference's per replica, their running averages the groups' mean; the
 reference initialises convolutions with Keras's `he_normal` (truncated normal, fan-in) and the
 classifier with N(0, 0.01), ours with torchvision's normal fan-out and uniform; its random crops
-cover 5-100% of the image, ours 8-100% (and 10 tries, not 100); it resizes bilinearly without
+(TensorFlow's `sample_distorted_bounding_box`, ours too: ``data.crop_sampler="tf"``) cover 5-100% of
+the image in up to 100 tries, ours 8-100% in 10; it resizes bilinearly without
 antialiasing, ours bilinearly with it; its polynomial decay runs over ``train - warmup + 1`` steps,
 ours over ``train - warmup``; bfloat16 compute instead of float32.
 """

@@ -11,8 +11,9 @@ release of the RSB weights): its `Lamb` clips the gradients' global norm at 1.0
 (`max_grad_norm`), its `BinaryCrossEntropy` thresholds the targets at 0.2
 (`--bce-target-thresh 0.2` of the A1-A3 commands), its `train.py` steps the
 schedule once an epoch, warming up from `--warmup-lr` 1e-4 and decaying to
-`--min-lr` 1e-6, and `Mixup` draws once per GPU batch (8 GPUs x 256) and pairs
-each image with its mirror in the batch (flip).
+`--min-lr` 1e-6, `Mixup` draws once per GPU batch (8 GPUs x 256) and pairs
+each image with its mirror in the batch (flip), and `RandomResizedCropAndInterpolation`
+draws torchvision's window (``data.crop_sampler="torchvision"``).
 Procedures A2 (300 epochs, 79.8%) and A3 (100 epochs at 160, 78.1%):
 configs/imagenet_resnet50_rsb_a2.py, configs/imagenet_resnet50_rsb_a3.py.
 
@@ -22,7 +23,8 @@ the first GPU's; timm's default train interpolation "random" (bilinear or bicubi
 bicubic here, and its RandAugment picks bilinear or bicubic per op where ours is bilinear; timm's
 cosine runs over all the epochs, warm-up included (`warmup_prefix=False`), ours over those after the
 warm-up; timm's `train.py` of that commit adds 10 cooldown epochs at `--min-lr` unless the command
-sets `--cooldown-epochs 0` (Table 1 counts 600 epochs: none here); bfloat16 compute instead of
+sets `--cooldown-epochs 0` (Table 1 counts 600 epochs: none here); timm's evaluation resizes the
+short side to ``floor(224 / 0.95)`` = 235, ours to 236 (rounded); bfloat16 compute instead of
 float16 with loss scaling; the augmentations run on the accelerator, inside the train step
 (`resnet_jax.augment.batch`).
 """

@@ -12,9 +12,13 @@ Primitives" (pytorch/vision issue 3995): `torchrun --nproc_per_node=8 train.py
 step, SGD momentum 0.9, the learning rate set once an epoch, a warm-up from
 0.01 x lr (`--lr-warmup-decay`), EMA every 32 steps (decay 0.99998, adjusted by
 torchvision for batch and steps), bilinear interpolation in the random-resized
-crop, TrivialAugmentWide and the evaluation resize, mixup or cutmix drawn once
-per GPU batch of 128 with each image paired with the previous one (`roll(1)`)
-and `transforms.v2.CutMix`'s box.
+crop (`RandomResizedCrop`'s window: ``data.crop_sampler="torchvision"``),
+TrivialAugmentWide and the evaluation resize, mixup or cutmix drawn once per GPU
+batch of 128 with each image paired with the previous one (`roll(1)`) and
+`transforms.v2.CutMix`'s box, in float32 (the command has no `--amp`). The
+weights were trained in late 2021, with torchvision 0.11's TrivialAugmentWide,
+whose shear turns by m radians about the centre (vision PR 5285 later made it
+factor m about the corner): ``auto_augment_shear="centre"``.
 Published: 80.858% top-1, 95.434% top-5 (the weights' EMA).
 
 Not yet a result of this package: nobody has trained it here (600 epochs of ImageNet are weeks of a
@@ -22,8 +26,8 @@ GPU). Differences, each in docs/recipes.md: batch-norm statistics are per group 
 torchvision's per GPU, but the running averages are the groups' mean where DDP keeps the first
 GPU's; the dense head's bias takes no decay here (`weight_decay_exclude_bn_bias` excludes every 1-D
 parameter; torchvision exempts the norms only); the EMA is not reset to the weights during the
-warm-up epochs as torchvision's is; bfloat16 compute instead of float16 with loss scaling; the
-augmentations run on the accelerator, inside the train step (`resnet_jax.augment.batch`).
+warm-up epochs as torchvision's is; bfloat16 compute instead of float32; the augmentations run
+on the accelerator, inside the train step (`resnet_jax.augment.batch`).
 """
 
 import os
