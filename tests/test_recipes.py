@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 from conftest import ROOT, tiny_config
 
 from resnet_jax.augment import batch as batch_augment
@@ -100,7 +99,8 @@ def test_lamb_is_optax_lamb_and_adapts_only_where_it_decays():
 def test_lamb_clips_the_global_norm_as_timms_lamb():
     """timm's Lamb (max_grad_norm=1.0, its default; no decay or trust ratio on the 1-D group) against ours with
     max_grad_norm=1.0 over five steps whose gradients' global norm is above 1 and below it."""
-    from timm.optim import Lamb
+    torch = pytest.importorskip("torch")
+    Lamb = pytest.importorskip("timm.optim").Lamb
 
     rng = np.random.default_rng(1)
     params = {"conv": rng.normal(size=(4, 6)).astype(np.float32), "bn": rng.normal(size=(6,)).astype(np.float32)}
@@ -134,7 +134,8 @@ def test_lamb_clips_the_global_norm_as_timms_lamb():
 
 
 def test_bce_target_threshold_is_timms():
-    from timm.loss import BinaryCrossEntropy
+    torch = pytest.importorskip("torch")
+    BinaryCrossEntropy = pytest.importorskip("timm.loss").BinaryCrossEntropy
 
     rng = np.random.default_rng(2)
     logits, labels = rng.normal(size=(6, 5)).astype(np.float32) * 3, rng.integers(0, 5, 6)
@@ -151,7 +152,8 @@ def test_bce_target_threshold_is_timms():
 
 
 def test_bce_is_timms():
-    from timm.loss import BinaryCrossEntropy
+    torch = pytest.importorskip("torch")
+    BinaryCrossEntropy = pytest.importorskip("timm.loss").BinaryCrossEntropy
 
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(6, 5)).astype(np.float32) * 3, rng.integers(0, 5, 6)
@@ -193,6 +195,7 @@ def test_schedules_equal_optax_and_run_on_the_host_and_traced(schedule):
 def test_per_epoch_schedule_is_torchvisions_warmup_and_cosine():
     """torchvision's train.py: LinearLR(start_factor=0.01, total_iters=5) then CosineAnnealingLR(T_max=epochs - 5),
     stepped once an epoch; the rate within each epoch is the one set at its start."""
+    torch = pytest.importorskip("torch")
     c = default_config()
     c.lr_schedule, c.learning_rate, c.warmup_epochs, c.warmup_start_factor = "cosine", 0.5, 5, 0.01
     c.lr_step_every_epoch = True
@@ -329,8 +332,9 @@ def test_data_interpolation_is_torchvisions_eval_resize(interpolation):
     level or a few on average, the other one far off."""
     import io
 
-    import torchvision.transforms as T
     from PIL import Image
+
+    T = pytest.importorskip("torchvision.transforms")
 
     from resnet_jax.data import augment
 
@@ -353,6 +357,7 @@ def test_data_interpolation_is_torchvisions_eval_resize(interpolation):
 def test_ghost_batch_norm_is_torchs_batch_norm_on_each_group():
     """BatchNorm(group_size=4) on 16 examples: each group of 4 normalised as torch.nn.BatchNorm2d normalises one
     process's 4 (train mode); the running averages the mean of the 4 groups' torch buffers after the step."""
+    torch = pytest.importorskip("torch")
     from resnet_jax.models.blocks import BatchNorm
 
     rng = np.random.default_rng(3)
