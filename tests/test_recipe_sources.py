@@ -109,3 +109,45 @@ def test_eval_flip_ranks_as_ffcvs_summed_logits():
     assert int(ours["top1"]) == int((top5[:, 0] == labels).sum())
     assert int(ours["top5"]) == int((top5 == labels[:, None]).any(1).sum())
     assert int(plain["top1"]) != int(ours["top1"])  # the mirror changes the ranking here
+
+
+@pytest.mark.parametrize("style", ["timm", "torchvision"])
+def test_mixing_draws_are_the_sources(style):
+    """One draw per chunk, as the source draws one per GPU batch: mixup or cutmix (switch 0.5), the mixup lambda
+    and the cutmix lambda corrected by its box, against timm's `Mixup._params_per_batch` + `cutmix_bbox_and_lam`
+    (RSB: mixup 0.2 / cutmix 1.0) or torchvision's `RandomChoice([MixUp(0.2), CutMix(1.0)])` (V2), 4,000 draws
+    each: the share of cutmix within 4 standard deviations, the lambdas by Kolmogorov-Smirnov tests."""
+    import jax
+    from scipy import stats
+
+    from resnet_jax.augment.mixing import mix_params
+
+    n, h, w = 4000, 32, 24
+    keys = jax.random.split(jax.random.key(11), n)
+    draw = jax.jit(jax.vmap(lambda k: mix_params(k, h, w, mixup_alpha=0.2, cutmix_alpha=1.0, style=style)))
+    ours = draw(keys)
+    ours_cut, ours_lam = np.asarray(ours.use_cutmix), np.asarray(ours.lam, np.float64)
+    if style == "timm":
+        timm_mixup = pytest.importorskip("timm.data.mixup")
+        mixer = timm_mixup.Mixup(mixup_alpha=0.2, cutmix_alpha=1.0, num_classes=10)
+        np.random.seed(0)
+        ref = []
+        for _ in range(n):
+            lam, cut = mixer._params_per_batch()
+            ref.append((cut, timm_mixup.cutmix_bbox_and_lam((h, w), lam, correct_lam=True)[1] if cut else lam))
+    else:
+        from torchvision.transforms import v2
+
+        torch.manual_seed(0)
+        mixup, cutmix = v2.MixUp(alpha=0.2, num_classes=10), v2.CutMix(alpha=1.0, num_classes=10)
+        image = torch.zeros(3, h, w)
+        ref = []
+        for _ in range(n):
+            cut = bool(torch.randint(2, ()))  # RandomChoice of the two, with equal probabilities
+            params = (cutmix if cut else mixup).make_params([image])
+            ref.append((cut, params["lam_adjusted"] if cut else params["lam"]))
+    ref_cut, ref_lam = np.array([c for c, _ in ref]), np.array([lam for _, lam in ref], np.float64)
+    assert abs(ours_cut.mean() - ref_cut.mean()) < 4 * np.sqrt(0.25 / n) * np.sqrt(2)
+    for kind in (False, True):
+        p = stats.ks_2samp(ours_lam[ours_cut == kind], ref_lam[ref_cut == kind]).pvalue
+        assert p > 1e-3, (style, "cutmix" if kind else "mixup", p)
