@@ -237,6 +237,7 @@ def doc_folder(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_python_blocks_run_as_written(doc_folder):
     """Every page's python blocks, in one process (the pages' networks share their compiled operations)."""
     for page in pages_with("python"):
