@@ -458,19 +458,23 @@ def test_ctrl_c_in_the_middle_of_a_compilation_is_one_line_and_status_130():
     assert (proc.returncode, proc.stderr) == (130, "Ctrl-C: stopped\n"), proc.stderr[-2000:]
 
 
-def test_train_py_ctrl_c_while_it_starts_is_one_line(image_folder, tmp_path):
-    """A Ctrl-C during train.py's imports (before its `main`): one line and status 130, no traceback, no
-    workdir made."""
+@pytest.mark.parametrize("signum, line", [
+    (signal.SIGINT, "Ctrl-C: train.py stopped while starting; nothing was written"),
+    (signal.SIGTERM, "SIGTERM: train.py stopped while starting; nothing was written"),
+], ids=["ctrl-c", "sigterm"])  # fmt: skip
+def test_train_py_stopped_while_it_starts_is_one_line(image_folder, tmp_path, signum, line):
+    """A Ctrl-C or SIGTERM during train.py's imports (before its `main`): one line and status 130 or 3, no
+    traceback, no workdir made."""
     args = cli_args(image_folder, tmp_path / "run")
     proc = subprocess.Popen(args, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # fmt: skip
 
-    def catches_sigint() -> bool:  # started ignoring it, the process catches SIGINT once train.py's handler is set
+    def catches_it() -> bool:  # the process catches the signal once train.py's first statement has run
         status = open(f"/proc/{proc.pid}/status").read()
-        return bool(int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16) & (1 << (signal.SIGINT - 1)))
+        return bool(int(re.search(r"SigCgt:\s*([0-9a-f]+)", status).group(1), 16) & (1 << (signum - 1)))
 
-    wait_for(catches_sigint, proc)  # its first statement: JAX is still to be imported
-    proc.send_signal(signal.SIGINT)
+    wait_for(catches_it, proc)  # its first statement: JAX is still to be imported
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert (proc.returncode, err) == (130, "Ctrl-C: train.py stopped while starting; nothing was written\n"), err
+    assert (proc.returncode, err) == (130 if signum == signal.SIGINT else 3, line + "\n"), err
     assert not (tmp_path / "run").exists()
