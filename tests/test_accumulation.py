@@ -2,6 +2,8 @@
 one after another, then one update, train what k devices with per-device batch
 norm train (`resnet_jax.training.steps.train_step`)."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -23,12 +25,14 @@ def config_of(folder, pipeline: str = "device", **fields):
                        **{"data.pipeline": pipeline, **fields})  # fmt: skip
 
 
-def run(config, devices: int, member_batching: str = "auto", steps_per_call: int = 1):
-    """`STEPS` steps of `config`'s compiled step (`loop.setup`) on the first
-    `devices` devices from its initial state: (the state on the host, each
-    call's [members, metrics] log window, the head's kernel before training)."""
+def run(config, devices: int, member_batching: str = "auto", steps_per_call: int = 1, micro_loop: str = "auto"):
+    """`STEPS` steps of `config`'s compiled step (`loop.setup`, the micro-batches
+    run as `micro_loop` says: `steps.ACCUMULATION_LOOPS`) on the first `devices`
+    devices from its initial state: (the state on the host, each call's
+    [members, metrics] log window, the head's kernel before training)."""
     mesh = parallel.make_mesh(jax.devices()[:devices])
     built = loop.setup(config.copy_and_resolve_references(), mesh)
+    built = dataclasses.replace(built, options=dataclasses.replace(built.options, micro_loop=micro_loop))
     assert built.pipeline.steps_per_epoch == STEPS
     train = built.compile_step(member_batching, steps_per_call)
     state, windows = built.state, []
@@ -62,15 +66,16 @@ def assert_same(a, b, initial_head=None) -> float:
     return worst
 
 
-@pytest.mark.parametrize("pipeline", ["tfds", "device"])
-def test_four_micro_batches_on_one_device_train_what_four_devices_do(image_folder, pipeline):
+@pytest.mark.parametrize("pipeline, micro_loop", [("tfds", "auto"), ("device", "scan")])
+def test_four_micro_batches_on_one_device_train_what_four_devices_do(image_folder, pipeline, micro_loop):
     """source_devices=4 (BN groups and mixing chunks of 4 images): one device
     with 4 micro-batches equals 4 devices with 1, array for array of the
-    state, after 3 updates; on the on-device pipeline the 3 steps are one
-    call (steps_per_call=3). The logged loss and accuracy sums agree."""
+    state, after 3 updates; the micro-batches unrolled (the CPU's default) on
+    tf.data, a while loop on the on-device pipeline, whose 3 steps are one call
+    (steps_per_call=3). The logged loss and accuracy sums agree."""
     config = config_of(image_folder, pipeline, source_devices=4)
     accumulated = config_of(image_folder, pipeline, source_devices=4, gradient_accumulation_steps=4)
-    one, one_windows, head = run(accumulated, 1, steps_per_call=3 if pipeline == "device" else 1)
+    one, one_windows, head = run(accumulated, 1, steps_per_call=3 if pipeline == "device" else 1, micro_loop=micro_loop)
     four, four_windows, _ = run(config, 4)
     assert int(one.step) == int(four.step) == STEPS  # a step is one update
     print(f"largest difference: {assert_same(one, four, head):.2e}")
@@ -79,12 +84,12 @@ def test_four_micro_batches_on_one_device_train_what_four_devices_do(image_folde
 
 
 def test_two_micro_batches_update_once_with_ema(image_folder):
-    """k=2 on 2 devices (each micro-batch spread over both) with EMA, mixup
-    and cutmix equals k=1 on one device with BN groups and mixing chunks of
-    B/2 (source_devices=2): one optimiser update, one schedule count and one
-    EMA update per step."""
+    """k=2 in a while loop on 2 devices (each micro-batch spread over both)
+    with EMA, mixup and cutmix equals k=1 on one device with BN groups and
+    mixing chunks of B/2 (source_devices=2): one optimiser update, one schedule
+    count and one EMA update per step."""
     fields = {"source_devices": 2, "ema_decay": 0.5}
-    accumulated, _, head = run(config_of(image_folder, gradient_accumulation_steps=2, **fields), 2)
+    accumulated, _, head = run(config_of(image_folder, gradient_accumulation_steps=2, **fields), 2, micro_loop="scan")
     plain, _, _ = run(config_of(image_folder, **fields), 1)
     assert int(accumulated.step) == STEPS
     print(f"largest difference: {assert_same(accumulated, plain, head):.2e}")

@@ -42,6 +42,13 @@ def binary_cross_entropy(
 
 LOSSES = {"ce": cross_entropy, "bce": binary_cross_entropy}
 
+# How gradient accumulation's micro-batches run (`StepOptions.micro_loop`): "scan", a `jax.lax.scan` (a while
+# loop), holds one micro-batch's activations at a time, what accumulation is for; "unroll", the same scan unrolled
+# in the program, runs at one pass's speed on XLA:CPU, whose gradients inside a while loop are about 10x slower, but
+# XLA:CPU then holds about the whole batch's activations (docs/recipes.md, "Accumulation"); "auto": unroll on a
+# CPU, scan on a GPU or TPU.
+ACCUMULATION_LOOPS = ("auto", "scan", "unroll")
+
 
 def _smooth(one_hot: jax.Array, label_smoothing: Any) -> jax.Array:
     """timm's and optax's smoothing: ``(1 - s) * one_hot + s / C`` (a traced `s` allowed)."""
@@ -83,6 +90,7 @@ class StepOptions:
         micro-batches, one after another, for one update (`train_step`).
       micro_sharding: where the stacked micro-batches ``[k, B / k, ...]`` lie
         (each spread over the devices, as the batch was); None: XLA's choice.
+      micro_loop: how the micro-batches run (`ACCUMULATION_LOOPS`).
     """
 
     mean: tuple[float, ...]
@@ -100,6 +108,7 @@ class StepOptions:
     dropout: bool = False
     micro_batches: int = 1
     micro_sharding: Any = None
+    micro_loop: str = "auto"
 
 
 def train_step(
@@ -117,8 +126,8 @@ def train_step(
     With ``options.micro_batches`` = k > 1 (gradient accumulation) the batch
     augmentations (``options.transform``) still run on the whole batch, with
     the key of k = 1 (the same draws), then positions ``[i * B / k, (i + 1) * B / k)``
-    make micro-batch i, run one after another (`jax.lax.scan`: one micro-batch's
-    activations live at a time). Each starts from the state's batch-norm
+    make micro-batch i, run one after another (``options.micro_loop``,
+    `ACCUMULATION_LOOPS`). Each starts from the state's batch-norm
     statistics; the loss and the gradients are the means of the micro-batches'
     (the batch's mean: equal sizes), the new running statistics the mean of
     theirs (what one pass with batch-norm groups of B / k gives), and
@@ -190,7 +199,7 @@ def _accumulate(
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, (state.params, state.batch_stats))
     micro = (jnp.arange(k), split(images), split(targets), split(labels))
-    (grad_sum, stats_sum), (values, hits) = jax.lax.scan(body, zeros, micro)
+    (grad_sum, stats_sum), (values, hits) = jax.lax.scan(body, zeros, micro, unroll=_unrolled(o.micro_loop))
     grads = jax.tree_util.tree_map(lambda g: g / k, grad_sum)
     batch_stats = state.batch_stats if o.freeze_bn else jax.tree_util.tree_map(lambda s: s / k, stats_sum)
     return jnp.mean(values), grads, batch_stats, hits.reshape(-1)
@@ -241,3 +250,10 @@ def summarize_eval(sums: Metrics) -> dict[str, Any]:
         "count": int(n),
         "per_class_accuracy": [round(float(a), 6) for a in per_class],
     }
+
+
+def _unrolled(micro_loop: str) -> bool:
+    """Whether `micro_loop` (`ACCUMULATION_LOOPS`) unrolls the micro-batches."""
+    if micro_loop not in ACCUMULATION_LOOPS:
+        raise ValueError(f"unknown micro_loop {micro_loop!r}; use {', '.join(map(repr, ACCUMULATION_LOOPS))}")
+    return micro_loop == "unroll" or (micro_loop == "auto" and jax.default_backend() == "cpu")
