@@ -17,10 +17,10 @@ import pytest
 # and buys nothing on 16-pixel images; XLA:CPU's fusion emitters take half of
 # what is left (a 4-8-16 ResNet-8's init and step: 5.2 s with them, 2.4 s
 # without, 2026-12-03). The fixtures of earlier commits, trained with neither,
-# are still met to 1e-5 (tests/test_population.py). jax 0.12's XLA has no
-# --xla_cpu_use_fusion_emitters (its emitters cannot be turned off), and an
-# unknown flag in XLA_FLAGS is a fatal error at JAX's first computation, so
-# only the flags that this jaxlib's XLA knows are set (`_flags_xla_knows`).
+# are still met to 1e-5 (tests/test_population.py). The XLA of jax 0.11 and
+# 0.12 has no --xla_cpu_use_fusion_emitters (its emitters cannot be turned
+# off), and an unknown flag in XLA_FLAGS is a fatal error at JAX's first
+# computation, so only the flags this jaxlib's XLA knows are set (`_flags_xla_knows`).
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 
 
