@@ -29,6 +29,13 @@ def structured_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.clip(base * 0.7 + rng.integers(0, 80, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
+TA = jax.jit(A.trivial_augment_wide, static_argnames=("interpolation", "shear"))  # one compilation per mode
+
+
+def images() -> np.ndarray:
+    return np.stack([structured_image(H, W, seed=s) for s in range(48)])
+
+
 def torchvision_0_11_shear(image: np.ndarray, op: str, magnitude: float, interpolation: str) -> np.ndarray:
     shear = [math.degrees(magnitude), 0.0] if op == "ShearX" else [0.0, math.degrees(magnitude)]
     tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
@@ -62,33 +69,31 @@ def test_centre_shear_is_torchvision_0_11s_op(interpolation):
 def test_trivial_augment_wide_with_the_centre_shear(interpolation):
     """shear="centre": the images that draw ShearX/Y are torchvision 0.11's op at the drawn signed magnitude;
     every other image is what shear="corner" gives with the same key."""
-    images = np.stack([structured_image(H, W, seed=s) for s in range(48)])
+    batch = images()
     key = jax.random.key(5)
-    run = jax.jit(A.trivial_augment_wide, static_argnames=("interpolation", "shear"))
-    centre = np.asarray(run(key, images, FILL, interpolation=interpolation, shear="centre"))
-    corner = np.asarray(run(key, images, FILL, interpolation=interpolation, shear="corner"))
-    ops, args = map(np.asarray, A.trivial_augment_wide_choices(key, len(images)))
+    centre = np.asarray(TA(key, batch, FILL, interpolation=interpolation, shear="centre"))
+    corner = np.asarray(TA(key, batch, FILL, interpolation=interpolation, shear="corner"))
+    ops, args = map(np.asarray, A.trivial_augment_wide_choices(key, len(batch)))
     names = [A.TRIVIAL_AUGMENT_WIDE_OPS[o] for o in ops]
     sheared = [k for k, name in enumerate(names) if name in ("ShearX", "ShearY")]
     assert len(sheared) >= 4 and {names[k] for k in sheared} == {"ShearX", "ShearY"}
-    for k in range(len(images)):
+    for k in range(len(batch)):
         if k in sheared:
-            worst, mean = close(centre[k], torchvision_0_11_shear(images[k], names[k], float(args[k]), interpolation))
+            worst, mean = close(centre[k], torchvision_0_11_shear(batch[k], names[k], float(args[k]), interpolation))
             assert worst <= 1 and mean < 0.01, (names[k], float(args[k]), worst, mean)
         else:
             np.testing.assert_array_equal(centre[k], corner[k], err_msg=names[k])
     with pytest.raises(ValueError, match="shear"):
-        A.trivial_augment_wide(key, images, shear="center")
+        A.trivial_augment_wide(key, batch, shear="center")
 
 
 def test_the_config_field_reaches_the_batch_transform():
     c = default_config()
     c.auto_augment, c.auto_augment_shear = "trivial", "centre"
-    images = np.stack([structured_image(H, W, seed=s) for s in range(16)])
-    key = jax.random.key(2)
-    out, _ = jax.jit(batch_augment.batch_transform(c, 3))(key, jnp.asarray(images), jnp.zeros(16, jnp.int32), {})
-    run = jax.jit(A.trivial_augment_wide, static_argnames="shear")
-    want, corner = (run(jax.random.split(key, 3)[0], images, shear=shear) for shear in ("centre", "corner"))
+    batch, key = images(), jax.random.key(2)
+    out, _ = jax.jit(batch_augment.batch_transform(c, 3))(key, jnp.asarray(batch), jnp.zeros(len(batch), jnp.int32), {})
+    k_auto = jax.random.split(key, 3)[0]
+    want, corner = (TA(k_auto, batch, (0, 0, 0), interpolation="nearest", shear=s) for s in ("centre", "corner"))
     np.testing.assert_array_equal(np.asarray(out), np.asarray(want, np.float32))
     assert not np.array_equal(np.asarray(want), np.asarray(corner))  # the batch drew a shear
     c.auto_augment_shear = "center"
