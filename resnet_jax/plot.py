@@ -10,14 +10,21 @@ matplotlib draws without a display (no pyplot, no backend to choose).
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from resnet_jax.errors import NotFoundError, exit_on_user_error
+from resnet_jax.errors import (
+    ArgumentParser,
+    NotFoundError,
+    cannot_write_output,
+    exit_on_user_error,
+    stops_held,
+    stops_raise,
+)
 
 Records = dict[str, list[dict[str, Any]]]
 
@@ -78,7 +85,15 @@ def plot_runs(workdirs: Sequence[str], out: str) -> str:
     if len(set(names)) < len(names):
         names = [os.path.normpath(w) for w in workdirs]
     fig = draw_curves({n: read_metrics(w) for n, w in zip(names, workdirs)})
-    fig.savefig(out, dpi=110)
+    root, ext = os.path.splitext(out)
+    temporary = f"{root}.tmp{ext}"  # whole or not at all: a reader (or a stop) never meets half a PNG
+    try:
+        fig.savefig(temporary, dpi=110)
+        with stops_held():
+            os.replace(temporary, out)
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
     return out
 
 
@@ -94,13 +109,17 @@ def write_curves(workdir: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m resnet_jax.plot", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m resnet_jax.plot", description=__doc__.split("\n")[0])
     parser.add_argument("workdirs", nargs="+", help="training workdirs (holding metrics.jsonl)")
     parser.add_argument("--out", help="the PNG to write (default: <workdir>/curves.png for one run, else curves.png)")
     args = parser.parse_args(argv)
     out = args.out or (os.path.join(args.workdirs[0], "curves.png") if len(args.workdirs) == 1 else "curves.png")
-    with exit_on_user_error():
-        print(plot_runs(args.workdirs, out))
+    kept = f"{out} is as it was" if os.path.exists(out) else "nothing was written"
+    with exit_on_user_error(), stops_raise("plot", kept):
+        try:
+            print(plot_runs(args.workdirs, out))
+        except OSError as e:
+            raise cannot_write_output(out, e, kept) from None
     return 0
 
 
