@@ -358,8 +358,7 @@ def write_checkpoint(
     )
     state = {"step": np.zeros((), np.int32), **variables}
     out_dir = os.path.abspath(out_dir)
-    outputs.remove_leftovers(out_dir, ("checkpoints",))
-    earlier = _check_out_dir(out_dir, overwrite)
+    earlier = check_out_dir(out_dir, overwrite)
     kept = f"the earlier conversion in {out_dir} is as it was" if earlier else "nothing was written"
     tmp = outputs.temporary(out_dir, "tmp")
     done, old = False, None
@@ -403,9 +402,16 @@ def _check_room(out_dir: str, state: dict, kept: str) -> None:
                                f"{kept}")  # fmt: skip
 
 
-def _check_out_dir(out_dir: str, overwrite: bool) -> str | None:
+def check_out_dir(out_dir: str, overwrite: bool) -> str | None:
     """The earlier conversion in `out_dir` (its source), with `overwrite`; None for
-    a new or empty folder; anything else is refused, and nothing is changed."""
+    a new or empty folder; anything else is refused, and nothing is changed. The
+    leftovers of conversions killed midway are removed first, an earlier
+    conversion they left moved aside put back (`outputs.remove_leftovers`).
+
+    Raises:
+      ConfigError: `out_dir` holds anything else, or an earlier conversion and not `overwrite`.
+    """
+    outputs.remove_leftovers(out_dir, ("checkpoints",))
     there = outputs.describe(out_dir)
     if there is None:
         return None
@@ -471,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     with exit_on_user_error(), stops_raise("convert", f"{kept}; the same command runs again"):
         arch, _, tag = args.model.partition(".")
         ours = model_for(args.source, arch)
+        check_out_dir(os.path.abspath(args.out_dir), args.overwrite)  # before the weights are read
         given = dict(mean=args.mean, std=args.std, crop_fraction=args.crop_fraction, image_size=args.image_size)
         tagged, prep = weights.preprocessing(args.source, arch, tag, **given)
         names = _read_class_names(args.class_names) if args.class_names else None

@@ -383,19 +383,33 @@ _requested: list[BaseException] = []  # the stop `stops_raise` raised (one Pytho
 @contextlib.contextmanager
 def stops_held() -> Iterator[None]:
     """Inside: SIGTERM and Ctrl-C wait for the block's end (the renames that put
-    a command's output in place of an earlier one are never cut in half); one
-    that came meanwhile is handled as the block ends. A stop that came before
-    and was dropped (`stops_raise`) is raised here, so nothing is put in place."""
+    a command's output in place of an earlier one are never cut in half); the
+    first that came meanwhile is then handled as it would have been. (Handlers,
+    not a signal mask: in a process with threads, JAX's, the kernel hands a
+    signal to any thread that does not mask it.) A stop that came before and
+    was dropped (`stops_raise`) is raised here, so nothing is put in place."""
     import signal
+    import threading
 
     if _requested:
         raise _requested[0]
-    held = {getattr(signal, name) for name in _STOP_SIGNALS}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    if threading.current_thread() is not threading.main_thread():  # only the main thread takes signals
+        yield
+        return
+    came: list[int] = []
+    held = [getattr(signal, name) for name in _STOP_SIGNALS]
+    previous = {signum: signal.signal(signum, lambda signum, frame: came.append(signum)) for signum in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if came:
+            handler = previous[came[0]]
+            if callable(handler):
+                handler(came[0], None)
+            elif handler in (signal.SIG_DFL, None):  # the default's: SIGTERM ends the process
+                signal.raise_signal(came[0])
 
 
 def stop_name(stop: BaseException) -> str:

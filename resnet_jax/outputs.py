@@ -104,6 +104,7 @@ def describe(path: str) -> str | None:
     shown = [f"{n}/" if os.path.isdir(os.path.join(path, n)) else n for n in names]
     marks = [s for s in shown if s.rstrip("/") in WORKDIR_FILES]
     if marks:
-        return f"a training run's workdir (it holds {', '.join(marks)})"
+        kind = "a workdir" if marks == ["checkpoints/"] else "a training run's workdir"  # a conversion's: checkpoints/
+        return f"{kind} (it holds {', '.join(marks)})"
     listed = ", ".join(shown[:3]) + (f" and {len(shown) - 3} more" if len(shown) > 3 else "")
     return f"a folder holding {listed}"

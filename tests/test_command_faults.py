@@ -1,0 +1,422 @@
+"""Every command keeps the trainer's promises: against each fault it ends in one
+line on stderr with its documented status, and loses nothing.
+
+`ROWS` is a table of (command, fault) rows, run by one runner (`run_row`) that
+asserts for each:
+
+* the status (docs/faults.md: 2 a user's error, 3 SIGTERM, 130 Ctrl-C);
+* one line on stderr, matching the row's, and nothing else (no traceback, no
+  library's warning); a row that ends well (status 0) prints nothing there;
+* nothing lost: the checksums of the workdir, of the earlier export and
+  conversion and of the other files of the scene, before and after (but for
+  what the row replaces on purpose), and no temporary file left beside them.
+
+A row runs the command's ``main`` in this process (its faults injected with
+monkeypatch: a signal sent to this process in the middle of a write, an OS
+error raised by the writer), or, for a stop while the command starts, runs
+``python -m resnet_jax.<command>`` and signals it once its handlers are in
+place. A kill (SIGKILL) is a row of the state it leaves on disk: the same
+command run again over it.
+
+To add a command: a `Scene` field for what it reads or writes (and to
+`Scene.protected`), its ``main`` in `MAINS`, and its rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import functools
+import gc
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import env_with_devices
+from fixtures.make_checkpoints import HERE as FIXTURES
+
+from resnet_jax import convert, export, outputs
+from resnet_jax.export import main as export_main
+from resnet_jax.training.checkpoint import Checkpointer
+
+MAINS: dict[str, Callable[[list[str]], Any]] = {"export": export_main, "convert": convert.main}
+RUN = FIXTURES / "one_seed"  # cifar_resnet20 of 4-8-16 filters at 16 px: the workdir an export reads
+
+
+@dataclasses.dataclass
+class Scene:
+    """A folder of the files a command reads or could harm: a training run's workdir,
+    an earlier export and conversion, a foreign folder and a plain file."""
+
+    root: str
+    weights: str  # torchvision resnet18 weights (.safetensors), read by convert
+
+    def __post_init__(self) -> None:
+        self.run = os.path.join(self.root, "run")
+        self.export = os.path.join(self.root, "exports", "m.stablehlo")
+        self.converted = os.path.join(self.root, "converted")
+        self.foreign = os.path.join(self.root, "notes")
+        self.file = os.path.join(self.root, "blocker")
+
+    @property
+    def protected(self) -> list[str]:
+        return [self.run, self.export, self.export + ".json", self.converted, self.foreign, self.file]
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One fault met by one command."""
+
+    command: str
+    fault: str
+    args: Callable[[Scene], list[str]]
+    status: int
+    line: str | None  # the regular expression the one stderr line matches; None: stderr is empty
+    inject: Callable[[Scene, pytest.MonkeyPatch], None] | None = None  # before the command runs
+    start_up: str | None = None  # a signal ("SIGTERM", "SIGINT") sent while ``python -m`` starts
+    replaced: Callable[[Scene], list[str]] = lambda scene: []  # what the row replaces on purpose
+    check: Callable[[Scene], None] | None = None  # what else holds afterwards
+
+    def __str__(self) -> str:
+        return f"{self.command}: {self.fault}"
+
+
+@functools.cache
+def _sha256(path: str, inode: int, size: int, mtime_ns: int) -> str:
+    """A file's SHA-256, computed once a version (a file written again is another inode or time)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def sha256(path: str) -> str:
+    info = os.stat(path)
+    return _sha256(path, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def digest(path: str) -> dict[str, str] | None:
+    """Every file under `path` (or the file itself) -> its SHA-256; None if nothing is there."""
+    if not os.path.lexists(path):
+        return None
+    if not os.path.isdir(path):
+        return {"": sha256(path)}
+    return {os.path.relpath(os.path.join(folder, name), path): sha256(os.path.join(folder, name))
+            for folder, _, files in os.walk(path) for name in files}  # fmt: skip
+
+
+def temporaries(root: str) -> list[str]:
+    """The commands' temporary files and folders left anywhere under `root`."""
+    pattern = re.compile(r"\..+\.(tmp|old)-\d+(\.json)?|.*\.orbax-checkpoint-tmp.*")
+    return sorted(os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files if pattern.fullmatch(n))
+
+
+def signal_in(module: Any, name: str, signum: int, before: bool = False) -> Callable[[Scene, Any], None]:
+    """An injection: `module.name` (a function) sends `signum` to this process after
+    (`before`: before) doing its work, so that the signal comes in the middle of the write."""
+
+    def inject(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+        original = getattr(module, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                os.kill(os.getpid(), signum)
+            result = original(*args, **kwargs)
+            if not before:
+                os.kill(os.getpid(), signum)
+            return result
+
+        monkeypatch.setattr(module, name, wrapped)
+
+    return inject
+
+
+def os_error_in(module: Any, name: str, number: int, is_async: bool = False) -> Callable[[Scene, Any], None]:
+    """An injection: `module.name` writes part of its output, then fails with the OS
+    error `number` (as a read-only folder or a full disk makes it fail)."""
+
+    def inject(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+        def fail(*args: Any, **kwargs: Any) -> None:
+            path = next((a for a in args if isinstance(a, str)), None)
+            if path is not None:  # the part written before the failure
+                with open(path, "wb") as f:
+                    f.write(b"part")
+            raise OSError(number, os.strerror(number))
+
+        async def fail_async(*args: Any, **kwargs: Any) -> None:
+            fail()
+
+        monkeypatch.setattr(module, name, fail_async if is_async else fail)
+
+    return inject
+
+
+def dead_pid() -> int:
+    """The PID of a process that has ended."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def killed_export(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an export killed in the middle of its write leaves: its temporary artifact and record."""
+    pid, folder = dead_pid(), os.path.dirname(scene.export)
+    for name in (f".m.stablehlo.tmp-{pid}", f".m.stablehlo.tmp-{pid}.json"):
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(b"")  # the 0-byte files a SIGKILL left
+
+
+def killed_convert_between_renames(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a conversion killed between its two renames leaves: the earlier one moved
+    aside with nothing in its place, the new one complete beside it."""
+    pid = dead_pid()
+    old, new = (os.path.join(scene.root, f".converted.{kind}-{pid}") for kind in ("old", "tmp"))
+    os.replace(scene.converted, old)
+    shutil.copytree(old, new, copy_function=os.link)
+
+
+def killed_convert_while_writing(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a conversion killed while Orbax wrote leaves: a partial folder beside the earlier one."""
+    partial = os.path.join(scene.root, f".converted.tmp-{dead_pid()}", "checkpoints", "0.orbax-checkpoint-tmp-1")
+    os.makedirs(partial)
+    with open(os.path.join(partial, "part"), "wb") as f:
+        f.write(b"part")
+
+
+def new_export_in_place(scene: Scene) -> None:
+    """The rows' export (float32 input), not the earlier one (uint8), with its record."""
+    with open(scene.export + ".json") as f:
+        assert json.load(f)["input"]["dtype"] == "float32"
+
+
+def new_conversion_in_place(scene: Scene) -> None:
+    """The rows' conversion (IMAGENET1K_V1's tag), not the earlier one ("test earlier")."""
+    from resnet_jax.restore import read_metadata
+
+    assert read_metadata(scene.converted, 0)["source"] == "torchvision resnet18.IMAGENET1K_V1"
+
+
+def export_args(out: Callable[[Scene], str], *extra: str) -> Callable[[Scene], list[str]]:
+    return lambda scene: ["--workdir", scene.run, "--format", "stablehlo", "--out", out(scene), "--platforms", "cpu",
+                          *extra]  # fmt: skip
+
+
+def convert_args(out: Callable[[Scene], str], *extra: str, model: str = "resnet18") -> Callable[[Scene], list[str]]:
+    return lambda scene: ["torchvision", model, scene.weights, out(scene), *extra]
+
+
+EXPORT = export_args(lambda s: s.export, "--overwrite")
+CONVERT = convert_args(lambda s: s.converted, "--overwrite")
+STOPPED_EXPORT = r"{}: export stopped; /.*/exports/m\.stablehlo is as it was; the same command runs again"
+STOPPED_CONVERT = r"{}: convert stopped; /.*/converted is as it was; the same command runs again"
+_export_module = sys.modules[export_main.__module__]  # the package (`resnet_jax.export` is its function)
+
+
+def _orbax_handler() -> Any:
+    import orbax.checkpoint as ocp
+
+    return ocp.PyTreeCheckpointHandler
+
+
+ROWS = [
+    # export
+    Row("export", "SIGTERM while it starts", EXPORT, 3, "SIGTERM: export stopped while starting; nothing was written",
+        start_up="SIGTERM"),
+    Row("export", "Ctrl-C while it starts", EXPORT, 130, "Ctrl-C: export stopped while starting; nothing was written",
+        start_up="SIGINT"),
+    Row("export", "SIGTERM in the middle of the write", EXPORT, 3, STOPPED_EXPORT.format("SIGTERM"),
+        inject=signal_in(_export_module, "_write_stablehlo", signal.SIGTERM)),
+    Row("export", "Ctrl-C in the middle of the write", EXPORT, 130, STOPPED_EXPORT.format("Ctrl-C"),
+        inject=signal_in(_export_module, "_write_stablehlo", signal.SIGINT)),
+    Row("export", "SIGTERM during the renames", EXPORT, 3,
+        r"SIGTERM: export stopped after writing /.*/m\.stablehlo and /.*/m\.stablehlo\.json \(complete\)",
+        inject=signal_in(outputs, "swap", signal.SIGTERM, before=True),
+        replaced=lambda s: [s.export, s.export + ".json"],
+        check=new_export_in_place),
+    Row("export", "a read-only folder", EXPORT, 2,
+        r"error: cannot write /.*/m\.stablehlo \(Read-only file system\); make it writable or choose another path, "
+        r"then run the same command again; /.*/m\.stablehlo is as it was",
+        inject=os_error_in(_export_module, "_write_stablehlo", errno.EROFS)),
+    Row("export", "a full disk", EXPORT, 2,
+        r"error: cannot write /.*/m\.stablehlo \(No space left on device\); free space, then run the same command "
+        r"again; /.*/m\.stablehlo is as it was",
+        inject=os_error_in(_export_module, "_write_stablehlo", errno.ENOSPC)),
+    Row("export", "a parent that is a file", export_args(lambda s: os.path.join(s.file, "m.onnx")), 2,
+        r"error: cannot write /.*/blocker/m\.onnx \(/.*/blocker is a file, not a folder\); choose another path, "
+        r"then run the same command again; nothing was written"),
+    Row("export", "a workdir at --out", export_args(lambda s: s.run, "--overwrite"), 2,
+        r"error: /.*/run is a training run's workdir \(it holds checkpoints/, config\.json, metrics\.jsonl\), not an "
+        r"earlier export \(recognised by its record, /.*/run\.json\): export replaces only its own; choose another "
+        r"--out"),
+    Row("export", "a foreign folder at --out", export_args(lambda s: s.foreign, "--overwrite"), 2,
+        r"error: /.*/notes is a folder holding todo\.txt, not an earlier export .*; choose another --out"),
+    Row("export", "a foreign file at --out", export_args(lambda s: s.file, "--overwrite"), 2,
+        r"error: /.*/blocker is a file, not an earlier export .*; choose another --out"),
+    Row("export", "an earlier export, no --overwrite", export_args(lambda s: s.export), 2,
+        r"error: /.*/m\.stablehlo holds an earlier export \(stablehlo of cifar_resnet20, written .*\); pass "
+        r"overwrite=True \(--overwrite\) to replace it"),
+    Row("export", "--platforms cpu,gpu", export_args(lambda s: s.export, "--overwrite", "--platforms", "cpu,gpu"), 2,
+        r"error: unknown platform 'gpu' \(a GPU is cuda or rocm\); platforms: cpu, cuda, rocm, tpu, any of them on "
+        r"any machine"),
+    Row("export", "a bad --step", export_args(lambda s: s.export, "--overwrite", "--step", "last"), 2,
+        r"error: step 'last' is not \"latest\", \"best\" or a step number"),
+    Row("export", "a malformed --member", export_args(lambda s: s.export, "--member", "one"), 2,
+        r"error: argument --member: invalid int value: 'one' \(python -m resnet_jax\.export --help\)"),
+    Row("export", "the leftovers of a SIGKILL", EXPORT, 0, None, inject=killed_export,
+        replaced=lambda s: [s.export, s.export + ".json"], check=new_export_in_place),
+    # convert
+    Row("convert", "SIGTERM while it starts", CONVERT, 3,
+        "SIGTERM: convert stopped while starting; nothing was written", start_up="SIGTERM"),
+    Row("convert", "Ctrl-C while it starts", CONVERT, 130,
+        "Ctrl-C: convert stopped while starting; nothing was written", start_up="SIGINT"),
+    Row("convert", "SIGTERM in the middle of the write", CONVERT, 3, STOPPED_CONVERT.format("SIGTERM"),
+        inject=signal_in(Checkpointer, "wait", signal.SIGTERM)),
+    Row("convert", "Ctrl-C in the middle of the write", CONVERT, 130, STOPPED_CONVERT.format("Ctrl-C"),
+        inject=signal_in(Checkpointer, "wait", signal.SIGINT)),
+    Row("convert", "SIGTERM during the renames", CONVERT, 3,
+        r"SIGTERM: convert stopped after writing /.*/converted/checkpoints \(complete\)",
+        inject=signal_in(outputs, "swap", signal.SIGTERM, before=True), replaced=lambda s: [s.converted],
+        check=new_conversion_in_place),
+    Row("convert", "a read-only folder", CONVERT, 2,
+        r"error: cannot write /.*/converted \(Read-only file system\); make it writable or choose another path, "
+        r"then run the same command again; the earlier conversion in /.*/converted is as it was",
+        inject=lambda s, mp: os_error_in(_orbax_handler(), "async_save", errno.EROFS, is_async=True)(s, mp)),
+    Row("convert", "a full disk", CONVERT, 2,
+        r"error: cannot write /.*/converted \(No space left on device\); free space, then run the same command "
+        r"again; the earlier conversion in /.*/converted is as it was",
+        inject=lambda s, mp: os_error_in(_orbax_handler(), "async_save", errno.ENOSPC, is_async=True)(s, mp)),
+    Row("convert", "a parent that is a file", convert_args(lambda s: os.path.join(s.file, "out")), 2,
+        r"error: cannot write /.*/blocker/out \(/.*/blocker is a file, not a folder\); choose another path, then "
+        r"run the same command again; nothing was written"),
+    Row("convert", "a workdir at out_dir", convert_args(lambda s: s.run, "--overwrite"), 2,
+        r"error: /.*/run is a training run's workdir \(it holds checkpoints/, config\.json, metrics\.jsonl\) and "
+        r"holds no earlier conversion; convert writes only into a new or empty folder, or over an earlier "
+        r"conversion: choose another"),
+    Row("convert", "a foreign folder at out_dir", convert_args(lambda s: s.foreign, "--overwrite"), 2,
+        r"error: /.*/notes is a folder holding todo\.txt and holds no earlier conversion; .*"),
+    Row("convert", "an earlier conversion, no --overwrite", convert_args(lambda s: s.converted), 2,
+        r"error: /.*/converted holds an earlier conversion \(test earlier\); pass --overwrite to replace it"),
+    Row("convert", "weights of another depth", convert_args(lambda s: s.converted, "--overwrite", model="resnet50"),
+        2, r"error: state dict does not fit resnet50 \(1000 classes\): 'fc\.weight': shape \(1000, 512\) does not "
+        r"fit head/kernel \(2048, 1000\); \d+ more do not fit \(\d+ missing, \d+ of another shape\); its shapes "
+        r"\(blocks per stage 2-2-2-2, basic blocks\) are those of torchvision's resnet18 or timm's resnet18: "
+        r"python -m resnet_jax\.convert torchvision resnet18 \.\.\."),
+    Row("convert", "a bad --crop-fraction", convert_args(lambda s: s.converted, "--overwrite", "--crop-fraction", "2"),
+        2, r"error: crop fraction must be in \(0, 1\] and image size >= 1, got 2\.0, 224"),
+    Row("convert", "a missing argument", lambda s: ["torchvision", "resnet18", s.weights], 2,
+        r"error: the following arguments are required: out_dir \(python -m resnet_jax\.convert --help\)"),
+    Row("convert", "a SIGKILL between its renames, no --overwrite", convert_args(lambda s: s.converted), 2,
+        r"error: /.*/converted holds an earlier conversion \(test earlier\); pass --overwrite to replace it",
+        inject=killed_convert_between_renames),  # the earlier conversion put back whole, the same command runs
+    Row("convert", "a SIGKILL while it wrote", CONVERT, 0, None, inject=killed_convert_while_writing,
+        replaced=lambda s: [s.converted], check=new_conversion_in_place),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, str]:
+    """What every scene copies: torchvision resnet18 weights, their earlier conversion,
+    and an earlier export of the fixture's run (uint8 input: another artifact than the rows')."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("sources")
+    torch.manual_seed(0)
+    weights = str(root / "resnet18.safetensors")
+    save_file(torchvision.models.resnet18().state_dict(), weights)
+    state = convert.load_state_dict(weights)
+    converted = str(root / "converted")
+    convert.write_checkpoint(convert.from_torchvision(state, "resnet18"), "resnet18", converted,
+                             source="test earlier")  # fmt: skip
+    exported = str(root / "exports" / "m.stablehlo")
+    export(str(RUN), "stablehlo", exported, preprocess="uint8", platforms=["cpu"])
+    return {"weights": weights, "converted": converted, "exports": os.path.dirname(exported)}
+
+
+@pytest.fixture
+def scene(sources, tmp_path) -> Scene:
+    scene = Scene(str(tmp_path), sources["weights"])
+    shutil.copytree(RUN, scene.run)
+    shutil.copytree(sources["exports"], os.path.dirname(scene.export))
+    shutil.copytree(sources["converted"], scene.converted, copy_function=os.link)  # 45 MB: linked (never written)
+    os.makedirs(scene.foreign)
+    with open(os.path.join(scene.foreign, "todo.txt"), "w") as f:
+        f.write("mine\n")
+    with open(scene.file, "w") as f:
+        f.write("mine too\n")
+    return scene
+
+
+def start_and_signal(row: Row, scene: Scene) -> tuple[int, str, str]:
+    """``python -m resnet_jax.<command>``, signalled once it has put its handlers
+    in place (its SIGTERM handler: /proc/<pid>/status), while it imports."""
+    command = [sys.executable, "-m", f"resnet_jax.{row.command}", *row.args(scene)]
+    proc = subprocess.Popen(command, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline and proc.poll() is None:
+        with open(f"/proc/{proc.pid}/status") as f:
+            caught = int(re.search(r"SigCgt:\s*([0-9a-f]+)", f.read())[1], 16)
+        if caught >> (signal.SIGTERM - 1) & 1:
+            break
+        time.sleep(0.002)
+    proc.send_signal(getattr(signal, row.start_up))
+    out, err = proc.communicate(timeout=60)
+    return proc.returncode, out, err
+
+
+def run_row(row: Row, scene: Scene, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture) -> None:
+    """Runs `row` in `scene` and asserts its status, its one line and that nothing was lost."""
+    before = {path: digest(path) for path in scene.protected}
+    if row.start_up:
+        status, out, err = start_and_signal(row, scene)
+    else:
+        capfd.readouterr()
+        if row.inject:
+            row.inject(scene, monkeypatch)
+        # exit_on_user_error's collection (frames a traceback held) takes 0.6 s in this process of JAX and torch
+        monkeypatch.setattr(gc, "collect", lambda *args: 0)
+        try:
+            status = MAINS[row.command](row.args(scene))
+        except SystemExit as e:
+            status = e.code
+        finally:
+            monkeypatch.undo()
+        out, err = capfd.readouterr()
+    assert status == row.status, (status, err)
+    lines = err.splitlines()
+    if row.line is None:
+        assert lines == [] and out.startswith("wrote "), (out, err)
+    else:
+        assert len(lines) == 1 and re.fullmatch(row.line, lines[0]), err
+    replaced = row.replaced(scene)
+    after = {path: digest(path) for path in scene.protected}
+    for path in scene.protected:
+        assert after[path] if path in replaced else after[path] == before[path], f"{path} lost or changed"
+    assert temporaries(scene.root) == []
+    if row.check:
+        row.check(scene)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=str)
+def test_a_command_meets_a_fault(row, scene, monkeypatch, capfd):
+    run_row(row, scene, monkeypatch, capfd)
+
+
+def test_python_m_convert_prints_one_line_and_no_runpy_warning(scene):
+    """The whole command in its own process: a mismatch is its one line (before: 191 lines, after runpy's
+    "found in sys.modules" warning, as the package imported the module it was about to run)."""
+    row = next(r for r in ROWS if r.fault == "weights of another depth")
+    before = digest(scene.converted)
+    proc = subprocess.run([sys.executable, "-m", "resnet_jax.convert", *row.args(scene)], env=env_with_devices(1),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert re.fullmatch(row.line, proc.stderr.strip()), proc.stderr
+    assert digest(scene.converted) == before and proc.stdout == "" and temporaries(scene.root) == []
