@@ -198,14 +198,15 @@ def test_predict_on_images_of_any_mode(trained, tmp_path, capsys):
 
 
 def test_finetune_from_another_run(trained, tmp_path, image_folder):
-    """Start from another run with the backbone frozen (params and BN statistics): only the head learns."""
+    """Start from another run with the backbone frozen (params and BN statistics): only the head learns; an EMA
+    starts from the loaded weights (in buffers of its own: the step donates both)."""
     from conftest import tiny_config
 
     source, _ = trained
-    c = tiny_config(image_folder, init_from=source, freeze_backbone=True, freeze_bn=True, num_epochs=1)
+    c = tiny_config(image_folder, init_from=source, freeze_backbone=True, freeze_bn=True, num_epochs=1, ema_decay=0.5)
     c.model_kwargs.zero_init_residual = False
     results = train_and_evaluate(c, str(tmp_path))
-    assert results["eval"]["count"] == 15
+    assert results["eval"]["count"] == 15 and results["eval_ema"]["count"] == 15
     _, before, _ = resnet_jax.restore(source)
     _, after, _ = resnet_jax.restore(str(tmp_path))
     np.testing.assert_array_equal(after["params"]["stage2"]["block0"]["conv1"]["kernel"],

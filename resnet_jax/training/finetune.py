@@ -57,13 +57,13 @@ def load_pretrained(state: TrainState, workdir: str, mesh: Mesh) -> tuple[TrainS
             f"the checkpoint in {workdir!r} ({info['model']}) fits this model in too few places; "
             f"{len(fresh_params)} parameters would stay untrained, e.g. {fresh_params[:5]}"
         )
-    params, stats = parallel.replicate(params, mesh), parallel.replicate(stats, mesh)
-    state = state.replace(
-        params=params,
-        batch_stats=stats,
-        opt_state=state.tx.init(params),
-        ema_params=params if state.ema_params is not None else None,
-        ema_batch_stats=stats if state.ema_batch_stats is not None else None,
+    ema = state.ema_params is not None  # the EMA starts from the weights, in buffers of its own: the step
+    state = state.replace(  # donates both, and a buffer donated twice is refused
+        params=parallel.replicate(params, mesh),
+        batch_stats=parallel.replicate(stats, mesh),
+        opt_state=state.tx.init(parallel.replicate(params, mesh)),
+        ema_params=parallel.replicate(params, mesh) if ema else None,
+        ema_batch_stats=parallel.replicate(stats, mesh) if ema else None,
     )
     fresh = fresh_params + fresh_stats
     report = f"Initialised from {workdir} ({info['model']}, step {info['step']})"
