@@ -195,8 +195,9 @@ def test_step_best_before_any_evaluation_is_one_line_naming_the_steps(image_fold
     assert err == f"error: {message}\n"
 
 
-def test_predict_and_convert_print_a_user_error_as_one_line_in_their_own_processes(tmp_path):
-    predict_cmd = [sys.executable, "-m", "resnet_jax.predict", "--workdir", str(tmp_path / "nowhere"), "x.png"]
+def test_predict_and_convert_print_a_user_error_as_one_line_in_their_own_processes(image_folder, tmp_path):
+    image = glob.glob(f"{image_folder}/test/*/*.png")[0]
+    predict_cmd = [sys.executable, "-m", "resnet_jax.predict", "--workdir", str(tmp_path / "nowhere"), image]
     one_message(predict_cmd, "holds no checkpoints/ folder")
     convert_cmd = [sys.executable, "-m", "resnet_jax.convert", "torchvision", "resnet18",
                    str(tmp_path / "none.safetensors"), str(tmp_path / "o1")]  # fmt: skip
