@@ -97,3 +97,31 @@ def test_crop_sampler_field():
         augment.crop_sampler("tf", "grain")
     with pytest.raises(ConfigError, match="'torchvision' or 'tf'"):
         augment.crop_sampler("timm", "tfds")
+
+
+def test_the_crops_are_cut_from_the_sampled_window(tmp_path):
+    """tf.data's `tf_inception_crop` and Grain's `pil_inception_crop` resize exactly the window their sampler
+    draws from the same seed (then flip or not)."""
+    tf = pytest.importorskip("tensorflow")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:60, :80]
+    pixels = np.stack([x * 3, y * 4, rng.integers(0, 256, (60, 80))], -1).astype(np.uint8)
+    path = str(tmp_path / "image.png")
+    Image.fromarray(pixels).save(path)
+    encoded = tf.io.read_file(path)
+    for sampler in augment.CROP_SAMPLERS:
+        for k in range(4):
+            seed = tf.constant([3, k], tf.int64)
+            out = augment.tf_inception_crop(encoded, seed, 16, interpolation="bilinear", sampler=sampler).numpy()
+            first = tf.random.experimental.stateless_split(seed, 2)[0]
+            top, left, h, w = augment.tf_crop_window(tf.constant([60, 80, 3]), first, sampler=sampler).numpy()
+            cut = tf.image.resize(pixels[top : top + h, left : left + w].astype(np.float32), [16, 16], antialias=True)
+            want = np.clip(np.round(cut.numpy()), 0, 255).astype(np.uint8)
+            assert np.array_equal(out, want) or np.array_equal(out, want[:, ::-1]), (sampler, k)
+    for k in range(4):
+        out = augment.pil_inception_crop(Image.open(path), np.random.default_rng(k), 16, interpolation="bilinear")
+        top, left, h, w = augment.np_crop_window(np.random.default_rng(k), 60, 80)
+        want = augment.decode_box(Image.open(path), (left, top, left + w, top + h), 16, "bilinear")
+        assert np.array_equal(out, want) or np.array_equal(out, want[:, ::-1]), k
