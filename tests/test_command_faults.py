@@ -6,7 +6,8 @@ asserts for each:
 
 * the status (docs/faults.md: 2 a user's error, 3 SIGTERM, 130 Ctrl-C);
 * one line on stderr, matching the row's, and nothing else (no traceback, no
-  library's warning); a row that ends well (status 0) prints nothing there;
+  library's warning); a row that ends well (status 0) prints nothing there,
+  or the one warning its row names (an evaluation whose record cannot be written);
 * nothing lost: the checksums of the workdir, of the earlier export and
   conversion and of the other files of the scene, before and after (but for
   what the row replaces on purpose), and no temporary file left beside them.
@@ -31,6 +32,7 @@ import gc
 import hashlib
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -41,10 +43,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import env_with_devices
+from conftest import env_with_devices, make_image_folder, tiny_config
 from fixtures.make_checkpoints import HERE as FIXTURES
 
-from resnet_jax import convert, export, outputs
+from resnet_jax import convert, evaluate, export, outputs, parallel, plot, predict
+from resnet_jax.errors import exit_on_user_error
 from resnet_jax.export import main as export_main
 from resnet_jax.training.checkpoint import Checkpointer
 
@@ -317,6 +320,155 @@ ROWS = [
         inject=killed_convert_between_renames),  # the earlier conversion put back whole, the same command runs
     Row("convert", "a SIGKILL while it wrote", CONVERT, 0, None, inject=killed_convert_while_writing,
         replaced=lambda s: [s.converted], check=new_conversion_in_place),
+]  # fmt: skip
+
+# train.py --mode=eval, predict and reproduce: eval and predict only read the run (scene.run stays as it was in
+# every row); reproduce's rows are its start (its stops while it trains: tests/test_reproduce.py).
+
+
+def images_in(scene: Scene) -> str:
+    """The fixture run's kind of image folder (3 classes of 16 px PNGs) in the scene, made on first use."""
+    folder = os.path.join(scene.root, "images")
+    if not os.path.isdir(folder):
+        make_image_folder(pathlib.Path(folder))
+    return folder
+
+
+def eval_main(argv: list[str]) -> int:
+    """``train.py --mode=eval --workdir W [--step S]`` in this process, as its ``main`` runs it (the config:
+    the fixture's recipe on ``--data``, the scene's image folder)."""
+    args = dict(zip(argv[::2], argv[1::2]))
+    with exit_on_user_error():
+        config = tiny_config(args["--data"], **{"data.pipeline": "device"})
+        evaluate.evaluate_command(config, args["--workdir"], args.get("--step", "latest"))
+    return 0
+
+
+def refused_write(number: int) -> Callable[[Scene, Any], None]:
+    """An injection: the evaluation record's write fails with the OS error `number`:
+    at once (read-only) or after part of it is written (a full disk)."""
+
+    def inject(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+        def fake_open(path: str, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            if "w" not in mode or number == errno.EROFS:
+                raise OSError(number, os.strerror(number), path)
+            f = open(path, mode, *args, **kwargs)  # a full disk: a file made, part of it written, then ENOSPC
+            f.write("{")
+
+            def full(text: str) -> None:
+                raise OSError(number, os.strerror(number), path)
+
+            f.write = full
+            return f
+
+        monkeypatch.setattr(evaluate, "open", fake_open, raising=False)
+
+    return inject
+
+
+def ctrl_c_swallowed(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An injection: a Ctrl-C lands inside the restore, in a library that swallows the
+    ``KeyboardInterrupt`` (as asyncio's runner inside Orbax's restore could)."""
+    original = predict.restore
+
+    def restore(*args: Any, **kwargs: Any) -> Any:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the handler runs here at the latest
+        except KeyboardInterrupt:
+            pass
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "restore", restore)
+
+
+MAINS.update({"train.py --mode=eval": eval_main, "predict": predict.main})
+EVAL = lambda scene: ["--workdir", scene.run, "--data", images_in(scene)]  # noqa: E731
+STOPPED_EVAL = r"{}: train\.py --mode=eval stopped; nothing was written"
+NOT_SAVED = (r"warning: could not write /.*/run/eval_test_6\.json \({}\): the metrics are printed, not saved; {} "
+             r"to keep them")  # fmt: skip
+
+
+def predict_args(*extra: str, images: Callable[[Scene], list[str]] | None = None) -> Callable[[Scene], list[str]]:
+    """predict's arguments: the scene's run, `extra`, and two good images (or `images`)."""
+    good = lambda s: [os.path.join(images_in(s), "test", c, "0000.png") for c in ("circle", "square")]  # noqa: E731
+    return lambda s: ["--workdir", s.run, *extra, *(images or good)(s)]
+
+
+def unreadable(scene: Scene) -> list[str]:
+    """Two good images, a file that is not one and a missing one."""
+    broken = os.path.join(scene.root, "broken.png")
+    with open(broken, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    good = os.path.join(images_in(scene), "test", "circle")
+    return [os.path.join(good, "0000.png"), broken, os.path.join(good, "0001.png"), os.path.join(scene.root, "no.jpg")]
+
+
+STUDY = lambda s: ["--workdir", os.path.join(s.root, "study"), "--only=cifar_resnet20", "--scale=0.001"]  # noqa: E731
+
+ROWS += [
+    # train.py --mode=eval (a stop while train.py starts: tests/test_stops.py)
+    Row("train.py --mode=eval", "SIGTERM in the middle of the evaluation", EVAL, 3, STOPPED_EVAL.format("SIGTERM"),
+        inject=signal_in(parallel, "shard_batch", signal.SIGTERM)),
+    Row("train.py --mode=eval", "Ctrl-C in the middle of the evaluation", EVAL, 130, STOPPED_EVAL.format("Ctrl-C"),
+        inject=signal_in(parallel, "shard_batch", signal.SIGINT)),
+    Row("train.py --mode=eval", "a read-only workdir", EVAL, 0,
+        NOT_SAVED.format("Read-only file system", "make it writable"), inject=refused_write(errno.EROFS)),
+    Row("train.py --mode=eval", "a full disk", EVAL, 0, NOT_SAVED.format("No space left on device", "free space"),
+        inject=refused_write(errno.ENOSPC)),
+    Row("train.py --mode=eval", "a bad --step", lambda s: [*EVAL(s), "--step", "last"], 2,
+        r"error: step 'last' is not \"latest\", \"best\" or a step number"),
+    # predict
+    Row("predict", "SIGTERM while it starts", predict_args(), 3,
+        "SIGTERM: predict stopped while starting; nothing was written", start_up="SIGTERM"),
+    Row("predict", "Ctrl-C while it starts", predict_args(), 130,
+        "Ctrl-C: predict stopped while starting; nothing was written", start_up="SIGINT"),
+    Row("predict", "SIGTERM in the middle of the restore", predict_args(), 3, "SIGTERM: predict stopped; nothing was "
+        "written", inject=signal_in(predict, "restore", signal.SIGTERM)),
+    Row("predict", "Ctrl-C in the middle of the restore", predict_args(), 130, "Ctrl-C: predict stopped; nothing was "
+        "written", inject=signal_in(predict, "restore", signal.SIGINT)),
+    Row("predict", "a Ctrl-C a library swallowed", predict_args(), 130, "Ctrl-C: predict stopped; nothing was written",
+        inject=ctrl_c_swallowed),
+    Row("predict", "files that cannot be read", predict_args(images=unreadable), 2,
+        r"error: 2 of 4 files cannot be read, so nothing was predicted: /.*/broken\.png: not a readable image \(.*\); "
+        r"/.*/no\.jpg: not a readable image \(\[Errno 2\] No such file or directory: .*\)"),
+    Row("predict", "--top 0", predict_args("--top", "0"), 2,
+        r"error: --top=0: print at least one class an image \(--top=1 or more\)"),
+    Row("predict", "a bad --step", predict_args("--step", "last"), 2,
+        r"error: step 'last' is not \"latest\", \"best\" or a step number"),
+    # reproduce
+    Row("reproduce", "SIGTERM while it starts", STUDY, 3,
+        "SIGTERM: reproduce stopped while starting; nothing was written", start_up="SIGTERM"),
+    Row("reproduce", "Ctrl-C while it starts", STUDY, 130,
+        "Ctrl-C: reproduce stopped while starting; nothing was written", start_up="SIGINT"),
+]  # fmt: skip
+
+
+def no_curves(scene: Scene) -> None:
+    """Neither the plot nor its temporary file was left."""
+    assert not [n for n in os.listdir(scene.root) if n.startswith("curves")], os.listdir(scene.root)
+
+
+MAINS["plot"] = plot.main
+PLOT = lambda s: [s.run, "--out", os.path.join(s.root, "curves.png")]  # noqa: E731
+NOT_PLOTTED = (r"error: cannot write /.*/curves\.png \({}\); {}, then run the same command again; nothing was "
+               r"written")  # fmt: skip
+
+
+def _figure() -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure
+
+
+ROWS += [
+    Row("plot", "SIGTERM in the middle of the write", PLOT, 3, "SIGTERM: plot stopped; nothing was written",
+        inject=lambda s, mp: signal_in(_figure(), "savefig", signal.SIGTERM)(s, mp), check=no_curves),
+    Row("plot", "a read-only folder", PLOT, 2, NOT_PLOTTED.format("Read-only file system", "make it writable or "
+        "choose another path"), inject=lambda s, mp: os_error_in(_figure(), "savefig", errno.EROFS)(s, mp),
+        check=no_curves),
+    Row("plot", "a full disk", PLOT, 2, NOT_PLOTTED.format("No space left on device", "free space"),
+        inject=lambda s, mp: os_error_in(_figure(), "savefig", errno.ENOSPC)(s, mp), check=no_curves),
 ]  # fmt: skip
 
 
