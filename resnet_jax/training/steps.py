@@ -199,7 +199,7 @@ def _accumulate(
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, (state.params, state.batch_stats))
     micro = (jnp.arange(k), split(images), split(targets), split(labels))
-    (grad_sum, stats_sum), (values, hits) = jax.lax.scan(body, zeros, micro, unroll=_unrolled(o.micro_loop))
+    (grad_sum, stats_sum), (values, hits) = jax.lax.scan(body, zeros, micro, unroll=unrolls(o.micro_loop))
     grads = jax.tree_util.tree_map(lambda g: g / k, grad_sum)
     batch_stats = state.batch_stats if o.freeze_bn else jax.tree_util.tree_map(lambda s: s / k, stats_sum)
     return jnp.mean(values), grads, batch_stats, hits.reshape(-1)
@@ -252,7 +252,7 @@ def summarize_eval(sums: Metrics) -> dict[str, Any]:
     }
 
 
-def _unrolled(micro_loop: str) -> bool:
+def unrolls(micro_loop: str) -> bool:
     """Whether `micro_loop` (`ACCUMULATION_LOOPS`) unrolls the micro-batches."""
     if micro_loop not in ACCUMULATION_LOOPS:
         raise ValueError(f"unknown micro_loop {micro_loop!r}; use {', '.join(map(repr, ACCUMULATION_LOOPS))}")
