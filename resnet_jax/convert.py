@@ -60,11 +60,11 @@ from resnet_jax.errors import (  # noqa: E402
     MissingDependencyError,
     NotFoundError,
     OutputWriteError,
-    Preempted,
     UserError,
     cannot_write_output,
     exit_on_user_error,
     run_main,
+    stop_behind,
     stop_name,
     stops_held,
     stops_raise,
@@ -337,7 +337,7 @@ def write_checkpoint(
     `source` and the preprocessing they are evaluated with (`preprocessing`,
     default: torchvision's IMAGENET1K_V1 one: ImageNet mean and std, 224 of 256).
     It is written beside `out_dir` and swapped in when complete; a stop (SIGTERM,
-    Ctrl-C) during the swap waits for its end.
+    Ctrl-C) during the checkpoint's save or the swap waits for its end.
 
     Raises:
       ConfigError: `out_dir` is neither new nor empty nor (with `overwrite`) an
@@ -361,32 +361,35 @@ def write_checkpoint(
     earlier = check_out_dir(out_dir, overwrite)
     kept = f"the earlier conversion in {out_dir} is as it was" if earlier else "nothing was written"
     tmp = outputs.temporary(out_dir, "tmp")
-    done, old = False, None
+    done = False
     try:
         _check_room(out_dir, state, kept)
         os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-        ckpt = Checkpointer(tmp, async_save=False)
-        try:
-            ckpt.save(_Tree(state), metadata)
-            ckpt.wait()
-        finally:
-            ckpt.close()
+        # A stop waits for the save's end (a second or two): raised inside Orbax's asyncio loop, it would leave
+        # TensorStore's threads writing, through a closed loop (a traceback each), into the folder being removed.
         with stops_held():
-            old = outputs.swap(tmp, out_dir)
+            ckpt = Checkpointer(tmp, async_save=False)
+            try:
+                ckpt.save(_Tree(state), metadata)
+                ckpt.wait()
+            finally:
+                ckpt.close()
+        with stops_held():  # the earlier conversion's removal too: a stop ends nothing half-way
+            outputs.discard(outputs.swap(tmp, out_dir))
             done = True
-    except OutputWriteError:
-        raise
-    except OSError as e:  # the OS's error, or the checkpointer's one line of it
-        if done:
+    except (KeyboardInterrupt, Exception) as e:
+        stop = stop_behind(e)  # also one a library wrapped (Orbax's save: as a write error) or dropped
+        if stop is not None and done:
+            checkpoints = os.path.join(out_dir, "checkpoints")
+            raise type(stop)(f"{stop_name(stop)}: convert stopped after writing {checkpoints} (complete)") from None
+        if stop is not None:
+            raise stop from None
+        if done or isinstance(e, OutputWriteError) or not isinstance(e, OSError):
             raise
-        raise cannot_write_output(out_dir, e.__cause__ or e, kept) from None
-    except (Preempted, KeyboardInterrupt) as stop:
-        if not done:
-            raise
-        checkpoints = os.path.join(out_dir, "checkpoints")
-        raise type(stop)(f"{stop_name(stop)}: convert stopped after writing {checkpoints} (complete)") from None
+        raise cannot_write_output(out_dir, e.__cause__ or e, kept) from None  # the OS's, or the checkpointer's line
     finally:
-        outputs.discard(old if done else tmp)
+        if not done:
+            outputs.discard(tmp)
 
 
 def _check_room(out_dir: str, state: dict, kept: str) -> None:

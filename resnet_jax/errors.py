@@ -345,8 +345,10 @@ def stop_while_starting(command: str) -> None:
 
 @contextlib.contextmanager
 def stops_raise(command: str, untouched: str) -> Iterator[None]:
-    """Inside: SIGTERM raises `Preempted` and Ctrl-C ``KeyboardInterrupt`` at once,
-    with the line ``<SIGTERM|Ctrl-C>: <command> stopped; <untouched>``, so that the
+    """Inside: SIGTERM raises `Preempted` and Ctrl-C `Interrupted` at once (not
+    ``KeyboardInterrupt``: asyncio, inside Orbax, lets that one out of a running
+    loop and closes it under TensorStore's threads, a traceback each), with the
+    line ``<SIGTERM|Ctrl-C>: <command> stopped; <untouched>``, so that the
     command's ``finally`` blocks remove what it had begun to write before
     `exit_on_user_error` prints the line (status 3, 130). A stop raised where
     Python drops exceptions (a garbage-collection callback, ``__del__``) is
@@ -357,8 +359,7 @@ def stops_raise(command: str, untouched: str) -> Iterator[None]:
 
     def stop(signum: int, frame: object) -> None:
         name, _ = _STOP_SIGNALS[signal.Signals(signum).name]
-        _requested[:] = [(Preempted if name == "SIGTERM" else KeyboardInterrupt)(f"{name}: {command} stopped; "
-                                                                                 f"{untouched}")]  # fmt: skip
+        _requested[:] = [(Preempted if name == "SIGTERM" else Interrupted)(f"{name}: {command} stopped; {untouched}")]
         raise _requested[0]
 
     def unraisable(info: Any) -> None:  # a dropped stop is not printed: it is raised again
@@ -410,6 +411,20 @@ def stops_held() -> Iterator[None]:
                 handler(came[0], None)
             elif handler in (signal.SIG_DFL, None):  # the default's: SIGTERM ends the process
                 signal.raise_signal(came[0])
+
+
+def stop_behind(error: BaseException) -> BaseException | None:
+    """The stop (`Preempted`, a Ctrl-C) behind `error`: its cause or context, as a
+    library wraps what interrupted it (Orbax's save: a write error), or the one
+    `stops_raise` raised that a library dropped; None if there is none."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        if isinstance(link, (Preempted, KeyboardInterrupt)):
+            return link
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return _requested[0] if _requested else None
 
 
 def stop_name(stop: BaseException) -> str:

@@ -54,9 +54,9 @@ from resnet_jax.errors import (
     ConfigError,
     ExportError,
     MissingDependencyError,
-    Preempted,
     cannot_write_output,
     exit_on_user_error,
+    stop_behind,
     stop_name,
     stops_held,
     stops_raise,
@@ -240,27 +240,30 @@ def _write_atomically(out: str, write: Callable[[str], None], description: dict)
     kept = f"{out} is as it was" if os.path.lexists(out) else "nothing was written"
     tmp = outputs.temporary(out, "tmp")
     tmp_json = tmp + ".json"
-    done, old = False, None
+    done = False
     try:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         write(tmp)
         with open(tmp_json, "w") as f:
             json.dump(description, f, indent=2)
-        with stops_held():
+        with stops_held():  # the earlier SavedModel folder's removal too: a stop ends nothing half-way
             os.replace(tmp_json, out + ".json")
-            old = outputs.swap(tmp, out)
+            outputs.discard(outputs.swap(tmp, out))
             done = True
-    except OSError as e:
-        if done:
+    except (KeyboardInterrupt, Exception) as e:
+        stop = stop_behind(e)  # also one a library wrapped or dropped
+        if stop is not None and done:
+            line = f"{stop_name(stop)}: export stopped after writing {out} and {out}.json (complete)"
+            raise type(stop)(line) from None
+        if stop is not None:
+            raise stop from None
+        if done or not isinstance(e, OSError):
             raise
         raise cannot_write_output(out, e, kept) from None
-    except (Preempted, KeyboardInterrupt) as stop:
-        if not done:
-            raise
-        raise type(stop)(f"{stop_name(stop)}: export stopped after writing {out} and {out}.json (complete)") from None
     finally:
-        for path in (old,) if done else (tmp, tmp_json):
-            outputs.discard(path)
+        if not done:
+            outputs.discard(tmp)
+            outputs.discard(tmp_json)
 
 
 def _describe(format: str, info: dict, workdir: str, ema: bool, dtype: str, preprocess: str,
