@@ -455,7 +455,7 @@ def test_ctrl_c_in_the_middle_of_a_compilation_is_one_line_and_status_130():
     """A Ctrl-C that comes inside a JAX call (a compilation), as the commands that stop at once take it
     (`errors.stops_raise`): one line and status 130, not a segmentation fault in XLA's threads at the
     interpreter's shutdown (`errors.exit_now`), nor, when it lands in JAX's garbage-collection callback
-    (where Python drops an exception: 4 runs in 8 on a loaded 2-core CPU with a bare KeyboardInterrupt),
+    (where Python drops an exception: 2 and 4 runs in 8 on a loaded 2-core CPU with a bare KeyboardInterrupt),
     a run that goes on with status 0."""
     proc = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_COMPILATION], env=env_with_devices(1),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
