@@ -41,11 +41,14 @@ resnet_jax.export`` takes its signals first).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.util
 import json
 import os
-from collections.abc import Callable, Sequence
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from resnet_jax import outputs
@@ -54,6 +57,7 @@ from resnet_jax.errors import (
     ConfigError,
     ExportError,
     MissingDependencyError,
+    Preempted,
     cannot_write_output,
     exit_on_user_error,
     stop_behind,
@@ -212,6 +216,31 @@ def _write_savedmodel(path: str, fn: Callable, spec: Callable, platforms: Sequen
         tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
     except tf.errors.OpError as e:  # TensorFlow's own file errors: an OSError's one line (the reason in words)
         raise OSError(e.message.split("\n")[0]) from None
+
+
+@contextlib.contextmanager
+def _tensorflow_quiet() -> Iterator[None]:
+    """Inside: TensorFlow's C++ lines kept off stderr (absl's "All log messages
+    before absl::InitializeLog() ..." and oneDNN's notice, at its import and again
+    as it saves: TensorFlow 2.21 prints them whatever TF_CPP_MIN_LOG_LEVEL says),
+    so that a stop or a write error is the command's one line; they are shown
+    if the write fails otherwise (a bug)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except (OSError, Preempted, KeyboardInterrupt):
+            raise
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            os.write(2, captured.read())
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _write_onnx(path: str, model: Any, variables: dict, info: dict, preprocess: str) -> None:
@@ -381,7 +410,11 @@ def export(
         fn = inference_function(model, variables, preprocess, info["mean"], info["std"])
         spec = lambda batch: _input_spec(preprocess, info["image_size"], batch)  # noqa: E731
         writer = _write_stablehlo if format == "stablehlo" else _write_savedmodel
-        write = lambda path: writer(path, fn, spec, platforms)  # noqa: E731
+        quiet = _tensorflow_quiet if format == "savedmodel" else contextlib.nullcontext
+
+        def write(path: str) -> None:
+            with quiet():
+                writer(path, fn, spec, platforms)
     description = _describe(format, info, workdir, ema, dtype, preprocess, platforms, library_model)
     _write_atomically(out, write, description)
     return description
