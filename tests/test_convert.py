@@ -160,3 +160,38 @@ def test_cli_writes_a_checkpoint_that_restores(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         convert.main(["torchvision", "resnet50", str(pth), str(tmp_path / "bad")])
     assert stop.value.code == 2 and "does not fit resnet50" in capsys.readouterr().err
+
+
+def test_a_conversion_killed_midway_leaves_the_earlier_one_and_runs_again(tmp_path):
+    """A real SIGKILL while `python -m resnet_jax.convert --overwrite` writes: the earlier
+    conversion is untouched, and the same command then removes what the kill left and
+    replaces it (the states a kill leaves at each step: tests/test_command_faults.py)."""
+    import glob
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import env_with_devices
+    from safetensors.torch import save_file
+
+    import resnet_jax
+
+    weights, out = str(tmp_path / "r18.safetensors"), str(tmp_path / "converted")
+    save_file(torchvision_model("resnet18").state_dict(), weights)
+    variables = convert.from_torchvision(convert.load_state_dict(weights), "resnet18")
+    convert.write_checkpoint(variables, "resnet18", out, source="earlier")
+    before = sorted(glob.glob(f"{out}/**", recursive=True))
+    command = ["torchvision", "resnet18", weights, out, "--overwrite"]
+    proc = subprocess.Popen([sys.executable, "-m", "resnet_jax.convert", *command], env=env_with_devices(1))
+    while not glob.glob(f"{tmp_path}/.converted.tmp-{proc.pid}/checkpoints") and proc.poll() is None:
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert glob.glob(f"{tmp_path}/.converted.tmp-{proc.pid}")  # what the kill left, beside
+    assert sorted(glob.glob(f"{out}/**", recursive=True)) == before
+    assert resnet_jax.restore(out)[2]["source"] == "earlier"
+    assert convert.main(command) == 0
+    assert sorted(os.listdir(tmp_path)) == ["converted", "r18.safetensors"]  # the kill's leftovers removed
+    assert resnet_jax.restore(out)[2]["source"] == "torchvision resnet18.IMAGENET1K_V1"
