@@ -15,7 +15,11 @@ the activations, what accumulation divides).
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/accumulation.py")
+
 import dataclasses
 import functools
 import json
@@ -29,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import bench  # noqa: E402
 from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.training import loop, population, steps  # noqa: E402
@@ -65,16 +70,17 @@ def build(model_name: str, batch: int, resolution: int, micro_batches: int, micr
     return round_, temp_mib
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = bench.parser(__file__, __doc__)
     p.add_argument("--model", default="cifar_resnet20")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4], help="the gradient_accumulation_steps to time")
+    p.add_argument("--batch", type=bench.positive, default=128)
+    p.add_argument("--resolution", type=bench.positive, default=32)
+    p.add_argument("--steps", type=bench.positive, nargs="+", default=[1, 2, 4],
+                   help="the gradient_accumulation_steps to time")
     p.add_argument("--loop", default="auto", choices=steps.ACCUMULATION_LOOPS, help="how the micro-batches run")
-    p.add_argument("--calls", type=int, default=5, help="steps a round")
-    p.add_argument("--repeats", type=int, default=7, help="rounds")
-    args = p.parse_args()
+    p.add_argument("--calls", type=bench.positive, default=5, help="steps a round")
+    p.add_argument("--repeats", type=bench.positive, default=7, help="rounds")
+    args = p.parse_args(argv)
     ks = sorted(set(args.steps) | {1})
     runs = {k: build(args.model, args.batch, args.resolution, k, args.loop, args.calls) for k in ks}
     times: dict[int, list[float]] = {k: [] for k in ks}
@@ -95,4 +101,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -17,7 +17,11 @@ rounds of 5 steps, the sets taking turns), its ratio to none, and each
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/augment_cost.py")
+
 import functools
 import json
 import math
@@ -31,6 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import bench  # noqa: E402
 from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.augment import batch as batch_augment  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
@@ -97,14 +102,14 @@ def build(model_name: str, batch: int, resolution: int, fields: dict):
 REFINES = {"bn_group16": "none", "mix_chunk16": "mix", "tv2_sources": "tv2", "rsb_a1_sources": "rsb_a1"}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = bench.parser(__file__, __doc__)
     p.add_argument("--model", default="cifar_resnet20")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--batch", type=bench.positive, default=128)
+    p.add_argument("--resolution", type=bench.positive, default=32)
+    p.add_argument("--repeats", type=bench.positive, default=5)
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
-    args = p.parse_args()
+    args = p.parse_args(argv)
     runs = {name: build(args.model, args.batch, args.resolution, SETS[name]) for name in args.sets}
     times = {name: [] for name in runs}
     for _ in range(args.repeats):  # round-robin: every set sees the same load
@@ -121,4 +126,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

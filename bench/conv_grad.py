@@ -10,7 +10,11 @@ the filter (median of --repeats calls), and the chunk size that was fastest.
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/conv_grad.py")
+
 import json
 import os
 import sys
@@ -23,6 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
+import bench  # noqa: E402
 from resnet_jax.models import conv as conv_lib  # noqa: E402
 
 # (resolution, in channels, out channels, stride) of the 3x3 convolutions of a CIFAR ResNet.
@@ -49,12 +54,12 @@ def grad_fn(conv_fn, stride: int):
     return jax.jit(jax.grad(loss, (0, 1)))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--chunks", type=int, nargs="+", default=[4, 8, 16, 32])
-    p.add_argument("--repeats", type=int, default=11)
-    args = p.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    p = bench.parser(__file__, __doc__)
+    p.add_argument("--batch", type=bench.positive, default=128)
+    p.add_argument("--chunks", type=bench.positive, nargs="+", default=[4, 8, 16, 32])
+    p.add_argument("--repeats", type=bench.positive, default=11)
+    args = p.parse_args(argv)
     print(json.dumps({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "batch": args.batch}))
     for resolution, cin, cout, stride in CIFAR_SHAPES:
         kx, kw, kg = jax.random.split(jax.random.key(0), 3)
@@ -73,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

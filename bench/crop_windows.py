@@ -9,7 +9,11 @@ image) and the share of whole-image windows of torchvision's own
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/crop_windows.py")
+
 import json
 import os
 import sys
@@ -19,6 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torchvision.transforms as T  # noqa: E402  (before TensorFlow: the other order crashes)
 
+import bench  # noqa: E402
+
 
 def summary(windows: np.ndarray, height: int, width: int) -> dict[str, float]:
     """(top, left, h, w) rows -> mean area fraction and the share of whole-image windows."""
@@ -27,12 +33,12 @@ def summary(windows: np.ndarray, height: int, width: int) -> dict[str, float]:
             "whole": round(float(np.mean((h == height) & (w == width))), 4)}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--draws", type=int, default=20000)
-    parser.add_argument("--height", type=int, default=375)
-    parser.add_argument("--width", type=int, default=500)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = bench.parser(__file__, __doc__)
+    parser.add_argument("--draws", type=bench.positive, default=20000)
+    parser.add_argument("--height", type=bench.positive, default=375)
+    parser.add_argument("--width", type=bench.positive, default=500)
+    args = parser.parse_args(argv)
     n, height, width = args.draws, args.height, args.width
 
     import tensorflow as tf
@@ -71,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -11,7 +11,11 @@ before and after the others, and each ratio is against their mean. Prints one JS
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/export.py")
+
 import json
 import os
 import platform
@@ -25,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+import bench  # noqa: E402
 import resnet_jax  # noqa: E402
 from resnet_jax import convert, weights  # noqa: E402
 
@@ -78,11 +83,11 @@ def runners(fmt: str, path: str, model_name: str) -> Callable[[np.ndarray], obje
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = bench.parser(__file__, __doc__)
     p.add_argument("--model", default="resnet50", help="a torchvision architecture that convert maps")
-    p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--resolution", type=bench.positive, default=224)
+    p.add_argument("--batch", type=bench.positive, default=32)
+    p.add_argument("--repeats", type=bench.positive, default=3)
     p.add_argument("--formats", default="stablehlo,onnx,savedmodel,torchvision")
     args = p.parse_args(argv)
 
@@ -131,4 +136,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

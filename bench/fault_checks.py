@@ -20,7 +20,11 @@ Prints one JSON line per model; docs/faults.md holds the figures.
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/fault_checks.py")
+
 import functools
 import json
 import os
@@ -37,6 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
 
+import bench  # noqa: E402
 from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
@@ -142,11 +147,11 @@ def _step_costs(model_name: str, state: Any, batch: dict[str, Any], repeats: int
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = bench.parser(__file__, __doc__)
     parser.add_argument("--models", nargs="+", default=["cifar_resnet20", "resnet50"])
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=bench.positive, default=3)
+    args = parser.parse_args(argv)
     mesh = parallel.make_mesh()
     for name in args.models:
         c = default_config()
@@ -168,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -16,15 +16,21 @@ Items, in this order (``--items`` picks some by prefix):
    (``python -m resnet_jax.reproduce``, the device pipeline), for as long as the time goes.
 
 Every item is a process of its own. Its result is appended to ``<out>/results.jsonl`` the moment it is
-measured and ``<out>/summary.md`` (a row per item) is written again, so a run stopped by SIGTERM, Ctrl-C or
-``--deadline-s`` keeps every figure it measured; the running item is stopped with SIGTERM (the study saves
-its checkpoint) and the benchmark exits with status 3. The same command again skips the items already
-measured and resumes the study from ``<out>/study``.
+measured and ``<out>/summary.md`` (a row per item) is written again, each file whole (a temporary file renamed
+over it), so a run stopped by SIGTERM, Ctrl-C or ``--deadline-s`` keeps every figure it measured; the running
+item is stopped with SIGTERM (the study saves its checkpoint) and the benchmark ends with one line on stderr
+and status 3 (130 for Ctrl-C). A file of ``<out>`` that cannot be written is one line (status 2), the earlier
+results as they were. The same command again skips the items already measured and resumes the study from
+``<out>/study``.
 """
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # first: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/gpu.py")
+
 import json
 import os
 import shlex
@@ -39,7 +45,12 @@ from dataclasses import dataclass
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STOPPED = 3  # the exit status of a benchmark stopped by a signal or its deadline
+sys.path.insert(0, ROOT)
+
+import bench  # noqa: E402
+from resnet_jax import errors  # noqa: E402
+
+STOPPED = errors.EXIT_PREEMPTED  # the exit status of a benchmark stopped by SIGTERM or its deadline (Ctrl-C: 130)
 
 
 @dataclass(frozen=True)
@@ -237,8 +248,12 @@ class Bench:
                 "error": output[-1500:] if result is None else ""}  # fmt: skip
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.results, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """`record` appended to results.jsonl, the file written again whole (never a record cut in half)."""
+        earlier = ""
+        if os.path.isfile(self.results):
+            with open(self.results) as f:
+                earlier = f.read()
+        bench.write_text(self.results, earlier + json.dumps(record) + "\n")
         self.summary()
 
     def summary(self) -> None:
@@ -254,8 +269,7 @@ class Bench:
             text = figure(name, r["result"], done) if r.get("result") else r.get("error", "")[-200:]
             text = " ".join(text.split()).replace("|", "/")
             rows.append(f"| {name} | {text} | {r['status']} | {r['date']}, {r['commit']} | `{r['command']}` |")
-        with open(os.path.join(self.out, "summary.md"), "w") as f:
-            f.write("\n".join(rows) + "\n")
+        bench.write_text(os.path.join(self.out, "summary.md"), "\n".join(rows) + "\n")
 
 
 def _commit() -> str:
@@ -268,7 +282,7 @@ def _commit() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = bench.parser(__file__, __doc__)
     p.add_argument("--data", required=True, help="a CIFAR-10 image folder root/{train,test}/<class>/<image>")
     p.add_argument("--out", required=True, help="where results.jsonl, summary.md, logs/ and the study go")
     p.add_argument("--items", default="", help="comma-separated name prefixes, e.g. resnet20,population")
@@ -276,39 +290,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="every item a few steps, to rehearse on a CPU")
     args = p.parse_args(argv)
     sizes = TINY if args.tiny else Sizes()
-    out, data = os.path.abspath(args.out), os.path.abspath(args.data)
-    bench = Bench(out, args.deadline_s)
-    previous = {sig: signal.signal(sig, lambda signum, frame: bench.stop(signal.Signals(signum).name))
-                for sig in (signal.SIGTERM, signal.SIGINT)}  # fmt: skip
+    out, data = os.path.abspath(args.out), bench.existing(os.path.abspath(args.data), "--data: an image folder")
+    kept = f"{out}/results.jsonl keeps every figure measured before"
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        run_all(bench, sizes, data, out, args.items)
+        runner = Bench(out, args.deadline_s)
+        for sig in previous:
+            signal.signal(sig, lambda signum, frame: runner.stop(signal.Signals(signum).name))
+        run_all(runner, sizes, data, out, args.items)
+    except errors.UserError:
+        raise
+    except OSError as e:  # a log or the folder: <out> cannot be written
+        raise errors.cannot_write_output(e.filename or out, e, kept) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return STOPPED if bench.stop_reason else 0
+    if not runner.stop_reason:
+        return 0
+    names = {"SIGINT": "Ctrl-C: bench/gpu.py stopped", "SIGTERM": "SIGTERM: bench/gpu.py stopped"}
+    what = names.get(runner.stop_reason, f"bench/gpu.py stopped at its deadline (--deadline-s {args.deadline_s:g})")
+    print(f"{what}; {runner.results} and summary.md hold every figure measured; the same command measures the rest",
+          file=sys.stderr)  # fmt: skip
+    return errors.EXIT_INTERRUPTED if runner.stop_reason == "SIGINT" else STOPPED
 
 
-def run_all(bench: Bench, sizes: Sizes, data: str, out: str, selection: str) -> None:
+def run_all(runner: Bench, sizes: Sizes, data: str, out: str, selection: str) -> None:
     """Every item selected and not measured yet, in order, until the last or a stop."""
     wanted = [w for w in selection.split(",") if w]
     todo = [i for i in items(sizes, data, out) if not wanted or any(i.name.startswith(w) for w in wanted)]
-    done = bench.done()
+    done = runner.done()
     for item in todo:
         if item.name in done:
             print(f"{item.name}: measured already ({done[item.name]['date']}, {done[item.name]['commit']})")
             continue
-        if bench.stop_reason:
+        if runner.stop_reason:
             break
         print(f"{item.name}: {item.command[1] if item.command[1] != '-m' else item.command[2]} ...", flush=True)
         cap = float("inf") if item.name == "study" else sizes.item_cap_s
-        record = bench.run(item, cap)
-        bench.write(record)
-        done = bench.done()
+        record = runner.run(item, cap)
+        runner.write(record)
+        done = runner.done()
         shown = figure(item.name, record["result"], done) if record.get("result") else record.get("error", "")[-300:]
         print(f"{item.name}: {record['status']}: {shown}", flush=True)
-    left = [i.name for i in todo if i.name not in bench.done()]
-    print(f"results: {bench.results}; not measured yet (the same command again): {', '.join(left) or 'none'}")
+    left = [i.name for i in todo if i.name not in runner.done()]
+    print(f"results: {runner.results}; not measured yet (the same command again): {', '.join(left) or 'none'}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bench.run(main, "results.jsonl and summary.md are as they were")

@@ -14,7 +14,11 @@ on (the seconds to that batch, mostly starting the workers, are reported apart).
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/input_pipeline.py")
+
 import json
 import os
 import sys
@@ -25,6 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+
+import bench  # noqa: E402
 
 
 def make_folder(root: str, num_images: int, size: tuple[int, int] = (500, 375)) -> None:
@@ -90,14 +96,16 @@ def measure_grain(root: str, workers: int, batch: int, size: int) -> tuple[float
     return rate, t1 - t0
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--images", type=int, default=600)
-    p.add_argument("--threads", type=int, nargs="*", default=[1, 2], help="tf.data threads (none: no tf.data)")
-    p.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="Grain worker processes (none: no Grain)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--size", type=int, default=224)
-    args = p.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    p = bench.parser(__file__, __doc__)
+    p.add_argument("--images", type=bench.positive, default=600)
+    p.add_argument("--threads", type=bench.positive, nargs="*", default=[1, 2],
+                   help="tf.data threads (none: no tf.data)")
+    p.add_argument("--workers", type=bench.positive, nargs="*", default=[1, 2],
+                   help="Grain worker processes (none: no Grain)")
+    p.add_argument("--batch", type=bench.positive, default=64)
+    p.add_argument("--size", type=bench.positive, default=224)
+    args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as root:
         make_folder(root, args.images)
         kb = np.mean([os.path.getsize(os.path.join(root, "train", "class0", f)) for f in os.listdir(
@@ -116,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

@@ -42,7 +42,11 @@ Prints one JSON line; README and docs/cpu.md hold the figures with their commit.
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/loop_overhead.py")
+
 import json
 import os
 import statistics
@@ -58,6 +62,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import bench  # noqa: E402
 from resnet_jax import parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.data.device import DevicePipeline  # noqa: E402
@@ -295,15 +300,15 @@ def sweep(num_steps: int, batch: int) -> dict[str, Any]:
             "together_s": together, "separate_s": alone, "ratio": together / alone}  # fmt: skip
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = bench.parser(__file__, __doc__)
     p.add_argument("what", choices=["proxy", "resnet20", "sweep", "stacking", "calls"])
     p.add_argument("--step", choices=["proxy", "resnet20"], default="proxy", help="stacking: the step timed")
     p.add_argument("--steps", type=int, default=0, help="default: 3000 (proxy), 300 (resnet20), 40 (sweep)")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--examples", type=int, default=50000, help="synthetic training images")
-    p.add_argument("--repeats", type=int, default=1, help="loop runs, each with the bare loop around it")
-    args = p.parse_args()
+    p.add_argument("--batch", type=bench.positive, default=128)
+    p.add_argument("--examples", type=bench.positive, default=50000, help="synthetic training images")
+    p.add_argument("--repeats", type=bench.positive, default=1, help="loop runs, each with the bare loop around it")
+    args = p.parse_args(argv)
     _use_synthetic_data(args.examples)
     num_steps = args.steps or {"proxy": 3000, "resnet20": 300, "sweep": 40, "stacking": 3000, "calls": 3000}[args.what]
     if args.what == "calls":
@@ -319,4 +324,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

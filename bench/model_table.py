@@ -11,13 +11,18 @@ networks, 32 for CIFAR networks. With ``--write``, the text between
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/model_table.py")
+
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import bench  # noqa: E402
 from resnet_jax import models  # noqa: E402
 from resnet_jax.models.profile import default_resolution  # noqa: E402
 
@@ -57,7 +62,7 @@ def replace_block(text: str, table: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench.parser(__file__, __doc__)
     parser.add_argument("--write", metavar="FILE", type=Path, help="replace the marked block of FILE")
     parser.add_argument("models", nargs="*", help="model names (default: all registered models)")
     args = parser.parse_args(argv)
@@ -73,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(f"{args.write}: {e}")
     if new != text:
-        args.write.write_text(new)
+        bench.write_text(str(args.write), new)
     print(f"wrote {len(table.splitlines()) - 2} models to {args.write}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    bench.run(main)

@@ -24,7 +24,11 @@ float32; on a CPU pass the machine's peak, or read the images/s alone).
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/throughput.py")
+
 import functools
 import json
 import math
@@ -39,6 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import bench  # noqa: E402
 from resnet_jax import models, parallel  # noqa: E402
 from resnet_jax.config import default_config  # noqa: E402
 from resnet_jax.data import make_pipeline  # noqa: E402
@@ -160,18 +165,18 @@ def _time_pipeline(pipeline: Any, options: steps.StepOptions, holder: dict, num_
     return (time.perf_counter() - t0) / num_steps
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = bench.parser(__file__, __doc__)
     p.add_argument("--model", default="cifar_resnet20")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=bench.positive, default=128)
     p.add_argument("--resolution", type=int, default=0, help="default: 32 (CIFAR) or 224 (ImageNet)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--steps-per-call", type=int, default=1, help="train steps per jitted call (lax.scan)")
+    p.add_argument("--steps", type=bench.positive, default=20)
+    p.add_argument("--steps-per-call", type=bench.positive, default=1, help="train steps per jitted call (lax.scan)")
     p.add_argument("--num-classes", type=int, default=0)
     p.add_argument("--model-kwargs", type=json.loads, default={}, help='e.g. \'{"bn_one_pass": true}\'')
     p.add_argument("--peak-tflops", type=float, default=0.0)
-    p.add_argument("--seeds", type=int, default=1, help="seeds trained together in one compiled step")
+    p.add_argument("--seeds", type=bench.positive, default=1, help="seeds trained together in one compiled step")
     p.add_argument("--member-batching", choices=["auto", "vmap", "loop"], default="auto",
                    help="several seeds: vmap (the same kernels), loop (one after another in the step)")  # fmt: skip
     p.add_argument("--start-at", type=float, default=0.0, help="Unix time to start timing at, once compiled")
@@ -180,13 +185,14 @@ def main() -> None:
                    "max-autotune"], help="PyTorch eager and/or torch.compile modes")  # fmt: skip
     p.add_argument("--data", default="", help="an image folder root/{train,test}/<class>/: also time the real pipeline")
     p.add_argument("--pipeline", choices=["device", "tfds"], default="device")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.torch:  # leave GPU memory to PyTorch: JAX would otherwise preallocate 75% of it
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     resolution = args.resolution or default_resolution(args.model)
     num_classes = args.num_classes or (10 if models.family(args.model) == "cifar" else 1000)
     pipeline = None
     if args.data:
+        bench.existing(args.data, "--data: an image folder root/{train,test}/<class>/")
         c = default_config()
         c.batch_size, c.data.path, c.data.pipeline, c.data.image_size = args.batch, args.data, args.pipeline, resolution
         pipeline = make_pipeline(c, parallel.make_mesh())
@@ -215,4 +221,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)

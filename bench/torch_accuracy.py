@@ -24,7 +24,12 @@ sqrt(2 / fan_out)) instead of PyTorch's default.
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/torch_accuracy.py")
+
+import contextlib
 import importlib.util
 import json
 import os
@@ -37,7 +42,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import bench  # noqa: E402
 from bench.torch_peer import CifarResNet  # noqa: E402
+from resnet_jax import errors  # noqa: E402
 from resnet_jax.data import folder  # noqa: E402
 from resnet_jax.reproduce.study import scale_recipe  # noqa: E402
 from resnet_jax.training import optim  # noqa: E402
@@ -143,13 +150,27 @@ def train(
         if checkpoint:
             state = {"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step,
                      "train_s": train_s, "epoch": epoch, "top1": top1}  # fmt: skip
-            torch.save(state, checkpoint + ".tmp")
-            os.replace(checkpoint + ".tmp", checkpoint)
+            save(state, checkpoint)
     return {
         "torch": torch.__version__, "recipe": recipe_path, "scale": scale, "init": init,
         "steps": step, "seed": seed, "test_top1": top1,
         "wall_s": time.time() - t0, "train_images_per_s": step * c.batch_size / train_s,
     }  # fmt: skip
+
+
+def save(state: dict, checkpoint: str) -> None:
+    """`state` into `checkpoint` whole: a temporary file renamed over the earlier epoch's, stops held meanwhile;
+    a write error is one line, the earlier epoch's checkpoint kept."""
+    temporary = checkpoint + ".tmp"
+    try:
+        with errors.stops_held():
+            with open(temporary, "wb") as f:
+                torch.save(state, f)
+            os.replace(temporary, checkpoint)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise errors.cannot_write_output(checkpoint, e, "the checkpoint of the epoch before is as it was") from None
 
 
 @torch.no_grad()
@@ -165,29 +186,30 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return correct / len(y)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    p = bench.parser(__file__, __doc__)
     p.add_argument("--data", required=True, help="an image folder root/<split>/<class>/<image>")
     p.add_argument("--recipe", default=os.path.join(os.path.dirname(__file__), "..", "configs", "cifar10_quick.py"))
-    p.add_argument("--epochs", type=int, default=10, help="for a recipe counted in epochs")
+    p.add_argument("--epochs", type=bench.positive, default=10, help="for a recipe counted in epochs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--threads", type=bench.positive, default=os.cpu_count() or 1)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies a step-based recipe's iteration counts")
     p.add_argument("--init", choices=("torch", "he"), default="torch", help="conv init: PyTorch's default or ours")
     p.add_argument("--checkpoint", default="", help="save every epoch to this file and resume from it")
     p.add_argument("--batch-size", type=int, default=0, help="default: the recipe's")
     p.add_argument("--out", default="", help="also write the result as JSON to this file")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    bench.existing(args.data, "--data: an image folder root/<split>/<class>/<image>")
+    bench.existing(args.recipe, "--recipe: a config file")
     result = train(
         args.data, args.recipe, args.epochs, args.seed, args.threads, args.device, args.scale, args.init,
         args.checkpoint, args.batch_size,
     )  # fmt: skip
     print(json.dumps(result, indent=1))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        bench.write_text(args.out, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main, "nothing was written but --checkpoint's finished epochs (the same command resumes from them)")

@@ -8,7 +8,11 @@ bf16 autocast where asked, eager or ``torch.compile``), without timing JAX again
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # before the imports that take seconds: a stop while it starts is one line
+    from resnet_jax.errors import stop_while_starting
+
+    stop_while_starting("bench/torch_speed.py")
+
 import json
 import os
 import sys
@@ -17,16 +21,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+import bench  # noqa: E402
 from bench.torch_peer import MODES, train_throughput  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = bench.parser(__file__, __doc__)
     p.add_argument("--model", default="cifar_resnet20")
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--batch", type=bench.positive, default=128)
     p.add_argument("--resolution", type=int, default=0, help="default: 32 (CIFAR) or 224 (ImageNet)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=bench.positive, default=20)
     p.add_argument("--mode", choices=MODES, default="eager", help="eager, or a torch.compile mode")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)
@@ -43,4 +48,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    bench.run(main)
