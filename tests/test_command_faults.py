@@ -15,8 +15,8 @@ asserts for each:
 A row runs the command's ``main`` in this process (its faults injected with
 monkeypatch: a signal sent to this process in the middle of a write, an OS
 error raised by the writer), or, for a stop while the command starts, runs
-``python -m resnet_jax.<command>`` and signals it once its handlers are in
-place. A kill (SIGKILL) is a row of the state it leaves on disk: the same
+``python -m resnet_jax.<command>`` (or ``python bench/<script>.py``) and signals
+it once its handlers are in place. A kill (SIGKILL) is a row of the state it leaves on disk: the same
 command run again over it.
 
 To add a command: a `Scene` field for what it reads or writes (and to
@@ -25,11 +25,13 @@ To add a command: a `Scene` field for what it reads or writes (and to
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import errno
 import functools
 import gc
 import hashlib
+import importlib
 import json
 import os
 import pathlib
@@ -46,12 +48,14 @@ import pytest
 from conftest import env_with_devices, make_image_folder, tiny_config
 from fixtures.make_checkpoints import HERE as FIXTURES
 
+import bench
 from resnet_jax import convert, evaluate, export, outputs, parallel, plot, predict
 from resnet_jax.errors import exit_on_user_error
 from resnet_jax.export import main as export_main
 from resnet_jax.training.checkpoint import Checkpointer
 
 MAINS: dict[str, Callable[[list[str]], Any]] = {"export": export_main, "convert": convert.main}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN = FIXTURES / "one_seed"  # cifar_resnet20 of 4-8-16 filters at 16 px: the workdir an export reads
 
 
@@ -69,10 +73,11 @@ class Scene:
         self.converted = os.path.join(self.root, "converted")
         self.foreign = os.path.join(self.root, "notes")
         self.file = os.path.join(self.root, "blocker")
+        self.table = os.path.join(self.root, "models.md")  # a page whose marked block bench/model_table.py replaces
 
     @property
     def protected(self) -> list[str]:
-        return [self.run, self.export, self.export + ".json", self.converted, self.foreign, self.file]
+        return [self.run, self.export, self.export + ".json", self.converted, self.foreign, self.file, self.table]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,8 +349,8 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
-def refused_write(number: int) -> Callable[[Scene, Any], None]:
-    """An injection: the evaluation record's write fails with the OS error `number`:
+def refused_write(number: int, module: Any = evaluate) -> Callable[[Scene, Any], None]:
+    """An injection: the evaluation record's write (`module`'s) fails with the OS error `number`:
     at once (read-only) or after part of it is written (a full disk)."""
 
     def inject(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,7 +366,7 @@ def refused_write(number: int) -> Callable[[Scene, Any], None]:
             f.write = full
             return f
 
-        monkeypatch.setattr(evaluate, "open", fake_open, raising=False)
+        monkeypatch.setattr(module, "open", fake_open, raising=False)
 
     return inject
 
@@ -472,6 +477,79 @@ ROWS += [
 ]  # fmt: skip
 
 
+# bench scripts (bench/__init__.py): model_table imports JAX, torch_speed and torch_accuracy torch, gpu runs the rest.
+# A stop while one starts is sent before its imports: each such row costs a Python start-up, not JAX's import.
+TABLE_START, TABLE_END = "<!-- model-table:start -->", "<!-- model-table:end -->"
+TABLE = lambda s: ["cifar_resnet20", "--write", s.table]  # noqa: E731
+NOT_TABLED = (r"error: cannot write /.*/models\.md \({}\); {}, then run the same command again; /.*/models\.md is as "
+              r"it was")  # fmt: skip
+EARLIER_GPU = '{"item": "resnet20_jax", "status": "done", "result": {"train_images_per_s": 400.0}}\n'
+
+
+def script(name: str) -> Any:
+    """bench/<name>.py as a module (imported on first use: torch's import is seconds)."""
+    return importlib.import_module(f"bench.{name}")
+
+
+for name in ("model_table", "torch_speed", "torch_accuracy", "gpu"):  # each as ``python bench/<name>.py`` runs it
+    MAINS[f"bench/{name}.py"] = lambda argv, name=name: bench.entry(script(name).main)(argv)
+
+
+def table_in_place(scene: Scene) -> None:
+    """The page's marked block is the new table; the rest of the page as it was."""
+    with open(scene.table) as f:
+        text = f.read()
+    assert text.startswith(f"# Models\n{TABLE_START}\n| Model |") and "`cifar_resnet20`" in text, text
+    assert "an earlier table" not in text and text.endswith(f"{TABLE_END}\n")
+
+
+def gpu_full_disk(scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier bench/gpu.py run in <root>/gpu (one item measured), one item left to measure, a full disk."""
+    gpu, out = script("gpu"), os.path.join(scene.root, "gpu")
+    os.makedirs(out)
+    with open(os.path.join(out, "results.jsonl"), "w") as f:
+        f.write(EARLIER_GPU)
+    item = gpu.Item("resnet50_jax", [sys.executable, "-c", "print('{\"train_images_per_s\": 9.0}')"], gpu.last_json)
+    monkeypatch.setattr(gpu, "items", lambda sizes, data, out: [item])
+    refused_write(errno.ENOSPC, bench)(scene, monkeypatch)
+
+
+def gpu_results_kept(scene: Scene) -> None:
+    with open(os.path.join(scene.root, "gpu", "results.jsonl")) as f:
+        assert f.read() == EARLIER_GPU
+
+
+ROWS += [
+    Row("bench/model_table.py", "SIGTERM while it starts", TABLE, 3,
+        "SIGTERM: bench/model_table.py stopped while starting; nothing was written", start_up="SIGTERM"),
+    Row("bench/model_table.py", "Ctrl-C while it starts", TABLE, 130,
+        "Ctrl-C: bench/model_table.py stopped while starting; nothing was written", start_up="SIGINT"),
+    Row("bench/model_table.py", "SIGTERM in the middle of the count", TABLE, 3,
+        "SIGTERM: bench/model_table.py stopped; nothing was written",
+        inject=lambda s, mp: signal_in(script("model_table"), "rows", signal.SIGTERM)(s, mp)),
+    Row("bench/model_table.py", "a read-only folder", TABLE, 2,
+        NOT_TABLED.format("Read-only file system", "make it writable or choose another path"),
+        inject=refused_write(errno.EROFS, bench)),
+    Row("bench/model_table.py", "a full disk", TABLE, 2, NOT_TABLED.format("No space left on device", "free space"),
+        inject=refused_write(errno.ENOSPC, bench)),
+    Row("bench/model_table.py", "an unknown model", lambda s: ["resnet_51", "--write", s.table], 2,
+        r"error: unknown model 'resnet_51'; registered models: cifar_plain110, .*"),
+    Row("bench/model_table.py", "the table written", TABLE, 0, None, replaced=lambda s: [s.table],
+        check=table_in_place),
+    Row("bench/torch_speed.py", "SIGTERM while it starts", lambda s: ["--steps", "1"], 3,
+        "SIGTERM: bench/torch_speed.py stopped while starting; nothing was written", start_up="SIGTERM"),
+    Row("bench/torch_speed.py", "Ctrl-C while it starts", lambda s: ["--steps", "1"], 130,
+        "Ctrl-C: bench/torch_speed.py stopped while starting; nothing was written", start_up="SIGINT"),
+    Row("bench/torch_speed.py", "--steps 0", lambda s: ["--steps", "0"], 2,
+        r"error: argument --steps: 0 is not a count \(1 or more\) \(python bench/torch_speed\.py --help\)"),
+    Row("bench/torch_accuracy.py", "a missing --data folder", lambda s: ["--data", os.path.join(s.root, "cifar")], 2,
+        r"error: /.*/cifar does not exist \(--data: an image folder root/<split>/<class>/<image>\)"),
+    Row("bench/gpu.py", "a full disk", lambda s: ["--data", s.root, "--out", os.path.join(s.root, "gpu")], 2,
+        r"error: cannot write /.*/gpu/results\.jsonl \(No space left on device\); free space, then run the same "
+        r"command again; /.*/gpu/results\.jsonl is as it was", inject=gpu_full_disk, check=gpu_results_kept),
+]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, str]:
     """What every scene copies: torchvision resnet18 weights, their earlier conversion,
@@ -504,13 +582,16 @@ def scene(sources, tmp_path) -> Scene:
         f.write("mine\n")
     with open(scene.file, "w") as f:
         f.write("mine too\n")
+    with open(scene.table, "w") as f:
+        f.write(f"# Models\n{TABLE_START}\n| an earlier table |\n{TABLE_END}\n")
     return scene
 
 
 def start_and_signal(row: Row, scene: Scene) -> tuple[int, str, str]:
     """``python -m resnet_jax.<command>``, signalled once it has put its handlers
     in place (its SIGTERM handler: /proc/<pid>/status), while it imports."""
-    command = [sys.executable, "-m", f"resnet_jax.{row.command}", *row.args(scene)]
+    script = [str(ROOT / row.command)] if row.command.startswith("bench/") else ["-m", f"resnet_jax.{row.command}"]
+    command = [sys.executable, *script, *row.args(scene)]
     proc = subprocess.Popen(command, env=env_with_devices(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while time.time() < deadline and proc.poll() is None:
@@ -572,3 +653,23 @@ def test_python_m_convert_prints_one_line_and_no_runpy_warning(scene):
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
     assert re.fullmatch(row.line, proc.stderr.strip()), proc.stderr
     assert digest(scene.converted) == before and proc.stdout == "" and temporaries(scene.root) == []
+
+
+def _main_guard(statement: ast.stmt) -> bool:
+    return isinstance(statement, ast.If) and ast.unparse(statement.test) == "__name__ == '__main__'"
+
+
+@pytest.mark.parametrize("path", sorted(set((ROOT / "bench").glob("*.py")) - {ROOT / "bench" / "__init__.py",
+                         ROOT / "bench" / "torch_peer.py"}), ids=lambda p: p.name)  # fmt: skip
+def test_every_bench_script_goes_through_the_shared_entry(path):
+    """A script a user runs takes its stops from its first statement (`errors.stop_while_starting`), parses its
+    arguments with `bench.parser` (one line, status 2) and runs its main by `bench.run` (one line and a status for
+    every stop): a new script that forgets one fails here."""
+    tree = ast.parse(path.read_text())
+    body = [s for s in tree.body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant))
+            and not (isinstance(s, ast.ImportFrom) and s.module == "__future__")]  # fmt: skip
+    first, last = body[0], body[-1]
+    assert _main_guard(first) and ast.unparse(first.body[-1]) == f"stop_while_starting('bench/{path.name}')"
+    assert _main_guard(last) and re.fullmatch(r"bench\.run\(main(, .*)?\)", ast.unparse(last.body[-1]))
+    calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    assert "bench.parser" in calls and "argparse.ArgumentParser" not in calls
