@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=bench.positive, default=64)
     p.add_argument("--size", type=bench.positive, default=224)
     args = p.parse_args(argv)
+    if args.workers and args.images < args.batch:  # Grain keeps whole batches only
+        p.error(f"--images {args.images} is fewer than --batch {args.batch}: Grain would give no batch")
     with tempfile.TemporaryDirectory() as root:
         make_folder(root, args.images)
         kb = np.mean([os.path.getsize(os.path.join(root, "train", "class0", f)) for f in os.listdir(
