@@ -28,7 +28,6 @@ if __name__ == "__main__":  # before the imports that take seconds: a stop while
 import functools
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -72,7 +71,11 @@ def _blocking_seconds(start: Any, wait: Any, repeats: int) -> float:
 
 
 def _checkpoint_costs(state: Any, repeats: int) -> dict[str, float]:
-    root = tempfile.mkdtemp(prefix="fault_checks_")
+    with tempfile.TemporaryDirectory(prefix="fault_checks_", ignore_cleanup_errors=True) as root:  # after a stop too
+        return _checkpoint_costs_in(root, state, repeats)
+
+
+def _checkpoint_costs_in(root: str, state: Any, repeats: int) -> dict[str, float]:
     metadata = run_metadata(default_config(), [f"class_{i}" for i in range(10)])
     ours = Checkpointer(os.path.join(root, "ours"), keep=2)
     plain = Checkpointer(os.path.join(root, "plain"), keep=2).manager
@@ -123,7 +126,6 @@ def _checkpoint_costs(state: Any, repeats: int) -> dict[str, float]:
     out["restore_ms"] = _median_seconds(restore_ours, repeats) * 1e3
     out["restore_plain_ms"] = _median_seconds(restore_plain, repeats) * 1e3
     ours.close(), plain.close(), default.close()
-    shutil.rmtree(root)
     return out
 
 
