@@ -79,7 +79,9 @@ def entry(main: Callable[[list[str] | None], int | None], kept: str = "nothing w
 
     def guarded(argv: list[str] | None = None) -> int:
         with errors.exit_on_user_error(), errors.stops_raise(name, kept):
-            return main(argv) or 0
+            status = main(argv) or 0
+            with errors.stops_held():  # a stop a library dropped on the way (JAX's gc callback) is raised here
+                return status
 
     return guarded
 
