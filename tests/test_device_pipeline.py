@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import flax
 import jax
@@ -72,7 +73,8 @@ def test_compiled_step_takes_the_batch_of_the_states_step(monkeypatch):
     monkeypatch.setattr(steps, "train_step", step_fn)
 
     def run(state, item):
-        state, _ = compile_train_step(None, p, {}, 1)(state, empty_window(1), item)
+        options = SimpleNamespace(micro_batches=1)  # the patched step reads no option; compile_train_step this one
+        state, _ = compile_train_step(options, p, {}, 1)(state, empty_window(1), item)
         return state, state.labels
 
     perm, key = next(p.train_epoch(1))
