@@ -34,7 +34,7 @@ def _loss_step(state: jax.Array, batch: dict, hp: dict) -> tuple[jax.Array, dict
 def _compiled(monkeypatch, step_fn, mesh):
     """The run's compiled step (one member, host batches) around `step_fn` instead of `steps.train_step`."""
     monkeypatch.setattr(steps, "train_step", lambda state, batch, hp, options: step_fn(state, batch, hp))
-    return compile_train_step(None, SimpleNamespace(mesh=mesh), {}, 1)
+    return compile_train_step(SimpleNamespace(micro_batches=1), SimpleNamespace(mesh=mesh), {}, 1)
 
 
 def test_windows_are_the_means_of_their_steps(tmp_path, monkeypatch):

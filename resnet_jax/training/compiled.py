@@ -64,7 +64,8 @@ def compile_train_step(
         options = dataclasses.replace(options, micro_sharding=NamedSharding(pipeline.mesh, P(None, parallel.DATA_AXIS)))
 
     def train_step(state: Any, batch: Batch, hp: dict[str, jax.Array]) -> tuple[Any, dict[str, jax.Array]]:
-        check_micro_batches(batch["label"].shape[0], k, devices)  # traced: the global batch's shape
+        if k > 1:
+            check_micro_batches(batch["label"].shape[0], k, devices)  # traced: the global batch's shape
         return steps.train_step(state, batch, hp, options)
 
     if isinstance(pipeline, OnDevicePipeline):
