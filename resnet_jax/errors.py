@@ -143,6 +143,15 @@ def exit_on_user_error() -> Iterator[None]:
     sys.exit(status)
 
 
+_BEFORE_EXIT_NOW: list[Callable[[], None]] = []
+
+
+def before_exit_now(fn: Callable[[], None]) -> None:
+    """Has `exit_now` call `fn` before it ends the process (`resnet_jax.peers`:
+    the processes of a run that stop together leave in order)."""
+    _BEFORE_EXIT_NOW.append(fn)
+
+
 def exit_now(status: int) -> NoReturn:
     """Ends the process with `status`, stdout and stderr flushed, without the
     interpreter's shutdown: after a Ctrl-C that came in the middle of a JAX call
@@ -152,6 +161,9 @@ def exit_now(status: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    for fn in _BEFORE_EXIT_NOW:
+        with contextlib.suppress(Exception):
+            fn()
     os._exit(status)
 
 

@@ -139,8 +139,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.tree_util.tree_map(put, tree)
 
 
-def gather_from_processes(value: int) -> np.ndarray:
-    """`value` of every process, as an array indexed by process (no-op on one process)."""
+def gather_from_processes(value: int | Sequence[int]) -> np.ndarray:
+    """`value` (an int, or a few) of every process, as an array indexed by process (no-op on one process)."""
     if jax.process_count() == 1:
         return np.asarray([value])
     from jax.experimental import multihost_utils

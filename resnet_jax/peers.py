@@ -38,7 +38,9 @@ errors ...", no stack dump) before it.
 An uncaught exception in the main thread of a survivor that looks like a failed
 collective waits for the watch's verdict instead of printing its traceback (see
 `_excepthook`). A process that ends normally says so first (at exit, before
-JAX's shutdown barrier), so that its closing connection raises no alarm.
+JAX's shutdown barrier), so that its closing connection raises no alarm. So
+do the processes of a stop they all agreed on (`exiting_together`, then
+`errors.exit_now`), and there process 0 leaves last, once the others have gone.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ import threading
 import time
 from typing import Any
 
-from resnet_jax.errors import EXIT_LOST_PEER, warn
+from resnet_jax.errors import EXIT_LOST_PEER, before_exit_now, warn
 
 PEER_TIMEOUT_S = 20.0
 """A peer from which nothing has come for this long is lost (connections that close are seen at once)."""
 HEARTBEAT_INTERVAL_S = 1.0
+LEAVE_TIMEOUT_S = 10.0
+"""How long process 0 waits at a stop agreed by all (`exiting_together`) for the others to have exited."""
 TIMEOUT_ENV = "RESNET_JAX_PEER_TIMEOUT_S"
 """Overrides `PEER_TIMEOUT_S` (seconds; 0 turns the watch off)."""
 
@@ -98,6 +102,7 @@ class PeerWatch:
         self._server: socket.socket | None = None
         self._lock = threading.Lock()
         self._reported = False
+        self.together = False  # every process is on its way out at the same point (`exiting_together`)
         self._thread = threading.Thread(target=self._run, name="resnet_jax-peer-watch", daemon=True)
 
     # -- set-up --------------------------------------------------------------------------------------------------
@@ -252,6 +257,18 @@ class PeerWatch:
             with contextlib.suppress(OSError):
                 peer.sock.send(b"bye\n")
 
+    def leave(self) -> None:
+        """At `errors.exit_now`, after `exiting_together`: says bye; process 0 then
+        waits (at most `LEAVE_TIMEOUT_S`) until the others' connections have
+        closed: they have exited before JAX's coordination service, which it
+        hosts, goes (its loss would abort them with a fatal dump)."""
+        if not self.together:
+            return
+        self.say_bye()
+        deadline = time.monotonic() + LEAVE_TIMEOUT_S
+        while self.process_id == 0 and self._peers and time.monotonic() < deadline:
+            time.sleep(0.01)
+
 
 def _line_start() -> str:
     """A newline when a tqdm progress bar holds the console's current line (it ends in a carriage return)."""
@@ -263,6 +280,14 @@ def _line_start() -> str:
 
 
 _watch: PeerWatch | None = None
+
+
+def exiting_together() -> None:
+    """Every process of the run is on its way out from the same point (a stop
+    they agreed on, `resnet_jax.training.stops.Agreement`), by `errors.exit_now`:
+    there they leave in order (`PeerWatch.leave`), no exit taken for a loss."""
+    if _watch is not None:
+        _watch.together = True
 
 
 def start(
@@ -294,6 +319,7 @@ def start(
     watch.start_thread()
     _watch = watch
     atexit.register(watch.say_bye)  # runs before JAX's shutdown barrier (atexit is last in, first out)
+    before_exit_now(watch.leave)
     previous = sys.excepthook
     sys.excepthook = lambda *exc: _excepthook(watch, previous, *exc)
     return watch

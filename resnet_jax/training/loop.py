@@ -31,7 +31,7 @@ from resnet_jax.training.lock import WorkdirLock
 from resnet_jax.training.metadata import check_resumable, run_metadata
 from resnet_jax.training.metrics import MetricWriter, TrainLog, compile_seconds
 from resnet_jax.training.state import TrainState, create_train_state, step_of
-from resnet_jax.training.stops import Stops, is_out_of_memory, out_of_memory
+from resnet_jax.training.stops import Agreement, Stops, is_out_of_memory, out_of_memory
 
 
 def model_from_config(
@@ -107,6 +107,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raised first, before anything is read or written.
       Preempted: SIGTERM stopped training before its last step (after a save;
         one during an evaluation abandons it, and the resumed run makes it first).
+        In a multi-process run every process raises it, at the same step,
+        whichever processes got the signal (`stops.Agreement`).
       Interrupted: Ctrl-C stopped training before its last step (after a save).
       StoppedNow: a second Ctrl-C (or one before training began) stopped the
         run at once, saving nothing.
@@ -195,9 +197,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, stops: 
     )
     resumed_at = step_of(state)  # the records of later steps are written again: the writers drop them
     writers = [MetricWriter(d, after=resumed_at) for d in population.member_dirs(workdir, members)]
+    agreed = Agreement(stops) if jax.process_count() > 1 else None  # all processes stop at the same step
+    stop = (lambda: stops.requested) if agreed is None else agreed  # read before each evaluation batch
     run = _Run(
-        config, workdir, members, pipeline, ckpt, metadata, total_steps, stops,
-        evaluate=make_evaluator(built.model, config, info.num_classes, mesh, members.size, lambda: stops.requested),
+        config, workdir, members, pipeline, ckpt, metadata, total_steps, stops, agreed,
+        evaluate=make_evaluator(built.model, config, info.num_classes, mesh, members.size, stop),
         log=TrainLog(writers, config.batch_size, lambda step: [float(s(step)) for s in built.schedules],
                      built.options.max_loss, parallel.replicated(mesh)),
     )  # fmt: skip
@@ -260,11 +264,14 @@ class _Run:
     (``eval_every_epochs`` or ``eval_every_steps``), checkpoints
     (``checkpoint_every_steps`` / ``checkpoint_every_minutes``, at evaluations
     with ``checkpoint_on_eval``, and always at the end and on SIGTERM or Ctrl-C), curves
-    (at an evaluation, at most every ``curves_every_seconds``)."""
+    (at an evaluation, at most every ``curves_every_seconds``). A stop is this
+    process's flag (`Stops.requested`), or in a multi-process run (`agreed`) the
+    one all processes agree on, read at the same steps and batches of each."""
 
-    def __init__(self, config, workdir, members, pipeline, ckpt, metadata, total_steps, stops, evaluate, log):
+    def __init__(self, config, workdir, members, pipeline, ckpt, metadata, total_steps, stops, agreed, evaluate, log):
         self.config, self.workdir, self.members, self.pipeline = config, workdir, members, pipeline
         self.ckpt, self.metadata, self.total_steps, self.stops = ckpt, metadata, total_steps, stops
+        self.agreed: Agreement | None = agreed
         self.evaluate, self.log = evaluate, log
         self.dirs = population.member_dirs(workdir, members)
         self.every = _Cadence.of(config, pipeline.steps_per_epoch, total_steps)
@@ -276,15 +283,17 @@ class _Run:
         spe, total = self.pipeline.steps_per_epoch, self.total_steps
         step, start_time = step_of(state), time.time()
         if self._evaluation_pending(step) and not self._evaluate(state, step):
-            raise (Interrupted if self.stops.requested == "Ctrl-C" else Preempted)(
-                f"{self.stops.requested}: stopped the evaluation of step {step} (its checkpoint is in "
+            stop = self._stopped()
+            raise (Interrupted if stop == "Ctrl-C" else Preempted)(
+                f"{stop}: stopped the evaluation of step {step} (its checkpoint is in "
                 f"{self.ckpt.directory}); the same command resumes, evaluating step {step} first"
             )
         if step >= total and not self.results:
             return self._finished(step)
         self.stops.training = True  # from here a Ctrl-C saves first
         self.log.restart_clock()
-        stop = self.stops.requested  # read once a step: the value the save and the exit both act on
+        agreed = self.agreed  # read once a step, as `stop`: the value the save and the exit both act on
+        stop = self.stops.requested if agreed is None else agreed()
         while step < total and not stop:
             epoch = step // spe
             n = self.every.steps_per_call  # the steps of one call (one item for them all)
@@ -295,7 +304,7 @@ class _Run:
                     self.log.added(n, time.perf_counter() - called)
                     step += n  # counted here: reading the state's step back would wait for the device
                     bar.update(n)
-                    stop = self._periodic(state, step, self.stops.requested)
+                    stop = self._periodic(state, step, self.stops.requested if agreed is None else agreed())
                     if step == total or step % spe == 0 or stop:
                         break
         if stop and (step < total or self.abandoned == step):
@@ -362,7 +371,7 @@ class _Run:
                 raise DivergedError(f"{e}; {where}") from None
             self.ckpt.check_saved()
         if evaluates and not self._evaluate(state, step):
-            stop, evaluates, saves, self.abandoned = self.stops.requested, False, True, step
+            stop, evaluates, saves, self.abandoned = self._stopped(), False, True, step
         if saves:
             with self.stops.saving():
                 self.ckpt.save(state, self.metadata, self.results.get("eval") if evaluates else None)
@@ -370,6 +379,10 @@ class _Run:
         if evaluates or saves:  # each waited for the device: the next window starts from an idle one
             self.log.restart_clock()
         return stop
+
+    def _stopped(self) -> str | None:
+        """The stop that abandoned an evaluation: this process's, or the agreed one (multi-process)."""
+        return self.stops.requested if self.agreed is None else self.agreed.value
 
     def _evaluate(self, state: TrainState, step: int) -> bool:
         """Evaluates `state`, records it and keeps it as the run's results; False

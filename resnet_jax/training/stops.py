@@ -10,6 +10,10 @@ line naming what to lower.
   at once (`StoppedNow`): what a person at a terminal means by pressing it
   again. No save is started; one under way is finished first (a Ctrl-C never
   cuts a save short, which would leave a partial folder and lose it).
+* In a run of several processes each one's flag is only its own, while the
+  steps, evaluation batches and saves are collective: the loop acts on the stop
+  the processes agree on (`agree`, read by `Agreement` every ~2 s at the same
+  step of each), so that all save at the same step, wherever the signal came.
 """
 
 from __future__ import annotations
@@ -18,15 +22,19 @@ import contextlib
 import os
 import re
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import jax
 import ml_collections
 
+from resnet_jax import parallel, peers
 from resnet_jax.errors import OutOfMemoryError, StoppedNow
 
 NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C", signal.SIGHUP: "SIGHUP"}
+PRECEDENCE = (None, "Ctrl-C", "SIGHUP", "SIGTERM")  # processes that got different stops agree on the last any got
+AGREE_SECONDS = 2.0  # between two agreements of a multi-process run: a stop well inside a ~30 s preemption notice
 
 
 class Stops:
@@ -83,6 +91,51 @@ class Stops:
     def __exit__(self, *exc: Any) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+
+
+def agree(flag: str | None, proposal: int = 0) -> tuple[str | None, int]:
+    """The stop all processes of the run act on, given this process's `flag`
+    (None, or the name of the signal it got): the one of them last in
+    `PRECEDENCE` (SIGTERM before SIGHUP before Ctrl-C), None if no process has
+    one; and process 0's `proposal` (any int the processes must agree on). One
+    collective of two ints a process; on one process, `flag` and `proposal`
+    themselves, with none."""
+    if jax.process_count() == 1:
+        return flag, proposal
+    rows = parallel.gather_from_processes((PRECEDENCE.index(flag), proposal))
+    return PRECEDENCE[int(rows[:, 0].max())], int(rows[0, 1])
+
+
+class Agreement:
+    """``agreed()``: `Stops.requested` as all processes of a multi-process run
+    agree on it (`agree`), for reads made at the same points of every process
+    (each train step, each evaluation batch), so that all act on a stop at the
+    same point. An agreement waits for every process and for the work queued
+    on its device (the loop otherwise runs ahead of it), so only every
+    `interval`-th read agrees, the others return the last agreed value:
+    process 0 sets the interval at each agreement from the time its reads
+    took, so that about `seconds` pass between two (a step of any length
+    costs one wait every ~2 s); it at most doubles from one to the next. A stop, once agreed, stays; every process is
+    then on its way out (`peers.exiting_together`)."""
+
+    def __init__(self, stops: Stops, seconds: float = AGREE_SECONDS) -> None:
+        self.stops, self.seconds = stops, seconds
+        self.value: str | None = None
+        self.interval = 1  # the first read agrees: a SIGTERM that came while the run was starting
+        self._reads = 0
+        self._since = time.monotonic()
+
+    def __call__(self) -> str | None:
+        """The agreed stop at this read (None: go on); the same read of each process returns the same."""
+        self._reads += 1
+        if self.value is None and self._reads >= self.interval:
+            per_read = max(time.monotonic() - self._since, 1e-6) / self._reads
+            proposal = max(1, min(2 * self.interval, int(self.seconds / per_read)))  # one odd read: at most double
+            self.value, self.interval = agree(self.stops.requested, proposal)
+            self._reads, self._since = 0, time.monotonic()
+            if self.value is not None:
+                peers.exiting_together()  # every process saves at this step and exits
+        return self.value
 
 
 def is_out_of_memory(error: BaseException) -> bool:
