@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 
+import pytest
 from conftest import cli_args, env_with_devices
 
 from resnet_jax.training.checkpoint import Checkpointer
@@ -91,6 +92,7 @@ def stopped_at(statuses, outs):
     return steps[0]
 
 
+@pytest.mark.slow
 def test_a_sigterm_to_one_process_stops_both_at_the_same_step_and_the_same_command_resumes(image_folder, tmp_path):
     workdir = tmp_path / "run"
     logs = [tmp_path / "first0.txt", tmp_path / "first1.txt"]
