@@ -28,12 +28,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_pair(image_folder, workdir, logs):
-    """The same train.py command on processes 0 and 1, their output (stdout and stderr) in `logs`."""
+def start_pair(image_folder, workdir, logs, *overrides):
+    """The same train.py command on processes 0 and 1 (`overrides`: more --config flags), their output
+    (stdout and stderr) in `logs`."""
     env = dict(env_with_devices(1), JAX_COORDINATOR_ADDRESS=f"localhost:{free_port()}", JAX_NUM_PROCESSES="2")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # a gloo pair whose step comes from it hangs on jax 0.12.1
     args = cli_args(image_folder, workdir, "--config.num_epochs=1000", "--config.eval_every_epochs=1000",
-                    "--config.log_every_steps=5")  # fmt: skip
+                    "--config.log_every_steps=5", *overrides)  # fmt: skip
     procs = []
     for i, log in enumerate(logs):
         with open(log, "w") as out:
@@ -111,3 +112,26 @@ def test_a_sigterm_to_one_process_stops_both_at_the_same_step_and_the_same_comma
     assert Checkpointer(str(workdir)).all_steps() == [first, second]
     print(f"stopped at steps {first} and {second}: both processes exited {first_s:.1f} s and {second_s:.1f} s "
           "after the signal")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_time_based_checkpoints_come_at_the_same_step_on_every_process(image_folder, tmp_path):
+    """``checkpoint_every_minutes``: process 0's clock, carried by the stop's agreement, decides for both.
+    Each process's own clock would have them save (a collective) at different steps, and wait for ever."""
+    workdir = tmp_path / "run"
+    logs = [tmp_path / "out0.txt", tmp_path / "out1.txt"]
+    procs = start_pair(image_folder, workdir, logs, "--config.num_train_steps=240",
+                       "--config.checkpoint_every_minutes=0.001", "--config.keep_checkpoints=100")  # fmt: skip
+    try:
+        statuses = [p.wait(timeout=120) for p in procs]
+    except subprocess.TimeoutExpired:
+        statuses = None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    outs = [log.read_text() for log in logs]
+    assert statuses == [0, 0], f"statuses {statuses}:\n" + "\n".join(f"process {i}:\n{out[-2000:]}" for i, out in
+                                                                  enumerate(outs))  # fmt: skip
+    saved = Checkpointer(str(workdir)).all_steps()
+    assert saved[-1] == 240 and len(saved) >= 2, saved  # time-based saves before the last step's

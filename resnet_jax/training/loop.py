@@ -278,6 +278,8 @@ class _Run:
         self.results: dict[str, Any] = {}
         self.last_save = self.last_curves = time.time()
         self.abandoned: int | None = None  # the step whose evaluation a stop abandoned
+        if agreed is not None:  # process 0's clock decides a time-based save for all (`Agreement`)
+            agreed.clock_due = self._clock_due
 
     def train(self, state: TrainState, train_step: Callable) -> dict[str, Any]:
         spe, total = self.pipeline.steps_per_epoch, self.total_steps
@@ -348,17 +350,22 @@ class _Run:
             self.ckpt.metadata(step).get("metrics")
         )
 
+    def _clock_due(self) -> bool:
+        """Whether ``checkpoint_every_minutes`` have passed since the last save, by this process's clock."""
+        return self.every.save_seconds > 0 and time.time() - self.last_save >= self.every.save_seconds
+
     def _periodic(self, state: TrainState, step: int, stop: str | None) -> str | None:
         """The actions due after `step` (`stop`: SIGTERM or Ctrl-C came, save now);
         returns `stop`, or the stop that came during the evaluation and abandoned
         it (the state is then saved without it, and the resumed run makes it)."""
         every = self.every
         evaluates = every.evaluates(step)
+        clock = self._clock_due() if self.agreed is None else self.agreed.take_save_due()
         saves = (
             step == every.total_steps
             or stop
             or (every.save_steps > 0 and step % every.save_steps == 0)
-            or (every.save_seconds > 0 and time.time() - self.last_save >= every.save_seconds)
+            or clock
             or (evaluates and every.save_on_eval)
         )
         if step % every.log == 0 or evaluates or saves:

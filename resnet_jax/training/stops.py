@@ -23,7 +23,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -93,17 +93,17 @@ class Stops:
             signal.signal(signum, previous)
 
 
-def agree(flag: str | None, proposal: int = 0) -> tuple[str | None, int]:
+def agree(flag: str | None, proposal: tuple[int, ...] = ()) -> tuple[str | None, tuple[int, ...]]:
     """The stop all processes of the run act on, given this process's `flag`
     (None, or the name of the signal it got): the one of them last in
     `PRECEDENCE` (SIGTERM before SIGHUP before Ctrl-C), None if no process has
-    one; and process 0's `proposal` (any int the processes must agree on). One
-    collective of two ints a process; on one process, `flag` and `proposal`
+    one; and process 0's `proposal` (ints the processes must agree on). One
+    collective of a few ints a process; on one process, `flag` and `proposal`
     themselves, with none."""
     if jax.process_count() == 1:
-        return flag, proposal
-    rows = parallel.gather_from_processes((PRECEDENCE.index(flag), proposal))
-    return PRECEDENCE[int(rows[:, 0].max())], int(rows[0, 1])
+        return flag, tuple(proposal)
+    rows = parallel.gather_from_processes((PRECEDENCE.index(flag), *proposal))
+    return PRECEDENCE[int(rows[:, 0].max())], tuple(int(v) for v in rows[0, 1:])
 
 
 class Agreement:
@@ -116,11 +116,20 @@ class Agreement:
     process 0 sets the interval at each agreement from the time its reads
     took, so that about `seconds` pass between two (a step of any length
     costs one wait every ~2 s); it at most doubles from one to the next. A stop, once agreed, stays; every process is
-    then on its way out (`peers.exiting_together`)."""
+    then on its way out (`peers.exiting_together`).
+
+    The same agreement carries process 0's clock: `clock_due` (set by the
+    loop: whether a checkpoint is due by the minutes since the last one) is
+    asked on process 0 at each agreement, and `take_save_due` then says so on
+    every process at the same read, so that all save at the same step (each
+    process's own clock could say so at different steps, a save, a collective,
+    then waiting for ever on a process running its next step)."""
 
     def __init__(self, stops: Stops, seconds: float = AGREE_SECONDS) -> None:
         self.stops, self.seconds = stops, seconds
         self.value: str | None = None
+        self.clock_due: Callable[[], bool] = lambda: False
+        self._save_due = False
         self.interval = 1  # the first read agrees: a SIGTERM that came while the run was starting
         self._reads = 0
         self._since = time.monotonic()
@@ -131,11 +140,17 @@ class Agreement:
         if self.value is None and self._reads >= self.interval:
             per_read = max(time.monotonic() - self._since, 1e-6) / self._reads
             proposal = max(1, min(2 * self.interval, int(self.seconds / per_read)))  # one odd read: at most double
-            self.value, self.interval = agree(self.stops.requested, proposal)
+            self.value, (self.interval, due) = agree(self.stops.requested, (proposal, int(self.clock_due())))
+            self._save_due = self._save_due or bool(due)
             self._reads, self._since = 0, time.monotonic()
             if self.value is not None:
                 peers.exiting_together()  # every process saves at this step and exits
         return self.value
+
+    def take_save_due(self) -> bool:
+        """Whether an agreement since the last call found a time-based save due (on every process alike)."""
+        due, self._save_due = self._save_due, False
+        return due
 
 
 def is_out_of_memory(error: BaseException) -> bool:
