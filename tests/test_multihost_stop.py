@@ -50,34 +50,44 @@ def trained_to(workdir):
     return max((json.loads(line)["step"] for line in lines if line.endswith("}")), default=0)
 
 
+def wait_both(procs, logs, until):
+    """Waits for both processes until time `until`, then kills what still runs: their exit statuses
+    (None if one had not ended) and their outputs."""
+    try:
+        for p in procs:
+            p.wait(timeout=max(0.1, until - time.time()))
+        statuses = [p.returncode for p in procs]
+    except subprocess.TimeoutExpired:
+        statuses = None
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    return statuses, [log.read_text() for log in logs]
+
+
+def shown(outs):
+    return "\n".join(f"process {i}:\n{out[-2000:]}" for i, out in enumerate(outs))
+
+
 def stop_one(procs, logs, victim, trained, seconds=120):
     """Once `trained()` (both still running), SIGTERM to `procs[victim]` only; the exit statuses,
     the outputs and the seconds from the signal to both exits. Fails (both killed) if one of them
     ends before the signal, or both have not ended `STOP_BOUND_S` after it."""
     deadline = time.time() + seconds
-    try:
-        while not trained():
-            assert all(p.poll() is None for p in procs) and time.time() < deadline, "\n".join(
-                f"process {i} (exit {p.poll()}):\n{log.read_text()[-2000:]}"
-                for i, (p, log) in enumerate(zip(procs, logs))
-            )
-            time.sleep(0.1)
-        procs[victim].send_signal(signal.SIGTERM)
-        sent = time.time()
-        for p in procs:
-            p.wait(timeout=max(0.1, sent + STOP_BOUND_S - time.time()))
-        elapsed = time.time() - sent
-    except subprocess.TimeoutExpired:
-        elapsed = None
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    outs = [log.read_text() for log in logs]
-    assert elapsed is not None, f"SIGTERM to process {victim}: both still running {STOP_BOUND_S} s after it:\n" + (
-        "\n".join(f"process {i}:\n{out[-2000:]}" for i, out in enumerate(outs))
+    while not trained():
+        if not (all(p.poll() is None for p in procs) and time.time() < deadline):
+            statuses, outs = wait_both(procs, logs, 0)
+            pytest.fail(f"before the signal: statuses {statuses}\n{shown(outs)}")
+        time.sleep(0.1)
+    procs[victim].send_signal(signal.SIGTERM)
+    sent = time.time()
+    statuses, outs = wait_both(procs, logs, sent + STOP_BOUND_S)
+    elapsed = time.time() - sent
+    assert statuses is not None, f"SIGTERM to process {victim}: both still running {STOP_BOUND_S} s after it:\n" + (
+        shown(outs)
     )
-    return [p.returncode for p in procs], outs, elapsed
+    return statuses, outs, elapsed
 
 
 def stopped_at(statuses, outs):
@@ -122,16 +132,7 @@ def test_time_based_checkpoints_come_at_the_same_step_on_every_process(image_fol
     logs = [tmp_path / "out0.txt", tmp_path / "out1.txt"]
     procs = start_pair(image_folder, workdir, logs, "--config.num_train_steps=240",
                        "--config.checkpoint_every_minutes=0.001", "--config.keep_checkpoints=100")  # fmt: skip
-    try:
-        statuses = [p.wait(timeout=120) for p in procs]
-    except subprocess.TimeoutExpired:
-        statuses = None
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
-    outs = [log.read_text() for log in logs]
-    assert statuses == [0, 0], f"statuses {statuses}:\n" + "\n".join(f"process {i}:\n{out[-2000:]}" for i, out in
-                                                                  enumerate(outs))  # fmt: skip
+    statuses, outs = wait_both(procs, logs, time.time() + 120)
+    assert statuses == [0, 0], f"statuses {statuses}:\n{shown(outs)}"
     saved = Checkpointer(str(workdir)).all_steps()
     assert saved[-1] == 240 and len(saved) >= 2, saved  # time-based saves before the last step's
